@@ -1,0 +1,57 @@
+# Shared set-up for run.sh and test.sh: sourced, not run. Idempotent and quick on a second run.
+# - installs the Qt/X libraries napari needs with apt when run as root (else prints the apt line);
+# - creates .venv with Python 3.11 and installs seg_studio with its app and dev extras, once per
+#   change of pyproject.toml (a stamp file remembers the last install).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+APT_PKGS="xvfb xauth libgl1 libegl1 libgl1-mesa-dri libx11-xcb1 libdbus-1-3 libfontconfig1 libglib2.0-0 \
+libxcb-cursor0 libxcb-glx0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
+libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 libxkbcommon-x11-0"
+
+ensure_system_libs() {
+  # shellcheck disable=SC2086
+  if dpkg -s $APT_PKGS >/dev/null 2>&1; then return 0; fi
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "seg_studio: installing the X/Qt system libraries with apt..." >&2
+    apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $APT_PKGS >/dev/null
+  else
+    echo "seg_studio: some X/Qt libraries are missing; run once:" >&2
+    echo "  sudo apt-get install -y $APT_PKGS" >&2
+  fi
+}
+
+find_python() {
+  for p in python3.11 python3; do
+    if command -v "$p" >/dev/null && "$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      echo "$p"; return 0
+    fi
+  done
+  echo "seg_studio: Python 3.11 is required (python3.11 not found)" >&2
+  return 1
+}
+
+ensure_venv() {
+  local py stamp want
+  if [ ! -x .venv/bin/python ]; then
+    py="$(find_python)"
+    echo "seg_studio: creating .venv with $py..." >&2
+    "$py" -m venv .venv
+  fi
+  want="$(cat pyproject.toml installer/_setup.sh | sha256sum | cut -d' ' -f1)"
+  stamp=".venv/.seg-studio-installed"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "seg_studio: installing into .venv (first run takes a few minutes)..." >&2
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    # torch/torchvision are pinned exactly in pyproject.toml (wheels that lie on this machine).
+    .venv/bin/python -m pip install -q -e ".[app,dev]"
+    echo "$want" >"$stamp"
+  fi
+}
+
+ensure_system_libs
+ensure_venv
+export PATH="$ROOT/.venv/bin:$PATH"

@@ -1,0 +1,104 @@
+"""Command line: ``seg-studio <command> ...``.
+
+Every command calls the same core functions as the GUI. Errors of the ``SegStudioError`` family are
+printed as one line on stderr with exit code 2; nothing else is caught, so real bugs keep their
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .core.errors import SegStudioError
+
+Runner = Callable[[argparse.Namespace], int]
+log = logging.getLogger("seg_studio")
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def _add_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .core.models import count_parameters, create_model, get_spec, list_models
+
+    rows = []
+    for name in list_models():
+        spec = get_spec(name)
+        params = {}
+        if spec.trainable_from_scratch:
+            for d in spec.dims:
+                params[f"{d}d"] = count_parameters(create_model(name, spatial_dims=d, in_channels=1, out_channels=2))
+        rows.append({"name": name, "description": spec.description, "dims": list(spec.dims),
+                     "parameters": params, "presets": sorted(spec.presets), "paper": spec.paper})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<20} {'dims':<6} {'params 2D':>11} {'params 3D':>11}  description")
+    for r in rows:
+        p2, p3 = r["parameters"].get("2d"), r["parameters"].get("3d")
+        dims = "/".join(f"{d}D" for d in r["dims"])
+        print(f"{r['name']:<20} {dims:<6} {p2 or '-':>11} {p3 or '-':>11}  {r['description']}")
+    return 0
+
+
+def _add_gui(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scan", nargs="?", type=Path, help="a scan to open (default: the bundled sample)")
+
+
+def _run_gui(args: argparse.Namespace) -> int:
+    from .__main__ import launch_app
+
+    return launch_app(args.scan)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner]] = {
+    "models": ("list the U-Net variants", _add_models, _run_models),
+    "gui": ("open the napari app", _add_gui, _run_gui),
+}
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="seg-studio", description="Segment 2D/3D medical images with the U-Net family.")
+    parser.add_argument("--version", action="version", version=f"seg-studio {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_, add, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except SegStudioError as exc:
+        print(f"seg-studio {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"seg-studio {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

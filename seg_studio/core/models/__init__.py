@@ -1,0 +1,37 @@
+"""The U-Net family: every variant is one module here, registered by name on import."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .base import AUX_ATTENTION, AUX_DEEP_SUPERVISION, SegModel, SegOutput
+from .registry import ModelSpec, count_parameters, create_model, get_spec, list_models, register_model
+
+_INFRA = {"base", "registry", "blocks"}
+_loaded = False
+
+
+def _load_all() -> None:
+    """Import every variant module once, so its ``@register_model`` runs."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _INFRA and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+__all__ = [
+    "AUX_ATTENTION",
+    "AUX_DEEP_SUPERVISION",
+    "ModelSpec",
+    "SegModel",
+    "SegOutput",
+    "count_parameters",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,26 @@
+"""Shared fixtures: the real data sets in ../shared/data and small deterministic settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SEG_STUDIO_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """``../shared/data`` (CI has it at the same path); a missing folder is an error, not a skip."""
+    if not DATA.is_dir():
+        pytest.fail(f"test data not found at {DATA}; set SEG_STUDIO_DATA to the shared/data folder")
+    return DATA
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    import torch
+
+    torch.manual_seed(0)
