@@ -36,9 +36,19 @@ def _run_models(args: argparse.Namespace) -> int:
         params = {}
         if spec.trainable_from_scratch:
             for d in spec.dims:
-                params[f"{d}d"] = count_parameters(create_model(name, spatial_dims=d, in_channels=1, out_channels=2))
-        rows.append({"name": name, "description": spec.description, "dims": list(spec.dims),
-                     "parameters": params, "presets": sorted(spec.presets), "paper": spec.paper})
+                params[f"{d}d"] = count_parameters(
+                    create_model(name, spatial_dims=d, in_channels=1, out_channels=2)
+                )
+        rows.append(
+            {
+                "name": name,
+                "description": spec.description,
+                "dims": list(spec.dims),
+                "parameters": params,
+                "presets": sorted(spec.presets),
+                "paper": spec.paper,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -72,7 +82,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="seg-studio", description="Segment 2D/3D medical images with the U-Net family.")
+    parser = argparse.ArgumentParser(
+        prog="seg-studio", description="Segment 2D/3D medical images with the U-Net family."
+    )
     parser.add_argument("--version", action="version", version=f"seg-studio {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

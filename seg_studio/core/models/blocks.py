@@ -16,7 +16,9 @@ _AVGPOOL = {2: nn.AvgPool2d, 3: nn.AvgPool3d}
 _DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
 
 
-def conv(spatial_dims: int, cin: int, cout: int, kernel_size: int = 3, stride: int = 1, bias: bool = True) -> nn.Module:
+def conv(
+    spatial_dims: int, cin: int, cout: int, kernel_size: int = 3, stride: int = 1, bias: bool = True
+) -> nn.Module:
     """A 'same' convolution for odd kernels."""
     return _CONV[spatial_dims](cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
 
@@ -60,7 +62,12 @@ class ConvNormAct(nn.Sequential):
     """conv -> norm -> ReLU."""
 
     def __init__(
-        self, spatial_dims: int, cin: int, cout: int, norm_kind: str | None = "batch", kernel_size: int = 3,
+        self,
+        spatial_dims: int,
+        cin: int,
+        cout: int,
+        norm_kind: str | None = "batch",
+        kernel_size: int = 3,
         bias: bool | None = None,
     ) -> None:
         super().__init__(
@@ -74,7 +81,12 @@ class DoubleConv(nn.Sequential):
     """Two (3x3 conv, norm, ReLU): the survey's basic U-Net step (norm ``none`` is the 2015 paper)."""
 
     def __init__(
-        self, spatial_dims: int, cin: int, cout: int, norm_kind: str | None = "batch", dropout_p: float = 0.0,
+        self,
+        spatial_dims: int,
+        cin: int,
+        cout: int,
+        norm_kind: str | None = "batch",
+        dropout_p: float = 0.0,
         bias: bool | None = None,
     ) -> None:
         super().__init__(
@@ -87,8 +99,18 @@ class DoubleConv(nn.Sequential):
 class UpConv(nn.Sequential):
     """x2 nearest upsample + 3x3 conv + norm + ReLU (the survey's ``up_conv``)."""
 
-    def __init__(self, spatial_dims: int, cin: int, cout: int, norm_kind: str | None = "batch", bias: bool | None = None) -> None:
-        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), ConvNormAct(spatial_dims, cin, cout, norm_kind, bias=bias))
+    def __init__(
+        self,
+        spatial_dims: int,
+        cin: int,
+        cout: int,
+        norm_kind: str | None = "batch",
+        bias: bool | None = None,
+    ) -> None:
+        super().__init__(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            ConvNormAct(spatial_dims, cin, cout, norm_kind, bias=bias),
+        )
 
 
 class AttentionGate(nn.Module):
@@ -98,12 +120,20 @@ class AttentionGate(nn.Module):
     as in the survey's layout. Returns the gated skip and the coefficient map in [0, 1].
     """
 
-    def __init__(self, spatial_dims: int, f_g: int, f_l: int, f_int: int, norm_kind: str | None = "batch") -> None:
+    def __init__(
+        self, spatial_dims: int, f_g: int, f_l: int, f_int: int, norm_kind: str | None = "batch"
+    ) -> None:
         super().__init__()
         bias = True  # the survey's gate keeps conv biases even beside BN
-        self.w_g = nn.Sequential(conv(spatial_dims, f_g, f_int, 1, bias=bias), norm(norm_kind, spatial_dims, f_int))
-        self.w_x = nn.Sequential(conv(spatial_dims, f_l, f_int, 1, bias=bias), norm(norm_kind, spatial_dims, f_int))
-        self.psi = nn.Sequential(conv(spatial_dims, f_int, 1, 1, bias=bias), norm(norm_kind, spatial_dims, 1), nn.Sigmoid())
+        self.w_g = nn.Sequential(
+            conv(spatial_dims, f_g, f_int, 1, bias=bias), norm(norm_kind, spatial_dims, f_int)
+        )
+        self.w_x = nn.Sequential(
+            conv(spatial_dims, f_l, f_int, 1, bias=bias), norm(norm_kind, spatial_dims, f_int)
+        )
+        self.psi = nn.Sequential(
+            conv(spatial_dims, f_int, 1, 1, bias=bias), norm(norm_kind, spatial_dims, 1), nn.Sigmoid()
+        )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,9 +67,7 @@ def get_spec(name: str) -> ModelSpec:
     except KeyError:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ModelError(
-            f"unknown model {name!r}.{hint} Run 'seg-studio models' to list them all."
-        ) from None
+        raise ModelError(f"unknown model {name!r}.{hint} Run 'seg-studio models' to list them all.") from None
 
 
 def list_models(trainable_only: bool = False) -> list[str]:
@@ -97,7 +95,9 @@ def create_model(
         args.update(spec.presets[preset])
     args.update(config)
     try:
-        return spec.builder(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
+        return spec.builder(
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args
+        )
     except TypeError as exc:
         raise ModelError(f"bad configuration for {name!r}: {exc}") from None
 

@@ -17,18 +17,27 @@ from .registry import register_model
 
 class UNet(SegModel):
     def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, features: int = 16, depth: int = 4,
-        norm: str | None = "batch", dropout: float = 0.0,
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: int = 16,
+        depth: int = 4,
+        norm: str | None = "batch",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, size_multiple=2**depth)
         w = widths(features, depth)
         self.encoder = nn.ModuleList(
-            DoubleConv(spatial_dims, cin, cout, norm) for cin, cout in zip([in_channels, *w[:-2]], w[:-1], strict=True)
+            DoubleConv(spatial_dims, cin, cout, norm)
+            for cin, cout in zip([in_channels, *w[:-2]], w[:-1], strict=True)
         )
         self.pool = max_pool(spatial_dims)
         self.bottleneck = DoubleConv(spatial_dims, w[-2], w[-1], norm, dropout_p=dropout)
         self.up = nn.ModuleList(conv_transpose(spatial_dims, w[i + 1], w[i]) for i in reversed(range(depth)))
-        self.decoder = nn.ModuleList(DoubleConv(spatial_dims, 2 * w[i], w[i], norm) for i in reversed(range(depth)))
+        self.decoder = nn.ModuleList(
+            DoubleConv(spatial_dims, 2 * w[i], w[i], norm) for i in reversed(range(depth))
+        )
         self.head = conv(spatial_dims, w[0], out_channels, kernel_size=1)
 
     def forward_padded(self, x: torch.Tensor, want: frozenset[str]) -> SegOutput:
