@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import AUX_ATTENTION, AUX_DEEP_SUPERVISION, SegModel, SegOutput
+from .base import AUX_ATTENTION, AUX_DEEP_SUPERVISION, AUX_UNCERTAINTY, SegModel, SegOutput
 from .registry import ModelSpec, count_parameters, create_model, get_spec, list_models, register_model
 
 _INFRA = {"base", "registry", "blocks"}
@@ -26,6 +26,7 @@ def _load_all() -> None:
 __all__ = [
     "AUX_ATTENTION",
     "AUX_DEEP_SUPERVISION",
+    "AUX_UNCERTAINTY",
     "ModelSpec",
     "SegModel",
     "SegOutput",

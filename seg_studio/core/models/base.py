@@ -12,6 +12,8 @@ from torch import nn
 #: Names a caller may ask for in ``aux``.
 AUX_ATTENTION = "attention"
 AUX_DEEP_SUPERVISION = "deep_supervision"
+#: Per-voxel spread of the class probabilities (the ensemble: std over its members).
+AUX_UNCERTAINTY = "uncertainty"
 
 
 @dataclass
@@ -21,7 +23,8 @@ class SegOutput:
     ``logits``: ``(N, out_channels, *spatial)`` at the input's size.
     ``aux``: only what the caller asked for. ``aux["attention"]`` is a list of gate coefficient maps
     ``(N, 1, *level_spatial)`` in [0, 1], deepest level first; ``aux["deep_supervision"]`` is a list
-    of extra logits at the input's size (e.g. UNet++ heads X0,1..X0,3; the final head is ``logits``).
+    of extra logits at the input's size (e.g. UNet++ heads X0,1..X0,3; the final head is ``logits``);
+    ``aux["uncertainty"]`` is ``[std]``, the ``(N, out_channels, *spatial)`` spread of the probabilities.
     """
 
     logits: torch.Tensor
@@ -56,7 +59,9 @@ class SegModel(nn.Module):
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(f"model takes {self.in_channels} input channel(s), got {x.shape[1]}")
-        want = frozenset((AUX_ATTENTION, AUX_DEEP_SUPERVISION) if aux is True else (aux or ()))
+        want = frozenset(
+            (AUX_ATTENTION, AUX_DEEP_SUPERVISION, AUX_UNCERTAINTY) if aux is True else (aux or ())
+        )
         size = tuple(x.shape[2:])
         xp, padded = pad_to_multiple(x, self.size_multiple)
         out = self.forward_padded(xp, want)
