@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from . import cli_predict
 from .core.errors import SegStudioError
 
 Runner = Callable[[argparse.Namespace], int]
@@ -73,6 +74,12 @@ def _run_gui(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner]] = {
     "models": ("list the U-Net variants", _add_models, _run_models),
     "gui": ("open the napari app", _add_gui, _run_gui),
+    "inspect": ("print a checkpoint's metadata (its model card)", cli_predict.add_inspect, cli_predict.run_inspect),
+    "import-weights": (
+        "turn a plain PyTorch state dict into a .segmodel (never unpickles code)",
+        cli_predict.add_import_weights,
+        cli_predict.run_import_weights,
+    ),
 }
 
 
