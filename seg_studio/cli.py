@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -102,9 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _gui_shortcut(argv: list[str], command_line: bool = True) -> list[str]:
+    """``seg-studio`` and ``seg-studio SCAN`` mean ``seg-studio gui [SCAN]`` when a display exists.
+
+    No arguments opens the app only from the real command line (``main()`` called by code with an
+    empty list still prints the help).
+    """
+    has_display = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in (
+        "darwin",
+        "win32",
+    )
+    if not argv:
+        return ["gui"] if has_display and command_line else argv
+    first = argv[0]
+    if first not in COMMANDS and not first.startswith("-") and len(argv) == 1 and Path(first).exists():
+        return ["gui", first]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_gui_shortcut(list(sys.argv[1:] if argv is None else argv), argv is None))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not getattr(args, "_run", None):
         parser.print_help()
