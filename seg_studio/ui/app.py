@@ -1,0 +1,87 @@
+"""The desktop app: a napari window titled seg_studio with our panel docked.
+
+``run_app(scan)`` opens ``scan`` through our reader (or the bundled 2D sample when none is given),
+selects a bundled checkpoint that fits it when ``resources/models`` has one, and runs the Qt event
+loop. ``build_window`` does everything but the loop, for the screenshot script and the benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TITLE = "seg_studio"
+
+
+def open_scan(viewer: Any, scan: Path) -> list[Any]:
+    """Open a scan with seg_studio's reader; a bad file becomes a notification, never a crash."""
+    from napari.utils.notifications import show_error
+
+    from ..core.errors import SegStudioError
+
+    try:
+        return list(viewer.open(str(scan), plugin="seg-studio"))
+    except SegStudioError as exc:
+        show_error(str(exc))
+    except Exception as exc:  # noqa: BLE001 - napari wraps reader errors; show the one line
+        cause = exc.__cause__ or exc.__context__
+        from .workers import user_message
+
+        show_error(user_message(cause if isinstance(cause, SegStudioError) else exc))
+    return []
+
+
+def open_sample(viewer: Any, dims: int = 2) -> list[Any]:
+    """The synthetic sample scan (made by code; its ground truth is not opened as the mask)."""
+    from ..core.samples import make_sample_2d, make_sample_3d
+    from .reader import volume_layer_data
+
+    image, _ = (make_sample_2d if dims == 2 else make_sample_3d)()
+    data, kwargs, kind = volume_layer_data(image, name=f"sample {dims}D")
+    return [viewer.add_image(data, **kwargs)] if kind == "image" else []
+
+
+def select_bundled_model(panel: Any, dims: int) -> None:
+    """Once the models are probed, select a bundled checkpoint of the scan's dimensionality if any."""
+    from .model_section import bundled_model_dirs
+
+    def pick() -> None:
+        bundled = [d.resolve() for d in bundled_model_dirs()]
+        for path in panel.models.checkpoints():
+            info = panel.models._infos[path]
+            if any(path.is_relative_to(d) for d in bundled) and getattr(info.meta, "spatial_dims", 0) == dims:
+                panel.models.select_checkpoint(path)
+                return
+
+    panel.models.probed.connect(pick)
+
+
+def build_window(scan: Path | None = None, show: bool = True) -> tuple[Any, Any]:
+    """A napari viewer with the seg_studio panel docked and a scan (or the sample) open."""
+    import napari
+
+    from .panel import SegStudioPanel
+
+    viewer = napari.Viewer(title=TITLE, show=show)
+    panel = SegStudioPanel(viewer)
+    viewer.window.add_dock_widget(panel, name=TITLE, area="right")
+    layers = open_scan(viewer, scan) if scan is not None else open_sample(viewer, 2)
+    dims = 3 if any(ly.ndim >= 3 and not getattr(ly, "rgb", False) for ly in layers) else 2
+    select_bundled_model(panel, dims)
+    return viewer, panel
+
+
+def run_app(scan: Path | None = None) -> int:
+    """Open the app and run until the window closes; returns the Qt exit code."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer, panel = build_window(scan)
+    app = QApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(panel.shutdown)
+    napari.run()
+    return 0

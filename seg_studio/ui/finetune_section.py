@@ -1,0 +1,265 @@
+"""Fine-tune with one click: the open scan + the corrected mask -> a new checkpoint beside its parent.
+
+The worker runs ``training.iter_finetune`` with a live loss/Dice plot and Cancel. "Only what I
+changed" marks every voxel the user left as the model predicted it with the training ignore
+value, so the model learns from the corrections alone. The new checkpoint goes next to the parent,
+or into the user's model folder when the parent's folder is read-only (e.g. the bundled
+resources/); it is then selected, and "Re-run prediction" applies it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.progress import Progress
+from . import layers as L
+from .model_section import CHECKPOINT_SUFFIX, ModelChoice, ModelSection, bundled_model_dirs
+from .plot_widget import LossPlot
+from .run_section import RunSection, build_untrained, format_progress
+
+log = logging.getLogger(__name__)
+
+
+def finetune_destination(parent: Path, stamp: str | None = None) -> Path:
+    """Where the fine-tuned child of ``parent`` goes: beside it if writable, else the user model folder."""
+    from ..core.autosave import user_model_dir
+
+    folder = parent.parent
+    bundled = any(folder.resolve().is_relative_to(d.resolve()) for d in bundled_model_dirs())
+    if bundled or not os.access(folder, os.W_OK):
+        folder = user_model_dir()
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    stem = parent.name[: -len(CHECKPOINT_SUFFIX)] if parent.name.endswith(CHECKPOINT_SUFFIX) else parent.stem
+    out = folder / f"{stem}-ft-{stamp}{CHECKPOINT_SUFFIX}"
+    n = 2
+    while out.exists():
+        out = folder / f"{stem}-ft-{stamp}-{n}{CHECKPOINT_SUFFIX}"
+        n += 1
+    return out
+
+
+def _finetune_job(choice, scan, labels, out, budget_s, token):  # noqa: ANN001, ANN202 - worker generator
+    from ..core import checkpoint
+    from ..core.training import iter_finetune
+
+    parent = choice.checkpoint
+    if parent is None:
+        # An untrained variant has no file yet: save its random start as the parent, so the child's
+        # provenance names a real file (in the user's model folder).
+        yield Progress(0, 1, "saving the untrained start")
+        classes = [c for c in labels.labels.values()] or None
+        model, meta = build_untrained(choice, scan, classes or [])
+        parent = finetune_destination(out.parent / f"{choice.variant}-untrained{CHECKPOINT_SUFFIX}")
+        checkpoint.save(parent, model, meta)
+    result = yield from iter_finetune(parent, [(scan, labels)], out, budget_s=budget_s, cancel=token)
+    return result
+
+
+class FinetuneSection(QGroupBox):
+    """Fine-tune button, options, live plot, Cancel, and the offer to re-run."""
+
+    #: emitted when a fine-tune job ends: "done", "cancelled" or "error"
+    finished = Signal(str)
+
+    def __init__(
+        self,
+        viewer: Any,
+        models: ModelSection,
+        run: RunSection,
+        scan_layer: Callable[[], Any],
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__("Fine-tune", parent)
+        self.viewer = viewer
+        self.models = models
+        self.run = run
+        self._scan_layer = scan_layer
+        self.job: Any = None
+        self.last_result: Any = None
+        self.last_error = ""
+        self._outcome = "done"
+        self._out: Path | None = None
+
+        self.only_changed = QCheckBox("learn only from what I changed")
+        self.only_changed.setToolTip("voxels you left as predicted are ignored by the loss")
+        self.budget = QSpinBox()
+        self.budget.setRange(5, 3600)
+        self.budget.setValue(60)
+        self.budget.setSuffix(" s")
+        self.budget.setToolTip("time budget of the fine-tune")
+        self.finetune_button = QPushButton("Fine-tune on my corrections")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.rerun_button = QPushButton("Re-run prediction with the new model")
+        self.rerun_button.setVisible(False)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.status = QLabel("correct the mask, then fine-tune")
+        self.status.setWordWrap(True)
+        self.plot = LossPlot()
+
+        lay = QVBoxLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(self.only_changed, 1)
+        row.addWidget(QLabel("budget"))
+        row.addWidget(self.budget)
+        lay.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(self.finetune_button, 2)
+        row.addWidget(self.cancel_button, 1)
+        lay.addLayout(row)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.status)
+        lay.addWidget(self.plot)
+        lay.addWidget(self.rerun_button)
+        self.finetune_button.clicked.connect(lambda: self.finetune())
+        self.cancel_button.clicked.connect(self.cancel)
+        self.rerun_button.clicked.connect(self.rerun)
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def training_labels(self, mask: Any, scan: Any, only_changed: bool) -> Any:
+        """The mask as a label Volume; with ``only_changed``, untouched voxels get the ignore value."""
+        from ..core.training import IGNORE_INDEX
+
+        vol = L.labels_volume(mask, scan)
+        arr = np.asarray(vol.array)
+        if only_changed:
+            base = self.run.baselines.get(mask)
+            if base is None or base.shape != arr.shape:
+                raise ValueError(
+                    "nothing to compare with: run a prediction first, or untick 'only what I changed'"
+                )
+            changed = arr != base
+            if not changed.any():
+                raise ValueError("you have not changed the mask yet: paint a correction first")
+            train = np.full(arr.shape, IGNORE_INDEX, dtype=np.int32)
+            train[changed] = arr[changed]
+            arr = train
+        else:
+            arr = arr.astype(np.int32, copy=True)
+        return vol.with_array(arr, meta={"kind": "labels"})
+
+    def finetune(self, budget_s: float | None = None, only_changed: bool | None = None) -> bool:
+        """Start fine-tuning on the scan and its corrected mask; False (and a notification) if it cannot."""
+        from napari.utils.notifications import show_error, show_warning
+
+        from .workers import Job
+
+        if self.busy:
+            show_warning("a fine-tune is already running; cancel it first")
+            return False
+        layer = self._scan_layer()
+        mask = self.run.mask_layer(layer) if layer is not None else None
+        if layer is None or mask is None:
+            show_error("fine-tuning needs a scan and its mask: run Predict (or open a label map) first")
+            return False
+        choice: ModelChoice | None = self.models.current_choice()
+        if choice is None:
+            show_error("pick the model to fine-tune first")
+            return False
+        try:
+            scan = L.layer_volume(layer)
+            labels = self.training_labels(
+                mask, scan, self.only_changed.isChecked() if only_changed is None else only_changed
+            )
+        except (ValueError, ImportError) as exc:
+            show_error(str(exc))
+            return False
+        from ..core.autosave import user_model_dir
+
+        parent = choice.checkpoint or (user_model_dir() / f"{choice.variant}{CHECKPOINT_SUFFIX}")
+        out = finetune_destination(parent)
+        self._out = out
+        budget = float(budget_s if budget_s is not None else self.budget.value())
+        self.plot.clear(f"fine-tune {choice.label}")
+        self.bar.setValue(0)
+        self.status.setText(f"fine-tuning {choice.label}...")
+        self.rerun_button.setVisible(False)
+        self.finetune_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self._outcome = "done"
+        self.last_error = ""
+        self.job = Job(
+            lambda token: _finetune_job(choice, scan, labels, out, budget, token),
+            on_progress=self._progress,
+            on_done=self._done,
+            on_error=self._error,
+            on_cancelled=self._cancelled,
+            on_finished=self._job_finished,
+            name="fine-tune",
+        )
+        return True
+
+    def cancel(self) -> None:
+        """Stop fine-tuning; no checkpoint is written."""
+        if self.busy:
+            self.status.setText("cancelling...")
+            self.job.cancel()
+
+    def rerun(self) -> bool:
+        """Predict again with the model that is selected now (the new checkpoint after a fine-tune)."""
+        self.rerun_button.setVisible(False)
+        return self.run.predict()
+
+    # --- worker callbacks (main thread) -------------------------------------------------------------
+    def _progress(self, p: Progress) -> None:
+        self.bar.setValue(int(p.fraction * 1000))
+        self.status.setText(format_progress(p))
+        m = p.metrics or {}
+        loss = m.get("loss")
+        dice = m.get("dice", m.get("val_dice"))
+        if loss is not None or dice is not None:
+            self.plot.add(m.get("step", p.done), loss, dice)
+
+    def _done(self, result: Any) -> None:
+        from napari.utils.notifications import show_info
+
+        self.last_result = result
+        path = Path(result.path)
+        self.models.add_checkpoint(path, select=True)
+        before, after = getattr(result, "dice_before", None), getattr(result, "dice_after", None)
+        gain = f" (Dice {before:.3f} -> {after:.3f})" if before is not None and after is not None else ""
+        self.bar.setValue(1000)
+        self.status.setText(f"saved {path.name}{gain}; it is selected")
+        self.rerun_button.setVisible(True)
+        show_info(f"fine-tuned model saved as {path}{gain}; press 'Re-run prediction' to apply it")
+
+    def _error(self, message: str, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self._outcome = "error"
+        self.last_error = message
+        self.status.setText(f"failed: {message}")
+        show_error(message)
+
+    def _cancelled(self) -> None:
+        self._outcome = "cancelled"
+        self.bar.setValue(0)
+        self.status.setText("cancelled; no checkpoint was written")
+
+    def _job_finished(self) -> None:
+        self.finetune_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.finished.emit(self._outcome)

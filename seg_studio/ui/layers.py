@@ -1,0 +1,197 @@
+"""Conversions between napari layers and ``Volume``, and the layers a prediction becomes.
+
+The geometry travels in ``layer.metadata["seg_studio"]`` (spacing/origin/direction in SimpleITK
+x,y,z order, the scan's source path), as the reader writes it; ``scale`` is ``spacing_zyx`` so
+every layer we add lines up with the scan in physical units. These are functions, not widgets:
+the sections call them on the main thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.volume import LabelInfo, Volume
+
+log = logging.getLogger(__name__)
+
+META_KEY = "seg_studio"
+#: metadata["seg_studio"]["role"] of layers the panel created (never used as the scan).
+ROLE_MASK = "mask"
+ROLE_OUTPUT = "output"
+
+
+def _md(layer: Any) -> dict[str, Any]:
+    md = layer.metadata.get(META_KEY) if hasattr(layer, "metadata") else None
+    return md if isinstance(md, dict) else {}
+
+
+def role(layer: Any) -> str:
+    return str(_md(layer).get("role", ""))
+
+
+def is_scan_layer(layer: Any) -> bool:
+    """An Image layer the user opened (not a probability/attention map the panel added)."""
+    return type(layer).__name__ == "Image" and role(layer) not in (ROLE_OUTPUT,)
+
+
+def scan_layers(viewer: Any) -> list[Any]:
+    return [ly for ly in viewer.layers if is_scan_layer(ly)]
+
+
+def labels_layers(viewer: Any) -> list[Any]:
+    return [ly for ly in viewer.layers if type(ly).__name__ == "Labels"]
+
+
+def layer_volume(layer: Any) -> Volume:
+    """The Volume behind an Image (or Labels) layer, with its geometry from the metadata.
+
+    Falls back to the layer's ``scale``/``translate`` for layers that another reader opened.
+    The array is the layer's own data (no copy): callers must not write into it.
+    """
+    md = _md(layer)
+    data = np.asarray(layer.data)
+    channels = 1
+    if getattr(layer, "rgb", False):
+        data = np.moveaxis(data, -1, 0)
+        channels = data.shape[0]
+    elif int(md.get("channels", 1) or 1) > 1:
+        channels = int(md["channels"])
+    nd = data.ndim - (1 if channels > 1 else 0)
+    if nd not in (2, 3):
+        raise ValueError(f"layer {layer.name!r} has {nd} spatial dimensions; seg_studio needs 2D or 3D")
+    spacing = md.get("spacing") or tuple(float(s) for s in reversed(layer.scale[-nd:]))
+    origin = md.get("origin") or tuple(float(t) for t in reversed(layer.translate[-nd:]))
+    direction = md.get("direction") or tuple(np.eye(nd).ravel())
+    source = md.get("source")
+    return Volume(
+        array=data,
+        spacing=tuple(spacing)[:nd],
+        origin=tuple(origin)[:nd],
+        direction=tuple(direction),
+        channels=channels,
+        source=Path(source) if source else None,
+        meta={"name": layer.name, **{k: v for k, v in md.get("meta", {}).items()}},
+    )
+
+
+def layer_kwargs(volume: Volume, like: Any | None = None) -> dict[str, Any]:
+    """``scale``/``translate`` for a new layer on ``volume``'s grid (aligned with the scan layer ``like``)."""
+    scale = tuple(volume.spacing_zyx)
+    if like is not None:
+        nd = volume.ndim
+        like_scale = tuple(like.scale[-nd:])
+        like_shape = layer_volume(like).spatial_shape
+        translate = tuple(like.translate[-nd:])
+        if volume.spatial_shape != like_shape:
+            # a coarser map (e.g. an attention level) covering the same extent as the scan
+            scale = tuple(
+                s * n / m for s, n, m in zip(like_scale, like_shape, volume.spatial_shape, strict=True)
+            )
+            translate = tuple(
+                t + (sc - ls) / 2 for t, sc, ls in zip(translate, scale, like_scale, strict=True)
+            )
+        return {"scale": scale, "translate": translate}
+    return {"scale": scale, "translate": tuple(volume.origin_zyx)}
+
+
+def geometry_metadata(volume: Volume, **extra: Any) -> dict[str, Any]:
+    g = volume.geometry()
+    g.update({"source": str(volume.source) if volume.source else None}, **extra)
+    return {META_KEY: g}
+
+
+def class_colormap(classes: list[Any]) -> Any:
+    """A napari label colormap from ``ClassInfo``/``LabelInfo``-like items (value, name, color)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict[int | None, Any] = {None: np.zeros(4), 0: np.zeros(4)}
+    for c in classes:
+        if int(c.value) == 0:
+            continue
+        r, g, b = (int(v) for v in c.color)
+        colors[int(c.value)] = np.array([r / 255, g / 255, b / 255, 1.0])
+    return DirectLabelColormap(color_dict=colors)
+
+
+def class_features(classes: list[Any]) -> dict[str, Any]:
+    """The Labels features table: hovering a voxel shows its class name in the status bar."""
+    return {
+        "index": np.array([int(c.value) for c in classes]),
+        "class": np.array([str(c.name) for c in classes]),
+    }
+
+
+def layer_classes(layer: Any) -> list[LabelInfo]:
+    """Class values, names and colours of a Labels layer (from our metadata, else its features/colormap)."""
+    md = _md(layer)
+    out: list[LabelInfo] = []
+    for item in md.get("classes") or md.get("labels") or []:
+        if isinstance(item, dict):
+            out.append(
+                LabelInfo(int(item["value"]), str(item["name"]), tuple(item.get("color", (255, 0, 0))))
+            )
+    if out:
+        return out
+    feats = getattr(layer, "features", None)
+    if feats is not None and "index" in feats and "class" in feats:
+        for v, n in zip(feats["index"], feats["class"], strict=True):
+            out.append(LabelInfo(int(v), str(n), _color_of(layer, int(v))))
+        return out
+    values = np.unique(np.asarray(layer.data))
+    values = values[values > 0][:64]
+    return [LabelInfo(0, "background", (0, 0, 0))] + [
+        LabelInfo(int(v), f"label {int(v)}", _color_of(layer, int(v))) for v in values
+    ]
+
+
+def _color_of(layer: Any, value: int) -> tuple[int, int, int]:
+    try:
+        rgba = np.asarray(layer.colormap.map(value)).ravel()
+        return tuple(int(round(float(c) * 255)) for c in rgba[:3])  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001 - a colour is cosmetic
+        return (255, 0, 0)
+
+
+def classes_metadata(classes: list[Any]) -> list[dict[str, Any]]:
+    return [{"value": int(c.value), "name": str(c.name), "color": [int(v) for v in c.color]} for c in classes]
+
+
+def labels_volume(labels_layer: Any, scan: Volume) -> Volume:
+    """The Labels layer as a label Volume in the scan's geometry (what gets saved or trained on)."""
+    arr = np.asarray(labels_layer.data)
+    if arr.shape != scan.spatial_shape:
+        raise ValueError(
+            f"labels {labels_layer.name!r} have shape {arr.shape}, the scan has {scan.spatial_shape}"
+        )
+    classes = layer_classes(labels_layer)
+    return Volume(
+        array=arr,
+        spacing=scan.spacing,
+        origin=scan.origin,
+        direction=scan.direction,
+        labels={c.value: LabelInfo(c.value, c.name, tuple(c.color)) for c in classes},
+        source=scan.source,
+        meta={"kind": "labels"},
+    )
+
+
+def replace_labels(layer: Any, new: np.ndarray) -> int:
+    """Write ``new`` into a Labels layer as ONE undoable step (Ctrl+Z restores the old mask).
+
+    Returns the number of voxels that changed. Only the changed voxels enter the history, so a
+    re-run over a corrected mask costs memory in proportion to what it changed.
+    """
+    old = np.asarray(layer.data)
+    if old.shape != new.shape:
+        raise ValueError(f"new labels have shape {new.shape}, the layer has {old.shape}")
+    changed = old != new
+    n = int(changed.sum())
+    if n:
+        idx = np.nonzero(changed)
+        with layer.block_history():
+            layer.data_setitem(idx, new[idx].astype(old.dtype, copy=False))
+    return n

@@ -1,0 +1,430 @@
+"""Model panel: pick a variant and a checkpoint, see its card, choose the device and the outputs.
+
+The variant list comes from the registry and the devices from torch, both probed in a worker so
+that the window shows before torch is imported. Checkpoints are found in the bundled
+``resources/models/`` folder and the user's model folder; "Open checkpoint..." adds any
+``.segmodel``. Picking a variant with no checkpoint builds an untrained model (with a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QWidget,
+)
+
+from ..core.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+ANY_VARIANT = "(any variant)"
+CHECKPOINT_SUFFIX = ".segmodel"
+
+
+def bundled_model_dirs() -> list[Path]:
+    """``resources/models`` next to the package (a source checkout) or inside it (a wheel)."""
+    pkg = Path(__file__).resolve().parents[1]
+    return [d for d in (pkg.parent / "resources" / "models", pkg / "resources" / "models") if d.is_dir()]
+
+
+def find_checkpoints(extra: list[Path] | None = None) -> list[Path]:
+    """Every ``.segmodel`` in the bundled folder, the user's model folder and ``extra`` files."""
+    from ..core.autosave import user_model_dir
+
+    found: dict[Path, None] = {}
+    for d in [*bundled_model_dirs(), user_model_dir()]:
+        for p in sorted(d.rglob(f"*{CHECKPOINT_SUFFIX}")):
+            found[p.resolve()] = None
+    for p in extra or []:
+        if p.is_file():
+            found[p.resolve()] = None
+    return list(found)
+
+
+@dataclass
+class CheckpointInfo:
+    """What the picker shows about a checkpoint without loading its weights."""
+
+    path: Path
+    meta: Any  # checkpoint.ModelMeta
+    error: str = ""
+
+    @property
+    def architecture(self) -> str:
+        return getattr(self.meta, "architecture", "?") if self.meta is not None else "?"
+
+
+@dataclass
+class ModelChoice:
+    """What predict/fine-tune will use: a checkpoint file, or an untrained registry variant."""
+
+    variant: str
+    checkpoint: Path | None = None
+    meta: Any = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def untrained(self) -> bool:
+        return self.checkpoint is None
+
+    @property
+    def label(self) -> str:
+        return self.checkpoint.name if self.checkpoint else f"untrained {self.variant}"
+
+
+def read_checkpoint_meta(path: Path) -> Any:
+    """The checkpoint's metadata (``ModelMeta``) without building the model when the core allows it."""
+    from ..core import checkpoint
+
+    reader = getattr(checkpoint, "read_meta", None)
+    if reader is not None:
+        return reader(path)
+    return checkpoint.load(path, device="cpu")[1]
+
+
+def card_html(info: CheckpointInfo | None, choice: ModelChoice | None) -> str:
+    """The model card as compact rich text: classes with their colours, dims, spacing, Dice, parent."""
+    if choice is not None and choice.untrained:
+        return (
+            f"<b>{choice.variant}</b> &mdash; <span style='color:#f0a030'><b>untrained</b>: random weights, "
+            "the mask will be noise until you fine-tune it on corrected labels</span>"
+        )
+    if info is None:
+        return "<i>no model selected</i>"
+    if info.error:
+        return f"<span style='color:#ff6060'>{info.error}</span>"
+    m = info.meta
+    classes = " ".join(
+        f"<span style='color:rgb{tuple(c.color)}'>&#9632;</span>&nbsp;{c.name}"
+        for c in getattr(m, "classes", [])
+        if int(c.value) != 0
+    )
+    spacing = getattr(m, "spacing", None)
+    spacing_txt = " x ".join(f"{s:g}" for s in spacing) + " mm" if spacing else "native"
+    prov = getattr(m, "provenance", {}) or {}
+    card = getattr(m, "card", {}) or {}
+    metrics = prov.get("metrics") or card.get("metrics") or {}
+    dice = metrics.get("dice") if isinstance(metrics, dict) else None
+    if isinstance(dice, dict):
+        dice = dice.get("mean", next(iter(dice.values()), None))
+    parent = prov.get("parent") or prov.get("parent_hash") or card.get("parent")
+    if isinstance(parent, dict):
+        parent = parent.get("name") or parent.get("hash")
+    rows = [
+        f"<b>{m.architecture}</b> {m.spatial_dims}D, {m.in_channels} channel(s) &rarr; {len(m.classes)} classes",
+        f"classes: {classes or '-'}",
+        f"spacing: {spacing_txt}; patch {' x '.join(str(p) for p in m.patch_size)}",
+    ]
+    if dice is not None:
+        rows.append(
+            f"Dice: {float(dice):.3f}" + (f" ({metrics.get('dataset')})" if metrics.get("dataset") else "")
+        )
+    if parent:
+        rows.append(f"parent: {str(parent)[:40]}")
+    if card.get("description") or card.get("title"):
+        rows.append(f"<i>{card.get('title') or card.get('description')}</i>")
+    return "<br>".join(rows)
+
+
+class ModelSection(QGroupBox):
+    """Variant, checkpoint, card, device and prediction options."""
+
+    #: emitted when the chosen model changes (argument: the ModelChoice or None)
+    choice_changed = Signal(object)
+    #: emitted once the registry and devices were probed
+    probed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Model", parent)
+        self._infos: dict[Path, CheckpointInfo] = {}
+        self._extra: list[Path] = []
+        self._variants: list[str] = []
+        self._jobs: list[Any] = []
+        self._cache: tuple[tuple[Any, ...], Any, Any] | None = None
+
+        self.variant = QComboBox()
+        self.variant.addItem(ANY_VARIANT)
+        self.variant.setToolTip("U-Net variants from the registry; filters the checkpoints below")
+        self.checkpoint = QComboBox()
+        self.checkpoint.setToolTip("checkpoints in resources/models and your model folder")
+        self.open_button = QPushButton("Open checkpoint...")
+        self.card = QLabel("<i>looking for models...</i>")
+        self.card.setWordWrap(True)
+        self.card.setTextFormat(self.card.textFormat().RichText)
+        self.device = QComboBox()
+        self.device.addItem("auto (best available)", "auto")
+        self.device.addItem("CPU", "cpu")
+        self.overlap = QDoubleSpinBox()
+        self.overlap.setRange(0.0, 0.9)
+        self.overlap.setSingleStep(0.125)
+        self.overlap.setValue(0.25)
+        self.overlap.setToolTip("overlap between sliding windows: more is smoother and slower")
+        self.tta = QCheckBox("test-time augmentation (flips)")
+        self.want_probabilities = QCheckBox("probabilities")
+        self.want_uncertainty = QCheckBox("uncertainty")
+        self.want_attention = QCheckBox("attention maps")
+        for box in (self.want_probabilities, self.want_uncertainty, self.want_attention):
+            box.setChecked(True)
+
+        form = QFormLayout(self)
+        form.addRow("Variant", self.variant)
+        row = QHBoxLayout()
+        row.addWidget(self.checkpoint, 1)
+        row.addWidget(self.open_button)
+        form.addRow("Checkpoint", row)
+        form.addRow(self.card)
+        form.addRow("Device", self.device)
+        form.addRow("Overlap", self.overlap)
+        form.addRow(self.tta)
+        outs = QHBoxLayout()
+        for box in (self.want_probabilities, self.want_uncertainty, self.want_attention):
+            outs.addWidget(box)
+        form.addRow("Show", outs)
+
+        self.variant.currentIndexChanged.connect(self._variant_changed)
+        self.checkpoint.currentIndexChanged.connect(self._checkpoint_changed)
+        self.open_button.clicked.connect(self._open_dialog)
+
+    # --- probing -----------------------------------------------------------------------------------
+    def start_probe(self) -> None:
+        """Probe devices, variants and checkpoint cards in a worker (torch imports off the UI thread)."""
+        from .workers import Job
+
+        extra = list(self._extra)
+
+        def factory(token: Any):  # noqa: ANN202 - a generator
+            return _probe(extra)
+
+        self._jobs.append(
+            Job(factory, on_done=self._probe_done, on_error=self._probe_error, name="probing models")
+        )
+
+    def _probe_error(self, message: str, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(f"seg_studio could not list the models: {message}")
+
+    def _probe_done(self, result: tuple[list[tuple[str, str]], list[str], list[CheckpointInfo]]) -> None:
+        devices, variants, infos = result
+        current = self.device_name()
+        self.device.blockSignals(True)
+        self.device.clear()
+        for key, text in devices:
+            self.device.addItem(text, key)
+        idx = self.device.findData(current)
+        self.device.setCurrentIndex(max(0, idx))
+        self.device.blockSignals(False)
+        self._variants = variants
+        keep_variant = self.variant.currentText()
+        self.variant.blockSignals(True)
+        self.variant.clear()
+        self.variant.addItem(ANY_VARIANT)
+        self.variant.addItems(variants)
+        self.variant.setCurrentIndex(max(0, self.variant.findText(keep_variant)))
+        self.variant.blockSignals(False)
+        for info in infos:
+            self._infos[info.path] = info
+        self._refill_checkpoints()
+        self.probed.emit()
+
+    # --- choices -----------------------------------------------------------------------------------
+    def device_name(self) -> str:
+        return str(self.device.currentData() or "auto")
+
+    def set_device(self, name: str) -> None:
+        idx = self.device.findData(name)
+        if idx < 0:
+            raise ValueError(f"device {name!r} is not available here; choose one of {self.devices()}")
+        self.device.setCurrentIndex(idx)
+
+    def devices(self) -> list[str]:
+        return [str(self.device.itemData(i)) for i in range(self.device.count())]
+
+    def variants(self) -> list[str]:
+        return list(self._variants)
+
+    def checkpoints(self) -> list[Path]:
+        return [p for p in self._infos if not self._infos[p].error]
+
+    def current_choice(self) -> ModelChoice | None:
+        data = self.checkpoint.currentData()
+        if isinstance(data, str) and data.startswith("variant:"):
+            return ModelChoice(variant=data.split(":", 1)[1])
+        if isinstance(data, str) and data:
+            info = self._infos.get(Path(data))
+            if info is None or info.error:
+                return None
+            return ModelChoice(variant=info.architecture, checkpoint=info.path, meta=info.meta)
+        return None
+
+    def current_info(self) -> CheckpointInfo | None:
+        data = self.checkpoint.currentData()
+        if isinstance(data, str) and data and not data.startswith("variant:"):
+            return self._infos.get(Path(data))
+        return None
+
+    def add_checkpoint(self, path: Path, select: bool = True) -> CheckpointInfo:
+        """Read a checkpoint's card, list it and (by default) select it; errors become a red card."""
+        path = Path(path).expanduser().resolve()
+        try:
+            meta = read_checkpoint_meta(path)
+            info = CheckpointInfo(path, meta)
+        except CheckpointError as exc:
+            info = CheckpointInfo(path, None, str(exc))
+        except Exception as exc:  # noqa: BLE001 - any broken file becomes a message, never a crash
+            from .workers import user_message
+
+            info = CheckpointInfo(
+                path, None, f"{path.name} is not a readable checkpoint: {user_message(exc)}"
+            )
+        if info.error:
+            return info
+        self._infos[path] = info
+        if path not in self._extra:
+            self._extra.append(path)
+        self._refill_checkpoints(select=path if select else None)
+        return info
+
+    def select_checkpoint(self, path: Path) -> None:
+        path = Path(path).expanduser().resolve()
+        if path not in self._infos:
+            info = self.add_checkpoint(path)
+            if info.error:
+                raise CheckpointError(info.error)
+            return
+        self.variant.setCurrentIndex(0)
+        idx = self.checkpoint.findData(str(path))
+        self.checkpoint.setCurrentIndex(idx)
+
+    def select_variant(self, name: str, untrained: bool = False) -> None:
+        """Filter to ``name``; ``untrained=True`` also picks the untrained entry of that variant."""
+        idx = self.variant.findText(name)
+        if idx < 0:
+            from ..core.models import get_spec
+
+            get_spec(name)  # raises ModelError with suggestions
+            self.variant.addItem(name)
+            idx = self.variant.findText(name)
+        self.variant.setCurrentIndex(idx)
+        if untrained:
+            self.checkpoint.setCurrentIndex(self.checkpoint.findData(f"variant:{name}"))
+
+    def _variant_changed(self) -> None:
+        self._refill_checkpoints()
+
+    def _refill_checkpoints(self, select: Path | None = None) -> None:
+        variant = self.variant.currentText()
+        if select is not None and variant != ANY_VARIANT and self._infos[select].architecture != variant:
+            self.variant.blockSignals(True)
+            self.variant.setCurrentIndex(0)
+            self.variant.blockSignals(False)
+            variant = ANY_VARIANT
+        keep = select or (Path(self.checkpoint.currentData()) if self._has_path_data() else None)
+        self.checkpoint.blockSignals(True)
+        self.checkpoint.clear()
+        for path, info in self._infos.items():
+            if info.error or (variant != ANY_VARIANT and info.architecture != variant):
+                continue
+            dims = getattr(info.meta, "spatial_dims", "?")
+            self.checkpoint.addItem(f"{path.stem}  ({info.architecture}, {dims}D)", str(path))
+            self.checkpoint.setItemData(self.checkpoint.count() - 1, str(path), 3)  # tooltip role
+        if variant != ANY_VARIANT:
+            self.checkpoint.addItem(f"untrained {variant} (random weights)", f"variant:{variant}")
+        if self.checkpoint.count() == 0:
+            self.checkpoint.addItem("(no checkpoint: pick a variant or open one)", "")
+        idx = self.checkpoint.findData(str(keep)) if keep is not None else -1
+        self.checkpoint.setCurrentIndex(max(0, idx))
+        self.checkpoint.blockSignals(False)
+        self._checkpoint_changed()
+
+    def _has_path_data(self) -> bool:
+        data = self.checkpoint.currentData()
+        return isinstance(data, str) and bool(data) and not data.startswith("variant:")
+
+    def _checkpoint_changed(self) -> None:
+        choice = self.current_choice()
+        self.card.setText(card_html(self.current_info(), choice))
+        self.choice_changed.emit(choice)
+
+    def _open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open checkpoint", "", f"seg_studio models (*{CHECKPOINT_SUFFIX})"
+        )
+        if path:
+            self.open_checkpoint(Path(path))
+
+    def open_checkpoint(self, path: Path) -> CheckpointInfo:
+        """Add and select ``path``; a bad file shows a notification and changes nothing."""
+        from napari.utils.notifications import show_error
+
+        info = self.add_checkpoint(Path(path))
+        if info.error:
+            show_error(info.error)
+        return info
+
+    # --- options and loading -------------------------------------------------------------------------
+    def outputs(self) -> dict[str, bool]:
+        return {
+            "probabilities": self.want_probabilities.isChecked(),
+            "uncertainty": self.want_uncertainty.isChecked(),
+            "attention": self.want_attention.isChecked(),
+        }
+
+    def predict_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``inference.PredictOptions``."""
+        return {
+            "device": self.device_name(),
+            "overlap": float(self.overlap.value()),
+            "tta": self.tta.isChecked(),
+            **self.outputs(),
+        }
+
+    def cached_model(self, key: tuple[Any, ...]) -> tuple[Any, Any] | None:
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1], self._cache[2]
+        return None
+
+    def remember_model(self, key: tuple[Any, ...], model: Any, meta: Any) -> None:
+        """Keep the last loaded model (one only) so a re-run skips loading; lives on this widget."""
+        self._cache = (key, model, meta)
+
+
+def _probe(extra: list[Path]):  # noqa: ANN202 - a generator for Job
+    """Worker side of ``start_probe``: devices, variants, and the cards of all checkpoints found."""
+    import torch
+
+    from ..core.models import list_models
+
+    devices: list[tuple[str, str]] = [("auto", "auto (best available)")]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            devices.append((f"cuda:{i}", f"CUDA {i}: {props.name}, {props.total_memory / 2**30:.0f} GiB"))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append(("mps", "Apple MPS"))
+    devices.append(("cpu", f"CPU ({torch.get_num_threads()} threads)"))
+    variants = list_models(trainable_only=True)
+    infos: list[CheckpointInfo] = []
+    for path in find_checkpoints(extra):
+        try:
+            infos.append(CheckpointInfo(path, read_checkpoint_meta(path)))
+        except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others
+            log.warning("skipping %s: %s", path, exc)
+            infos.append(CheckpointInfo(path, None, str(exc)))
+    return devices, variants, infos
+    yield  # pragma: no cover - makes this a generator

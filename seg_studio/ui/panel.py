@@ -1,0 +1,203 @@
+"""The seg_studio dock widget: Model, Run, View, Correct and Fine-tune sections in one panel.
+
+Every button calls a public method of this panel (or of a section it forwards to), so scripts and
+tests drive the panel exactly as a user does: ``predict()``, ``cancel()``, ``finetune()``,
+``save_labels(path)``, ``apply_window(preset)``... All state lives on the instance; nothing is
+kept at module level, so two viewers can each have their own panel.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QFormLayout, QScrollArea, QVBoxLayout, QWidget
+
+from . import layers as L
+from .autosave import Autosaver
+from .correct_section import CorrectSection
+from .finetune_section import FinetuneSection
+from .model_section import ModelSection
+from .run_section import RunSection
+from .view_section import ViewSection
+
+log = logging.getLogger(__name__)
+
+
+class SegStudioPanel(QScrollArea):
+    """Pick a model, predict in the background, look, correct, fine-tune, save."""
+
+    def __init__(self, napari_viewer: Any, autosave_interval_s: float | None = None) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setMinimumWidth(380)
+        body = QWidget()
+        self.setWidget(body)
+        lay = QVBoxLayout(body)
+
+        self.scan_combo = QComboBox()
+        self.scan_combo.setToolTip("the scan that Predict and Fine-tune use")
+        top = QFormLayout()
+        top.addRow("Scan", self.scan_combo)
+        lay.addLayout(top)
+
+        self.models = ModelSection()
+        self.run = RunSection(self.viewer, self.models, self.scan_layer)
+        self.view = ViewSection(self.viewer, self.scan_layer)
+        self.correct = CorrectSection(self.viewer, self.scan_layer, self.mask_layer)
+        self.finetune_section = FinetuneSection(self.viewer, self.models, self.run, self.scan_layer)
+        for section in (self.models, self.run, self.view, self.correct, self.finetune_section):
+            lay.addWidget(section)
+        lay.addStretch(1)
+
+        kwargs = {} if autosave_interval_s is None else {"interval_s": autosave_interval_s}
+        self.autosaver = Autosaver(self.viewer, self.scan_layer, self._mask_of, parent=self, **kwargs)
+        self.autosaver.offered.connect(self._offer_autosave)
+        self.autosaver.saved.connect(
+            lambda p: self.correct.autosave_label.setText(f"autosaved {Path(p).name}")
+        )
+        self.correct.restore_button.clicked.connect(lambda: self.restore_autosave())
+        self.correct.discard_button.clicked.connect(lambda: self.discard_autosave())
+        self.correct.saved.connect(self._after_save)
+        self._offer_layer: Any = None
+        self.autosaver.watch_existing()
+
+        self.viewer.layers.events.inserted.connect(self._layers_changed)
+        self.viewer.layers.events.removed.connect(self._layers_changed)
+        self.scan_combo.currentIndexChanged.connect(lambda _: self.correct.refresh_classes())
+        self.run.finished.connect(lambda _: self.correct.refresh_classes())
+        self._layers_changed()
+        self.models.start_probe()
+
+    # --- which layers -------------------------------------------------------------------------------
+    def scan_layer(self) -> Any:
+        """The scan picked in the Scan box (the newest scan by default)."""
+        name = self.scan_combo.currentText()
+        for layer in L.scan_layers(self.viewer):
+            if layer.name == name:
+                return layer
+        scans = L.scan_layers(self.viewer)
+        return scans[-1] if scans else None
+
+    def mask_layer(self) -> Any:
+        scan = self.scan_layer()
+        return self._mask_of(scan) if scan is not None else None
+
+    def _mask_of(self, scan_layer: Any) -> Any:
+        return self.run.mask_layer(scan_layer)
+
+    def _layers_changed(self, event: Any = None) -> None:
+        names = [ly.name for ly in L.scan_layers(self.viewer)]
+        current = self.scan_combo.currentText()
+        self.scan_combo.blockSignals(True)
+        self.scan_combo.clear()
+        self.scan_combo.addItems(names)
+        if event is not None and getattr(event, "type", "") == "inserted" and L.is_scan_layer(event.value):
+            current = event.value.name  # a newly opened scan becomes the current one
+        self.scan_combo.setCurrentIndex(names.index(current) if current in names else len(names) - 1)
+        self.scan_combo.blockSignals(False)
+        self.correct.refresh_classes()
+
+    # --- the actions (buttons call these) -----------------------------------------------------------
+    def predict(self) -> bool:
+        return self.run.predict()
+
+    def cancel(self) -> None:
+        """Cancel whatever runs (prediction and/or fine-tune)."""
+        self.run.cancel()
+        self.finetune_section.cancel()
+
+    def finetune(self, budget_s: float | None = None, only_changed: bool | None = None) -> bool:
+        return self.finetune_section.finetune(budget_s=budget_s, only_changed=only_changed)
+
+    def rerun(self) -> bool:
+        return self.finetune_section.rerun()
+
+    def open_checkpoint(self, path: Path) -> Any:
+        return self.models.open_checkpoint(Path(path))
+
+    def select_checkpoint(self, path: Path) -> None:
+        self.models.select_checkpoint(Path(path))
+
+    def select_variant(self, name: str, untrained: bool = True) -> None:
+        self.models.select_variant(name, untrained=untrained)
+
+    def set_device(self, name: str) -> None:
+        self.models.set_device(name)
+
+    def apply_window(self, preset: str) -> tuple[float, float]:
+        return self.view.apply_window(preset)
+
+    def set_view(self, ndisplay: int) -> None:
+        self.view.set_view(ndisplay)
+
+    def select_class(self, value: int) -> None:
+        self.correct.select_class(value)
+
+    def remove_small_islands(self, min_size: int | None = None) -> int:
+        return self.correct.remove_small_islands(min_size)
+
+    def fill_holes(self) -> int:
+        return self.correct.fill_holes()
+
+    def keep_largest(self) -> int:
+        return self.correct.keep_largest()
+
+    def save_labels(self, path: Path) -> Path:
+        return self.correct.save_labels(Path(path))
+
+    def autosave_now(self) -> Path | None:
+        return self.autosaver.autosave_now()
+
+    def restore_autosave(self) -> Any:
+        layer = self._offer_layer or self.scan_layer()
+        mask = self.autosaver.restore(layer)
+        self._hide_offer()
+        self.correct.refresh_classes()
+        return mask
+
+    def discard_autosave(self) -> None:
+        layer = self._offer_layer or self.scan_layer()
+        if layer is not None:
+            self.autosaver.discard(layer)
+        self._hide_offer()
+
+    def shutdown(self) -> None:
+        """Before the window closes: stop jobs and write a last autosave of unsaved edits."""
+        self.cancel()
+        self.autosaver.stop()
+        if self.autosaver.dirty:
+            try:
+                self.autosaver.autosave_now()
+            except Exception as exc:  # noqa: BLE001 - closing must not fail
+                log.warning("last autosave failed: %s", exc)
+
+    # --- autosave offer ------------------------------------------------------------------------------
+    def _offer_autosave(self, layer: Any, info: Any) -> None:
+        from napari.utils.notifications import show_info
+
+        self._offer_layer = layer
+        self.correct.autosave_label.setText(
+            f"Autosaved labels from {info.age_text} were found for {layer.name}: restore them?"
+        )
+        self.correct.restore_button.setVisible(True)
+        self.correct.discard_button.setVisible(True)
+        show_info(f"autosaved labels from {info.age_text} found for {layer.name}: see Correct > Restore")
+
+    def _hide_offer(self) -> None:
+        self._offer_layer = None
+        self.correct.restore_button.setVisible(False)
+        self.correct.discard_button.setVisible(False)
+        self.correct.autosave_label.setText("")
+
+    def _after_save(self, path: Path) -> None:
+        # the edits are safe in a file the user chose: the autosave is no longer needed
+        layer = self.scan_layer()
+        if layer is not None:
+            self.autosaver.discard(layer)
+        self.autosaver.dirty = False
+        self.correct.autosave_label.setText(f"saved {Path(path).name}")

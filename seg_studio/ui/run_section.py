@@ -1,0 +1,319 @@
+"""Run: predict in a worker with a progress bar, ETA and Cancel; results become layers.
+
+The worker loads the model (or builds an untrained variant) and drives ``inference.iter_predict``;
+the main thread then adds the mask as a Labels layer with the checkpoint's class names and colours
+and the optional maps (probabilities, uncertainty, one per attention gate level) as hidden,
+additive, colormapped Image layers, all on the scan's physical grid. A re-run over an existing mask
+writes into it as one undoable step (Ctrl+Z brings the previous mask back). The scan is only read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from ..core.progress import Progress
+from ..core.volume import LabelInfo, Volume
+from . import layers as L
+from .model_section import ModelChoice, ModelSection
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLASSES = [LabelInfo(0, "background", (0, 0, 0)), LabelInfo(1, "foreground", (255, 64, 64))]
+ATTENTION_COLORMAPS = ("inferno", "magma", "plasma", "viridis", "turbo")
+
+
+def format_progress(p: Progress) -> str:
+    eta = ""
+    if p.eta_s is not None and p.eta_s >= 0:
+        eta = f", {p.eta_s:.0f} s left" if p.eta_s >= 1 else ", <1 s left"
+    unit = f" {p.done}/{p.total}" if p.total > 1 else ""
+    text = f"{p.stage or 'working'}{unit}{eta}"
+    return f"{text} - {p.message}" if p.message else text
+
+
+def build_untrained(choice: ModelChoice, scan: Volume, classes: list[Any]) -> tuple[Any, Any]:
+    """A registry variant with random weights, shaped for this scan and these classes (worker side)."""
+    from ..core import checkpoint
+    from ..core.models import create_model
+
+    model = create_model(
+        choice.variant,
+        spatial_dims=scan.ndim,
+        in_channels=scan.channels,
+        out_channels=len(classes),
+        **choice.config,
+    )
+    meta = checkpoint.new_meta(
+        model,
+        architecture=choice.variant,
+        arch_args=dict(choice.config),
+        classes=[checkpoint.ClassInfo(int(c.value), str(c.name), tuple(c.color)) for c in classes],
+        normalization={"mode": "zscore"},
+        card={"title": f"untrained {choice.variant}", "untrained": True},
+    )
+    return model, meta
+
+
+def load_choice(choice: ModelChoice, scan: Volume, classes: list[Any]) -> tuple[Any, Any]:
+    """Load the checkpoint or build the untrained variant (runs in the worker)."""
+    if choice.untrained:
+        return build_untrained(choice, scan, classes)
+    from ..core import checkpoint
+
+    return checkpoint.load(choice.checkpoint, device="cpu")
+
+
+def _predict_job(choice, scan, classes, options, cached, token):  # noqa: ANN001, ANN202 - worker generator
+    from ..core.inference import PredictOptions, iter_predict
+
+    if cached is None:
+        yield Progress(0, 1, "loading model", choice.label)
+        model, meta = load_choice(choice, scan, classes)
+    else:
+        model, meta = cached
+    token.raise_if_cancelled()
+    pred = yield from iter_predict(scan, model, meta, PredictOptions(**options), cancel=token)
+    return pred, model, meta
+
+
+class RunSection(QGroupBox):
+    """Predict / Cancel, a progress bar and what the worker is doing."""
+
+    #: emitted when a prediction job ends: "done", "cancelled" or "error"
+    finished = Signal(str)
+
+    def __init__(
+        self,
+        viewer: Any,
+        models: ModelSection,
+        scan_layer: Callable[[], Any],
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__("Run", parent)
+        self.viewer = viewer
+        self.models = models
+        self._scan_layer = scan_layer
+        self.job: Any = None
+        self.last_prediction: Any = None
+        self.last_error: str = ""
+        #: mask layer -> the array the model produced (for "fine-tune on what changed")
+        self.baselines: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
+        self._t0 = 0.0
+
+        self.predict_button = QPushButton("Predict")
+        self.predict_button.setToolTip("segment the selected scan with the chosen model (in the background)")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(0)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        lay = QVBoxLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(self.predict_button, 2)
+        row.addWidget(self.cancel_button, 1)
+        lay.addLayout(row)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.status)
+        self.predict_button.clicked.connect(lambda: self.predict())
+        self.cancel_button.clicked.connect(self.cancel)
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and self.job.running
+
+    # --- actions -----------------------------------------------------------------------------------
+    def predict(self) -> bool:
+        """Start a prediction on the current scan; returns False (with a notification) if it cannot."""
+        from napari.utils.notifications import show_error, show_warning
+
+        from .workers import Job
+
+        if self.busy:
+            show_warning("a prediction is already running; cancel it first")
+            return False
+        layer = self._scan_layer()
+        if layer is None:
+            show_error("open a scan first (File > Open, or drag a file onto the window)")
+            return False
+        choice = self.models.current_choice()
+        if choice is None:
+            show_error("pick a model first: a checkpoint, or a variant to run untrained")
+            return False
+        try:
+            scan = L.layer_volume(layer)
+        except ValueError as exc:
+            show_error(str(exc))
+            return False
+        mask = self.mask_layer(layer)
+        classes = L.layer_classes(mask) if (choice.untrained and mask is not None) else DEFAULT_CLASSES
+        if choice.untrained and len(classes) < 2:
+            classes = DEFAULT_CLASSES
+        if choice.untrained:
+            show_warning(f"{choice.variant} is untrained: its mask is noise until you fine-tune it")
+        key = (str(choice.checkpoint or f"variant:{choice.variant}"), scan.ndim, scan.channels, len(classes))
+        if choice.checkpoint is not None:
+            key += (choice.checkpoint.stat().st_mtime_ns,)
+        cached = self.models.cached_model(key)
+        options = self.models.predict_options()
+        self.last_error = ""
+        self._t0 = time.perf_counter()
+        self.bar.setValue(0)
+        self.status.setText(f"starting: {choice.label} on {layer.name}")
+        self.predict_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.job = Job(
+            lambda token: _predict_job(choice, scan, classes, options, cached, token),
+            on_progress=self._progress,
+            on_done=lambda result: self._done(result, layer, scan, key),
+            on_error=self._error,
+            on_cancelled=self._cancelled,
+            on_finished=self._job_finished,
+            name="prediction",
+        )
+        self._outcome = "done"
+        return True
+
+    def cancel(self) -> None:
+        """Stop the running prediction; nothing is added and nothing is written."""
+        if self.busy:
+            self.status.setText("cancelling...")
+            self.job.cancel()
+
+    # --- worker callbacks (main thread) -------------------------------------------------------------
+    def _progress(self, p: Progress) -> None:
+        self.bar.setValue(int(p.fraction * 1000))
+        self.status.setText(format_progress(p))
+
+    def _done(self, result: tuple[Any, Any, Any], layer: Any, scan: Volume, key: tuple[Any, ...]) -> None:
+        pred, model, meta = result
+        self.models.remember_model(key, model, meta)
+        if layer not in list(self.viewer.layers):
+            self.status.setText("the scan was closed; the prediction was dropped")
+            return
+        self.add_prediction(pred, meta, layer)
+        self.last_prediction = pred
+        self.bar.setValue(1000)
+        self.status.setText(f"done in {time.perf_counter() - self._t0:.1f} s on {pred.device}")
+
+    def _error(self, message: str, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self._outcome = "error"
+        self.last_error = message
+        self.status.setText(f"failed: {message}")
+        show_error(message)
+
+    def _cancelled(self) -> None:
+        self._outcome = "cancelled"
+        self.bar.setValue(0)
+        self.status.setText("cancelled; nothing was added")
+
+    def _job_finished(self) -> None:
+        self.predict_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.finished.emit(self._outcome)
+
+    # --- layers -----------------------------------------------------------------------------------
+    def mask_layer(self, scan_layer: Any) -> Any:
+        """The Labels layer that holds the mask of ``scan_layer`` (ours, else the only one that fits)."""
+        shape = (
+            np.shape(scan_layer.data)[-len(scan_layer.scale) :]
+            if not getattr(scan_layer, "rgb", False)
+            else None
+        )
+        fits = [
+            ly
+            for ly in L.labels_layers(self.viewer)
+            if shape is None or tuple(np.shape(ly.data)) == tuple(shape)
+        ]
+        ours = [ly for ly in fits if L._md(ly).get("scan_layer") == scan_layer.name]
+        if ours:
+            return ours[-1]
+        return fits[-1] if len(fits) == 1 else None
+
+    def add_prediction(self, pred: Any, meta: Any, scan_layer: Any) -> Any:
+        """Turn a ``Prediction`` into layers; returns the mask layer."""
+        classes = list(meta.classes)
+        labels = np.asarray(pred.labels.array)
+        md = L.geometry_metadata(pred.labels)
+        md[L.META_KEY].update(
+            role=L.ROLE_MASK, scan_layer=scan_layer.name, classes=L.classes_metadata(classes), kind="labels"
+        )
+        place = L.layer_kwargs(pred.labels, like=scan_layer)
+        mask = self.mask_layer(scan_layer)
+        if mask is not None and L._md(mask).get("role") == L.ROLE_MASK:
+            L.replace_labels(mask, labels)
+            mask.colormap = L.class_colormap(classes)
+            mask.features = L.class_features(classes)
+            mask.metadata = {**mask.metadata, **md}
+        else:
+            mask = self.viewer.add_labels(
+                labels.copy(),
+                name=f"{scan_layer.name} mask",
+                colormap=L.class_colormap(classes),
+                features=L.class_features(classes),
+                metadata=md,
+                opacity=0.5,
+                **place,
+            )
+        self.baselines[mask] = labels.copy()
+        self._add_maps(pred, classes, scan_layer)
+        self.viewer.layers.selection.active = mask
+        mask.mode = "pan_zoom"
+        return mask
+
+    def _add_maps(self, pred: Any, classes: list[Any], scan_layer: Any) -> None:
+        """Probability / uncertainty / attention maps: hidden, additive, colormapped, on the scan grid."""
+        prefix = f"{scan_layer.name}:"
+        for ly in [
+            ly for ly in self.viewer.layers if L.role(ly) == L.ROLE_OUTPUT and ly.name.startswith(prefix)
+        ]:
+            self.viewer.layers.remove(ly)
+        maps: list[tuple[str, Volume, str]] = []
+        if pred.probabilities is not None:
+            probs = pred.probabilities
+            arr = probs.channel_first()
+            for i, c in enumerate(classes):
+                if int(c.value) == 0 or i >= arr.shape[0]:
+                    continue
+                maps.append(
+                    (
+                        f"{prefix} p({c.name})",
+                        probs.with_array(arr[i]) if probs.channels > 1 else probs,
+                        "green",
+                    )
+                )
+        if pred.uncertainty is not None:
+            maps.append((f"{prefix} uncertainty", pred.uncertainty, "magma"))
+        n = len(pred.attention)
+        for k, att in enumerate(pred.attention):
+            # deepest level first (SegOutput's order); name them by level from the top for the user
+            maps.append(
+                (f"{prefix} attention level {n - k}", att, ATTENTION_COLORMAPS[k % len(ATTENTION_COLORMAPS)])
+            )
+        for name, vol, cmap in maps:
+            arr = np.asarray(vol.array, dtype=np.float32)
+            hi = float(np.nanmax(arr)) if arr.size else 1.0
+            md = L.geometry_metadata(vol)
+            md[L.META_KEY].update(role=L.ROLE_OUTPUT, scan_layer=scan_layer.name)
+            self.viewer.add_image(
+                arr,
+                name=name,
+                colormap=cmap,
+                blending="additive",
+                visible=False,
+                opacity=0.7,
+                contrast_limits=(0.0, max(hi, 1e-6) if "uncertainty" in name else 1.0),
+                metadata=md,
+                **L.layer_kwargs(vol, like=scan_layer),
+            )

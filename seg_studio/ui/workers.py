@@ -1,0 +1,152 @@
+"""The one place where core generators meet napari's ``thread_worker``.
+
+A ``Job`` runs a core generator (``Generator[Progress, None, T]``) in a worker thread. The
+generator is *built* inside the thread too, so heavy imports and model loading never block the
+event loop. Progress, results and errors come back as Qt signals, delivered on the main thread,
+which is the only thread that touches layers. Cancelling sets the core ``CancelToken`` (the core
+loop stops at its next check and raises ``Cancelled``); a result that arrives after a cancel is
+dropped, so a cancelled prediction never lands.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Generator
+from typing import Any
+
+from ..core.errors import Cancelled, SegStudioError
+from ..core.progress import CancelToken, Progress
+
+log = logging.getLogger(__name__)
+
+#: Minimum time between two forwarded progress records without metrics (keeps the queue short).
+PROGRESS_INTERVAL_S = 0.05
+
+GenFactory = Callable[[CancelToken], Generator[Progress, None, Any]]
+
+
+def user_message(exc: BaseException) -> str:
+    """One line a user can act on, for any exception that reached the UI edge."""
+    if isinstance(exc, SegStudioError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = str(exc)
+    lowered = text.lower()
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in lowered or isinstance(exc, MemoryError):
+        return (
+            "out of memory: choose the CPU device, lower the overlap or close other programs, then try again"
+        )
+    first = text.splitlines()[0] if text else ""
+    return f"unexpected {type(exc).__name__}: {first} (details in the log)"
+
+
+def _drive(factory: GenFactory, token: CancelToken) -> Generator[Progress, None, Any]:
+    """Runs in the worker thread: builds the core generator and forwards throttled progress."""
+    gen = factory(token)
+    last = 0.0
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            token.raise_if_cancelled()
+            return stop.value
+        now = time.perf_counter()
+        if (
+            item.metrics
+            or item.done >= item.total
+            or now - last >= PROGRESS_INTERVAL_S
+            or not isinstance(item, Progress)
+        ):
+            last = now
+            yield item
+
+
+class Job:
+    """A core generator running in a napari worker thread.
+
+    Callbacks run on the main thread: ``on_progress(Progress)``, ``on_done(result)``,
+    ``on_error(message, exc)``, ``on_cancelled()`` and finally ``on_finished()`` whatever happened.
+    """
+
+    def __init__(
+        self,
+        factory: GenFactory,
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[str, BaseException], None] | None = None,
+        on_cancelled: Callable[[], None] | None = None,
+        on_finished: Callable[[], None] | None = None,
+        name: str = "job",
+    ) -> None:
+        from napari.qt.threading import GeneratorWorker
+
+        self.name = name
+        self.token = CancelToken()
+        self.running = True
+        self._on_progress = on_progress
+        self._on_done = on_done
+        self._on_error = on_error
+        self._on_cancelled = on_cancelled
+        self._on_finished = on_finished
+        self._cancel_reported = False
+        # napari's GeneratorWorker, built directly: napari 0.9.2's create_worker adds a task-status
+        # hook whose ``errored`` slot takes the wrong number of arguments (a TypeError on every error).
+        self.worker = GeneratorWorker(_drive, factory, self.token)
+        self.worker.yielded.connect(self._yielded)
+        self.worker.returned.connect(self._returned)
+        self.worker.errored.connect(self._errored)
+        self.worker.aborted.connect(self._report_cancelled)
+        self.worker.finished.connect(self._finished)
+        self.worker.start()
+
+    # --- control ---------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask the core loop to stop at its next check; the job then reports ``on_cancelled``."""
+        self.token.cancel()
+
+    # --- signal handlers (main thread) -------------------------------------------------------------
+    def _yielded(self, item: Progress) -> None:
+        if self._on_progress and not self.token.cancelled:
+            self._on_progress(item)
+
+    def _returned(self, value: Any) -> None:
+        if self.token.cancelled:
+            self._report_cancelled()
+        elif self._on_done:
+            self._call(self._on_done, value)
+
+    def _errored(self, exc: BaseException) -> None:
+        if isinstance(exc, Cancelled) or self.token.cancelled:
+            self._report_cancelled()
+            return
+        if not isinstance(exc, SegStudioError):
+            log.error(
+                "%s failed:\n%s",
+                self.name,
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            )
+        if self._on_error:
+            self._on_error(user_message(exc), exc)
+
+    def _report_cancelled(self) -> None:
+        if self._cancel_reported:
+            return
+        self._cancel_reported = True
+        if self._on_cancelled:
+            self._on_cancelled()
+
+    def _finished(self) -> None:
+        self.running = False
+        if self._on_finished:
+            self._on_finished()
+
+    def _call(self, fn: Callable[[Any], None], value: Any) -> None:
+        # A failure while adding layers must not kill the app: report it like a worker error.
+        try:
+            fn(value)
+        except Exception as exc:  # noqa: BLE001 - the UI edge
+            log.exception("%s: handling the result failed", self.name)
+            if self._on_error:
+                self._on_error(user_message(exc), exc)
