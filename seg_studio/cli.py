@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import cli_predict
+from . import cli_io, cli_predict
 from .core.errors import SegStudioError
 
 Runner = Callable[[argparse.Namespace], int]
@@ -75,6 +75,17 @@ def _run_gui(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner]] = {
     "models": ("list the U-Net variants", _add_models, _run_models),
     "gui": ("open the napari app", _add_gui, _run_gui),
+    "info": (
+        "print a scan's size, spacing, origin, direction, type and range (or a DICOM folder's series)",
+        cli_io.add_info,
+        cli_io.run_info,
+    ),
+    "convert": (
+        "convert a scan or DICOM series to another format (e.g. DICOM -> NIfTI)",
+        cli_io.add_convert,
+        cli_io.run_convert,
+    ),
+    "demo": ("write the synthetic sample and describe it (the headless job)", cli_io.add_demo, cli_io.run_demo),
     "inspect": ("print a checkpoint's metadata (its model card)", cli_predict.add_inspect, cli_predict.run_inspect),
     "import-weights": (
         "turn a plain PyTorch state dict into a .segmodel (never unpickles code)",

@@ -1,0 +1,162 @@
+# ruff: noqa: T201 - the CLI prints; this module is part of it
+"""CLI commands around files: ``info``, ``convert`` and ``demo`` (registered in ``cli.COMMANDS``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _fmt_num(v: float) -> str:
+    return f"{v:.6g}"
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The human form of ``core.io.summary``: one fact per line, x,y,z order like the scanners'."""
+    nd = s["dims"]
+    axes = "x,y,z"[: 2 * nd - 1]
+    lines = [f"path:      {s['path']}"]
+    lines.append(f"format:    {s['format']} ({s['kind']}{', RGB' if s.get('rgb') else ''})")
+    chans = f", {s['channels']} channels" if s["channels"] > 1 else ""
+    lines.append(f"size:      {' x '.join(str(n) for n in s['size_xyz'])} ({axes}){chans}")
+    lines.append(f"spacing:   {' x '.join(_fmt_num(v) for v in s['spacing'])} mm")
+    lines.append(f"origin:    ({', '.join(_fmt_num(v) for v in s['origin'])}) mm")
+    d = s["direction"]
+    rows = [" ".join(f"{v: .4f}" for v in d[i * nd : (i + 1) * nd]) for i in range(nd)]
+    lines.append(f"direction: [{'; '.join(rows)}]")
+    lines.append(f"dtype:     {s['dtype']}")
+    if s.get("range") is not None:
+        lo, hi = s["range"]
+        lines.append(f"range:     {_fmt_num(lo)} .. {_fmt_num(hi)}")
+    if "label_values" in s:
+        names = s.get("labels") or {}
+        shown = ", ".join(f"{k}={v}" for k, v in list(names.items())[:8])
+        more = f", ... ({len(names)} in all)" if len(names) > 8 else ""
+        lines.append(f"labels:    {s['label_values']} distinct values: {shown}{more}")
+    for key, title in (
+        ("modality", "modality"),
+        ("series_description", "series"),
+        ("series_uid", "series UID"),
+        ("slices", "slices"),
+    ):
+        if key in s:
+            val = s[key] if s[key] != "" else "(empty)"
+            lines.append(f"{title + ':':<11}{val}" if len(title) < 10 else f"{title}: {val}")
+    if "window_center" in s:
+        lines.append(f"window:    center {_fmt_num(s['window_center'])}, width {_fmt_num(s['window_width'])}")
+    if s.get("nonuniform_spacing"):
+        lines.append("warning:   uneven slice gaps (read with --allow-nonuniform; spacing is an average)")
+    return "\n".join(lines)
+
+
+# --- info ---------------------------------------------------------------------------------------
+
+
+def add_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=Path, help="a scan file or a DICOM folder")
+    p.add_argument("--series", help="DICOM series UID (or a unique part of it) when the folder holds several")
+    p.add_argument("--allow-nonuniform", action="store_true", help="read DICOM series with uneven slice gaps")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from .core import io
+
+    path: Path = args.path
+    series_list = None
+    if path.is_dir():
+        series_list = io.list_series(path)
+        if len(series_list) > 1 and args.series is None:
+            rows = [s.as_dict() for s in series_list]
+            if args.json:
+                print(json.dumps({"path": str(path), "series": rows}, indent=2))
+            else:
+                print(f"{path} holds {len(rows)} DICOM series (pick one with --series UID):")
+                for s in series_list:
+                    print(f"  {s.label()}")
+            return 0
+    vol = io.read(path, series=args.series, allow_nonuniform=args.allow_nonuniform)
+    s = io.summary(vol)
+    if series_list is not None:
+        s["series_in_folder"] = [x.as_dict() for x in series_list]
+    if args.json:
+        print(json.dumps(s, indent=2))
+    else:
+        print(format_summary(s))
+    return 0
+
+
+# --- convert ------------------------------------------------------------------------------------
+
+
+def add_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", type=Path, help="a scan file or a DICOM folder")
+    p.add_argument(
+        "output", type=Path, help="file to write (.nii.gz, .nii, .mha, .mhd, .nrrd, .tif, .png, .bmp)"
+    )
+    p.add_argument("--series", help="DICOM series UID when the folder holds several")
+    p.add_argument("--allow-nonuniform", action="store_true", help="read DICOM series with uneven slice gaps")
+    p.add_argument(
+        "--labels",
+        action="store_true",
+        help="treat the input as a label map (smallest integer type); guessed from the name otherwise",
+    )
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from .core import io
+
+    vol = io.read(args.input, series=args.series, allow_nonuniform=args.allow_nonuniform)
+    if args.labels:
+        vol.meta["kind"] = "labels"
+    out = io.write(vol, args.output, protected=[args.input])
+    print(f"wrote {out} ({vol.meta.get('kind')}, {' x '.join(str(n) for n in reversed(vol.spatial_shape))})")
+    return 0
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+def add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("seg_studio_sample"),
+        help="folder for the sample (default ./seg_studio_sample)",
+    )
+
+
+def make_demo_sample(out: Path) -> dict[str, Path]:
+    """Write the synthetic 2D and 3D samples (scan + labels) as NIfTI; returns their paths by role."""
+    from .core import io
+    from .core.atomic import atomic_write
+    from .core.samples import make_sample_2d, make_sample_3d
+
+    paths: dict[str, Path] = {}
+    for dims, make in ((3, make_sample_3d), (2, make_sample_2d)):
+        image, labels = make()
+        folder = out / f"{dims}d"
+        paths[f"image_{dims}d"] = io.write(image, folder / f"sample_{dims}d.nii.gz")
+        paths[f"labels_{dims}d"] = io.write(labels, folder / f"sample_{dims}d_labels.nii.gz")
+        # NIfTI has no room for class names: a labels.json beside the files carries them (read() uses it)
+        names = {"labels": {str(v): li.name for v, li in sorted(labels.labels.items())}}
+        atomic_write(folder / "labels.json", lambda t, n=names: t.write_text(json.dumps(n, indent=1)))
+    return paths
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The headless job of ``installer/run.sh``: make the sample, then describe what was written.
+
+    Kept as small steps (``make_demo_sample``, then one step per stage) so a prediction step can be
+    added after the files exist.
+    """
+    from .core import io
+
+    paths = make_demo_sample(args.out)
+    print(f"seg_studio sample written to {args.out}/")
+    for role, path in paths.items():
+        print(f"\n[{role}]")
+        print(format_summary(io.summary(io.read(path))))
+    return 0

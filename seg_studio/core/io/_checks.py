@@ -1,0 +1,175 @@
+"""Checks that turn silent garbage into a clear ``ImageLoadError``.
+
+ITK reads a truncated ``.nii``/``.nii.gz`` or TIFF without complaint and fills the missing voxels
+with whatever was in memory, so the sizes are checked here before ITK sees the file. Values and
+geometry that the rest of seg_studio cannot use (NaN, shear) are refused after reading.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageLoadError
+from ..volume import Volume
+
+log = logging.getLogger(__name__)
+
+_NIFTI_DTYPE_BITS = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32}
+
+
+def check_not_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{path.name} is empty (0 bytes); the file was not saved completely")
+
+
+def check_nifti(path: Path) -> None:
+    """Refuse files that are not NIfTI-1/2 or hold fewer voxel bytes than their header promises."""
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    try:
+        opener = gzip.open if gz else open
+        with opener(path, "rb") as fh:
+            hdr = fh.read(544)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ImageLoadError(f"{path.name} is damaged: it is not readable gzip data ({exc})") from exc
+    if len(hdr) < 348:
+        raise ImageLoadError(
+            f"{path.name} is not a complete NIfTI file (only {len(hdr)} bytes, a NIfTI header has 348)"
+        )
+    expected = _nifti_expected_bytes(hdr, path)
+    if gz:
+        _check_gzip_length(path, expected)
+    else:
+        size = path.stat().st_size
+        if size < expected:
+            raise ImageLoadError(
+                f"{path.name} is truncated: {size} bytes on disk, its header needs {expected}; "
+                "copy the file again from its source"
+            )
+
+
+def _nifti_expected_bytes(hdr: bytes, path: Path) -> int:
+    for end in "<>":
+        sizeof = struct.unpack(end + "i", hdr[:4])[0]
+        if sizeof == 348:
+            dims = struct.unpack(end + "8h", hdr[40:56])
+            bitpix = struct.unpack(end + "h", hdr[72:74])[0]
+            datatype = struct.unpack(end + "h", hdr[70:72])[0]
+            vox_offset = struct.unpack(end + "f", hdr[108:112])[0]
+            magic = hdr[344:348]
+            if magic not in (b"n+1\x00", b"ni1\x00"):
+                continue
+            if magic == b"ni1\x00":
+                raise ImageLoadError(
+                    f"{path.name} is a NIfTI header-only file (.hdr/.img pair); open the .hdr/.img or "
+                    "convert it to a single .nii.gz"
+                )
+            break
+        if sizeof == 540 and len(hdr) >= 540:
+            datatype, bitpix = struct.unpack(end + "2h", hdr[12:16])
+            dims = struct.unpack(end + "8q", hdr[16:80])
+            vox_offset = struct.unpack(end + "q", hdr[168:176])[0]
+            break
+    else:
+        raise ImageLoadError(
+            f"{path.name} is not a NIfTI file (no NIfTI header found); if it holds another format, "
+            "give it that format's extension"
+        )
+    ndim = int(dims[0])
+    if not 1 <= ndim <= 7:
+        raise ImageLoadError(f"{path.name} has a corrupt NIfTI header (dim[0] = {ndim})")
+    if any(d < 1 for d in dims[1 : ndim + 1]):
+        raise ImageLoadError(f"{path.name} has a corrupt NIfTI header (image size {dims[1 : ndim + 1]})")
+    bits = bitpix if bitpix > 0 else _NIFTI_DTYPE_BITS.get(datatype, 8)
+    voxels = math.prod(int(d) for d in dims[1 : ndim + 1])
+    return int(vox_offset) + voxels * bits // 8
+
+
+def _check_gzip_length(path: Path, expected: int) -> None:
+    # Fast path: the gzip trailer stores the uncompressed length (mod 2**32). A truncated file ends
+    # in compressed data instead, which matches by chance with probability 2**-32.
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        fh.seek(max(size - 4, 0))
+        isize = struct.unpack("<I", fh.read(4))[0] if size >= 22 else -1
+    if isize == expected % 2**32:
+        return
+    # Slow path (multi-member gzip such as bgzip, or a damaged file): decompress and count.
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ImageLoadError(
+            f"{path.name} is truncated or damaged (gzip: {exc}); copy the file again from its source"
+        ) from exc
+    if total < expected:
+        raise ImageLoadError(
+            f"{path.name} is truncated: it holds {total} bytes of image data, its header needs {expected}"
+        )
+
+
+def check_tiff(path: Path) -> None:
+    """Refuse TIFFs whose pages point past the end of the file (ITK would read them as garbage)."""
+    from PIL import Image, UnidentifiedImageError
+
+    size = path.stat().st_size
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        log.debug("Pillow cannot parse %s; leaving the TIFF checks to ITK", path)
+        return
+    except (OSError, EOFError, struct.error, ValueError) as exc:
+        raise ImageLoadError(f"{path.name} is not a readable TIFF file ({exc})") from exc
+    try:
+        with img:
+            for page in range(getattr(img, "n_frames", 1)):
+                img.seek(page)
+                tags = img.tag_v2
+                offsets = tags.get(273) or tags.get(324) or ()
+                counts = tags.get(279) or tags.get(325) or ()
+                if offsets and counts:
+                    end = max(int(o) + int(c) for o, c in zip(offsets, counts, strict=False))
+                    if end > size:
+                        raise ImageLoadError(
+                            f"{path.name} is truncated: page {page + 1} needs {end} bytes, the file has {size}"
+                        )
+    except ImageLoadError:
+        raise
+    except (OSError, EOFError, struct.error, ValueError) as exc:
+        raise ImageLoadError(f"{path.name} is truncated or damaged ({exc})") from exc
+
+
+def check_values(vol: Volume, name: str) -> None:
+    """NaN/Inf break normalisation and training silently, so they are refused at the door."""
+    a = vol.array
+    if a.dtype.kind == "f" or a.dtype.kind == "c":
+        finite = np.isfinite(a)
+        if not finite.all():
+            bad = a[~finite]
+            n_nan = int(np.isnan(bad).sum())
+            n_inf = int(bad.size - n_nan)
+            raise ImageLoadError(
+                f"{name} contains {n_nan} NaN and {n_inf} infinite voxel values; replace them (e.g. with 0) "
+                "in the program that made the file, then open it again"
+            )
+
+
+def check_direction(vol: Volume, name: str, atol: float = 1e-4) -> None:
+    """A sheared (non-orthonormal) direction cannot be shown or resampled faithfully: refuse it."""
+    d = vol.direction_matrix
+    gram = d.T @ d
+    err = float(np.abs(gram - np.eye(vol.ndim)).max())
+    if not np.isfinite(d).all() or err > atol:
+        raise ImageLoadError(
+            f"{name} has a sheared or scaled direction matrix (not orthonormal, deviation {err:.3g}); "
+            "resample it to an orthogonal grid first (e.g. with 3D Slicer's 'Harden transform')"
+        )

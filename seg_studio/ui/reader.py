@@ -1,0 +1,145 @@
+"""napari reader: any file or DICOM folder ``core.io`` reads becomes a layer in physical units.
+
+Layer placement, chosen once for every layer seg_studio adds (see ``ui/layers.py``):
+``scale = spacing_zyx`` and ``translate = origin_zyx``. Scale makes millimetres the world unit, so
+anisotropic scans look right; translate puts layers of one frame of reference where they belong
+relative to each other (the TCIA mask series lands on its T1 series, a cropped label map on its
+region) and the status bar shows scanner coordinates. The direction matrix is *not* applied: napari
+would then slice and paint obliquely through the data, so it is kept, with the full geometry, in
+``layer.metadata["seg_studio"]``, from which the writer rebuilds the ``Volume`` exactly. Masks made on
+a scan get the scan's scale and translate, so they always line up with it.
+
+Only numpy and ``seg_studio.core.io`` are imported at module level: napari starts fast and torch
+stays out of the reading path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.volume import Volume
+
+log = logging.getLogger(__name__)
+
+META_KEY = "seg_studio"
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
+    """Layer metadata must survive copying and session saving: plain JSON values only."""
+    try:
+        return json.loads(json.dumps(meta, default=str))
+    except (TypeError, ValueError):
+        return {k: str(v) for k, v in meta.items()}
+
+
+def layer_metadata(volume: Volume) -> dict[str, Any]:
+    """``metadata["seg_studio"]``: geometry (SimpleITK x,y,z order), source, channels, labels, meta."""
+    g = volume.geometry()
+    g.update(
+        source=str(volume.source) if volume.source else None,
+        channels=volume.channels,
+        labels=[
+            {"value": int(li.value), "name": li.name, "color": [int(c) for c in li.color]}
+            for li in sorted(volume.labels.values(), key=lambda li: li.value)
+        ],
+        meta=_jsonable(volume.meta),
+    )
+    return {META_KEY: g}
+
+
+def _layer_name(volume: Volume, name: str | None) -> str:
+    if name:
+        return name
+    src = volume.source
+    if src is None:
+        return str(volume.meta.get("name", "scan"))
+    if Path(src).is_dir():
+        desc = volume.meta.get("series_description")
+        return f"{Path(src).name} {desc}".strip() if desc else Path(src).name
+    from ..core.atomic import split_suffix
+
+    return split_suffix(src)[0]
+
+
+def volume_layer_data(volume: Volume, name: str | None = None, kind: str | None = None) -> LayerData:
+    """``(data, add_kwargs, layer_type)`` for a Volume: the one adapter between Volume and napari.
+
+    Colour 2D pictures become ``rgb=True`` with the channel axis last (napari's layout); other
+    multi-channel volumes keep the channel axis first, as an extra slider with scale 1.
+    """
+    kind = kind or ("labels" if volume.meta.get("kind") == "labels" else "image")
+    nd = volume.ndim
+    scale = list(volume.spacing_zyx)
+    translate = list(volume.origin_zyx)
+    kwargs: dict[str, Any] = {"name": _layer_name(volume, name), "metadata": layer_metadata(volume)}
+    data = volume.array
+    if kind == "labels":
+        if data.dtype.kind not in "iu":
+            from ..core.io import smallest_int_dtype
+
+            data = data.astype(smallest_int_dtype(np.round(data)))
+        named = [li for li in volume.labels.values()]
+        if named and len(named) <= 512:
+            from .layers import class_colormap, class_features
+
+            kwargs["colormap"] = class_colormap(named)
+            kwargs["features"] = class_features(sorted(named, key=lambda li: li.value))
+    elif volume.channels > 1 and nd == 2 and volume.meta.get("rgb"):
+        data = np.moveaxis(data, 0, -1)
+        kwargs["rgb"] = True
+    else:
+        if volume.channels > 1:
+            scale, translate = [1.0] + scale, [0.0] + translate
+        kwargs["colormap"] = "gray"
+        center, width = volume.meta.get("window_center"), volume.meta.get("window_width")
+        if center is not None and width and float(width) > 1:
+            kwargs["contrast_limits"] = [float(center) - float(width) / 2, float(center) + float(width) / 2]
+    kwargs["scale"] = scale
+    kwargs["translate"] = translate
+    return data, kwargs, kind
+
+
+def read_layers(path: str | Path | list[str | Path]) -> list[LayerData]:
+    """Read one path (or several) with ``core.io.read``; errors propagate as ``ImageLoadError``."""
+    from ..core import io
+
+    paths = path if isinstance(path, list | tuple) else [path]
+    return [volume_layer_data(io.read(p)) for p in paths]
+
+
+def _maybe_dicom_folder(folder: Path, depth: int = 1) -> bool:
+    """Cheap check before claiming a folder: a DICOM file in it, or in a subfolder (the reader then
+    explains which subfolder to open)."""
+    from ..core.io._formats import has_dicom_preamble
+
+    try:
+        entries = sorted(folder.iterdir())[:200]
+    except OSError:
+        return False
+    for p in entries:
+        if p.is_file() and (p.suffix.lower() in (".dcm", ".dicom", ".ima") or has_dicom_preamble(p)):
+            return True
+    if depth > 0:
+        return any(_maybe_dicom_folder(p, depth - 1) for p in entries if p.is_dir())
+    return False
+
+
+def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """npe2 reader hook: return ``read_layers`` for paths we read, ``None`` to let others try."""
+    from ..core.io._formats import READ_FORMATS, has_dicom_preamble, suffix_of
+
+    paths = path if isinstance(path, list | tuple) else [path]
+    for p in map(Path, paths):
+        if p.is_dir():
+            if not _maybe_dicom_folder(p):
+                return None
+        elif suffix_of(p) not in READ_FORMATS and not has_dicom_preamble(p):
+            return None
+    return read_layers
