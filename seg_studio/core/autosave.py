@@ -94,7 +94,10 @@ def write_autosave(labels: Volume, key: str, scan: str = "") -> Path:
     if labels.meta.get("kind") != "labels":
         labels = labels.with_array(labels.array, meta={**labels.meta, "kind": "labels"})
     sio.write(labels, path)
-    payload = json.dumps({"scan": scan, "saved_at": time.time(), "labels": path.name})
+    classes = [
+        {"value": int(c.value), "name": c.name, "color": [int(v) for v in c.color]} for c in labels.labels.values()
+    ]
+    payload = json.dumps({"scan": scan, "saved_at": time.time(), "file": path.name, "classes": classes})
     atomic_write(info, lambda tmp: tmp.write_text(payload))
     log.debug("autosaved labels of %s to %s", scan or key, path)
     return path
@@ -119,8 +122,20 @@ def read_autosave(key: str) -> Volume | None:
     if found is None:
         return None
     from . import io as sio
+    from .volume import LabelInfo
 
-    return sio.read(found.path)
+    vol = sio.read(found.path)
+    vol.meta["kind"] = "labels"
+    if not vol.labels:
+        # label names and colours do not survive every format: the sidecar keeps them
+        try:
+            classes = json.loads(_paths(key)[1].read_text()).get("classes") or []
+            vol.labels = {
+                int(c["value"]): LabelInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in classes
+            }
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return vol
 
 
 def discard_autosave(key: str) -> None:

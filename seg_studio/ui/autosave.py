@@ -139,11 +139,10 @@ class Autosaver(QObject):
         if vol.spatial_shape != scan.spatial_shape:
             raise ValueError(f"the autosave has shape {vol.spatial_shape}, the scan {scan.spatial_shape}")
         classes = sorted(vol.labels.values(), key=lambda c: c.value) if vol.labels else []
-        md = L.geometry_metadata(scan)
-        md[L.META_KEY].update(role=L.ROLE_MASK, scan_layer=scan_layer.name, kind="labels")
+        labels = scan.with_array(np.asarray(vol.array), labels=dict(vol.labels), meta={"kind": "labels"})
+        md = L.geometry_metadata(labels, role=L.ROLE_MASK, scan_layer=scan_layer.name)
         kwargs: dict[str, Any] = {}
         if classes:
-            md[L.META_KEY]["classes"] = L.classes_metadata(classes)
             kwargs = {"colormap": L.class_colormap(classes), "features": L.class_features(classes)}
         existing = self._mask_layer(scan_layer)
         if existing is not None and L.role(existing) == L.ROLE_MASK:

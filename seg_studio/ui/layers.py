@@ -99,9 +99,12 @@ def layer_kwargs(volume: Volume, like: Any | None = None) -> dict[str, Any]:
 
 
 def geometry_metadata(volume: Volume, **extra: Any) -> dict[str, Any]:
-    g = volume.geometry()
-    g.update({"source": str(volume.source) if volume.source else None}, **extra)
-    return {META_KEY: g}
+    """``metadata["seg_studio"]`` exactly as the reader writes it (so the writer can rebuild the Volume)."""
+    from .reader import layer_metadata
+
+    md = layer_metadata(volume)
+    md[META_KEY].update(extra)
+    return md
 
 
 def class_colormap(classes: list[Any]) -> Any:

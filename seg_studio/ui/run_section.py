@@ -247,7 +247,7 @@ class RunSection(QGroupBox):
         labels = np.asarray(pred.labels.array)
         md = L.geometry_metadata(pred.labels)
         md[L.META_KEY].update(
-            role=L.ROLE_MASK, scan_layer=scan_layer.name, classes=L.classes_metadata(classes), kind="labels"
+            role=L.ROLE_MASK, scan_layer=scan_layer.name, labels=L.classes_metadata(classes)
         )
         place = L.layer_kwargs(pred.labels, like=scan_layer)
         mask = self.mask_layer(scan_layer)
