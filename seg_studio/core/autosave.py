@@ -95,7 +95,8 @@ def write_autosave(labels: Volume, key: str, scan: str = "") -> Path:
         labels = labels.with_array(labels.array, meta={**labels.meta, "kind": "labels"})
     sio.write(labels, path)
     classes = [
-        {"value": int(c.value), "name": c.name, "color": [int(v) for v in c.color]} for c in labels.labels.values()
+        {"value": int(c.value), "name": c.name, "color": [int(v) for v in c.color]}
+        for c in labels.labels.values()
     ]
     payload = json.dumps({"scan": scan, "saved_at": time.time(), "file": path.name, "classes": classes})
     atomic_write(info, lambda tmp: tmp.write_text(payload))
@@ -131,7 +132,8 @@ def read_autosave(key: str) -> Volume | None:
         try:
             classes = json.loads(_paths(key)[1].read_text()).get("classes") or []
             vol.labels = {
-                int(c["value"]): LabelInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in classes
+                int(c["value"]): LabelInfo(int(c["value"]), str(c["name"]), tuple(c["color"]))
+                for c in classes
             }
         except (OSError, ValueError, KeyError, TypeError):
             pass

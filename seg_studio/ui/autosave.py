@@ -66,7 +66,7 @@ class Autosaver(QObject):
         self._watch(event.value)
 
     def _watch(self, layer: Any) -> None:
-        if type(layer).__name__ == "Labels":
+        if L.is_labels(layer):
             layer.events.paint.connect(self._mark)
             layer.events.data.connect(self._mark)
         elif L.is_scan_layer(layer):

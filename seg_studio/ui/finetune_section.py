@@ -146,7 +146,7 @@ class FinetuneSection(QGroupBox):
         vol = L.labels_volume(mask, scan)
         arr = np.asarray(vol.array)
         if only_changed:
-            base = self.run.baselines.get(mask)
+            base = self.run.baseline(mask)
             if base is None or base.shape != arr.shape:
                 raise ValueError(
                     "nothing to compare with: run a prediction first, or untick 'only what I changed'"

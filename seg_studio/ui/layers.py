@@ -33,9 +33,18 @@ def role(layer: Any) -> str:
     return str(_md(layer).get("role", ""))
 
 
+def is_labels(layer: Any) -> bool:
+    # isinstance, not type(): plugin widgets get napari's PublicOnlyProxy objects
+    from napari.layers import Labels
+
+    return isinstance(layer, Labels)
+
+
 def is_scan_layer(layer: Any) -> bool:
     """An Image layer the user opened (not a probability/attention map the panel added)."""
-    return type(layer).__name__ == "Image" and role(layer) not in (ROLE_OUTPUT,)
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and role(layer) not in (ROLE_OUTPUT,)
 
 
 def scan_layers(viewer: Any) -> list[Any]:
@@ -43,7 +52,7 @@ def scan_layers(viewer: Any) -> list[Any]:
 
 
 def labels_layers(viewer: Any) -> list[Any]:
-    return [ly for ly in viewer.layers if type(ly).__name__ == "Labels"]
+    return [ly for ly in viewer.layers if is_labels(ly)]
 
 
 def layer_volume(layer: Any) -> Volume:

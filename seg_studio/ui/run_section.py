@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -105,7 +104,10 @@ class RunSection(QGroupBox):
         self.last_prediction: Any = None
         self.last_error: str = ""
         #: mask layer -> the array the model produced (for "fine-tune on what changed")
-        self.baselines: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
+        self._baselines: dict[Any, np.ndarray] = {}
+        viewer.layers.events.removed.connect(
+            lambda e: self._baselines.pop(getattr(e.value, "unique_id", None), None)
+        )
         self._t0 = 0.0
 
         self.predict_button = QPushButton("Predict")
@@ -223,6 +225,10 @@ class RunSection(QGroupBox):
         self.cancel_button.setEnabled(False)
         self.finished.emit(self._outcome)
 
+    def baseline(self, mask: Any) -> np.ndarray | None:
+        """What the model predicted into ``mask`` last (to find the voxels the user changed)."""
+        return self._baselines.get(mask.unique_id)
+
     # --- layers -----------------------------------------------------------------------------------
     def mask_layer(self, scan_layer: Any) -> Any:
         """The Labels layer that holds the mask of ``scan_layer`` (ours, else the only one that fits)."""
@@ -266,7 +272,7 @@ class RunSection(QGroupBox):
                 opacity=0.5,
                 **place,
             )
-        self.baselines[mask] = labels.copy()
+        self._baselines[mask.unique_id] = labels.copy()
         self._add_maps(pred, classes, scan_layer)
         self.viewer.layers.selection.active = mask
         mask.mode = "pan_zoom"
