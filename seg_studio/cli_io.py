@@ -10,7 +10,10 @@ from typing import Any
 
 
 def _fmt_num(v: float) -> str:
-    return f"{v:.6g}"
+    """Four decimals at most (``--json`` has the exact values): 6.499993 mm prints as 6.5."""
+    if float(v).is_integer():
+        return str(int(v))
+    return f"{v:.4f}".rstrip("0").rstrip(".")
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -106,6 +106,10 @@ def _read_file(path: Path) -> Volume:
         from ._sitk import image_to_volume, read_image
 
         vol = image_to_volume(read_image(path, fmt), path.name)
+        if fmt == "TIFF":
+            # TIFF stores resolution as float32 rationals: 1 mm comes back as 1.0000000150; keep the
+            # 7 significant digits the file really holds
+            vol.spacing = tuple(float(f"{s:.7g}") for s in vol.spacing)
         if vol.channels in (2, 4) and vol.ndim == 2:
             vol = _drop_opaque_alpha(vol)
     vol.meta.setdefault("format", fmt)

@@ -43,7 +43,7 @@ def check_nifti(path: Path) -> None:
         raise ImageLoadError(
             f"{path.name} is not a complete NIfTI file (only {len(hdr)} bytes, a NIfTI header has 348)"
         )
-    expected = _nifti_expected_bytes(hdr, path)
+    expected, offset, float_dtype = _nifti_layout(hdr, path)
     if gz:
         _check_gzip_length(path, expected)
     else:
@@ -53,9 +53,37 @@ def check_nifti(path: Path) -> None:
                 f"{path.name} is truncated: {size} bytes on disk, its header needs {expected}; "
                 "copy the file again from its source"
             )
+    if float_dtype is not None:
+        _check_nifti_finite(path, gz, offset, expected, float_dtype)
 
 
-def _nifti_expected_bytes(hdr: bytes, path: Path) -> int:
+def _check_nifti_finite(path: Path, gz: bool, offset: int, end: int, dtype: np.dtype) -> None:
+    """ITK's NIfTI reader silently turns NaN/Inf into 0, so float data is checked on disk first."""
+    opener = gzip.open if gz else open
+    n_nan = n_inf = 0
+    chunk = (1 << 22) // dtype.itemsize * dtype.itemsize
+    with opener(path, "rb") as fh:
+        fh.seek(offset)
+        left = end - offset
+        while left > 0:
+            buf = fh.read(min(chunk, left))
+            if not buf:
+                break
+            left -= len(buf)
+            a = np.frombuffer(buf[: len(buf) // dtype.itemsize * dtype.itemsize], dtype=dtype)
+            bad = a[~np.isfinite(a)]
+            if bad.size:
+                nans = int(np.isnan(bad).sum())
+                n_nan, n_inf = n_nan + nans, n_inf + int(bad.size - nans)
+    if n_nan or n_inf:
+        raise ImageLoadError(
+            f"{path.name} contains {n_nan} NaN and {n_inf} infinite voxel values; replace them (e.g. with 0) "
+            "in the program that made the file, then open it again"
+        )
+
+
+def _nifti_layout(hdr: bytes, path: Path) -> tuple[int, int, np.dtype | None]:
+    """(bytes the file must hold, voxel data offset, float dtype of the voxels or None)."""
     for end in "<>":
         sizeof = struct.unpack(end + "i", hdr[:4])[0]
         if sizeof == 348:
@@ -89,7 +117,12 @@ def _nifti_expected_bytes(hdr: bytes, path: Path) -> int:
         raise ImageLoadError(f"{path.name} has a corrupt NIfTI header (image size {dims[1 : ndim + 1]})")
     bits = bitpix if bitpix > 0 else _NIFTI_DTYPE_BITS.get(datatype, 8)
     voxels = math.prod(int(d) for d in dims[1 : ndim + 1])
-    return int(vox_offset) + voxels * bits // 8
+    floats = {16: "f4", 64: "f8"}.get(int(datatype))
+    return (
+        int(vox_offset) + voxels * bits // 8,
+        int(vox_offset),
+        np.dtype(end + floats) if floats else None,
+    )
 
 
 def _check_gzip_length(path: Path, expected: int) -> None:
@@ -117,11 +150,45 @@ def _check_gzip_length(path: Path, expected: int) -> None:
         )
 
 
+def _check_tiff_ifd_chain(path: Path, size: int) -> None:
+    """Follow the chain of page directories: a pointer past the end means pages were cut off."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+            raise ImageLoadError(f"{path.name} is not a TIFF file (no TIFF header)")
+        end = "<" if head[:2] == b"II" else ">"
+        magic = struct.unpack(end + "H", head[2:4])[0]
+        if magic == 42:
+            cnt_fmt, entry, off_fmt = "H", 12, "I"
+            offset = struct.unpack(end + "I", head[4:8])[0]
+        elif magic == 43 and len(head) >= 16:
+            cnt_fmt, entry, off_fmt = "Q", 20, "Q"
+            offset = struct.unpack(end + "Q", head[8:16])[0]
+        else:
+            raise ImageLoadError(f"{path.name} is not a TIFF file (bad TIFF header)")
+        seen = set()
+        cnt_size, off_size = struct.calcsize(cnt_fmt), struct.calcsize(off_fmt)
+        while offset:
+            if offset in seen or offset + cnt_size > size:
+                raise ImageLoadError(
+                    f"{path.name} is truncated or damaged: page {len(seen) + 1} lies past the end of the file"
+                )
+            seen.add(offset)
+            fh.seek(offset)
+            n = struct.unpack(end + cnt_fmt, fh.read(cnt_size))[0]
+            fh.seek(offset + cnt_size + n * entry)
+            raw = fh.read(off_size)
+            if len(raw) < off_size:
+                raise ImageLoadError(f"{path.name} is truncated: page {len(seen)} is cut off")
+            offset = struct.unpack(end + off_fmt, raw)[0]
+
+
 def check_tiff(path: Path) -> None:
     """Refuse TIFFs whose pages point past the end of the file (ITK would read them as garbage)."""
     from PIL import Image, UnidentifiedImageError
 
     size = path.stat().st_size
+    _check_tiff_ifd_chain(path, size)
     try:
         img = Image.open(path)
     except UnidentifiedImageError:
