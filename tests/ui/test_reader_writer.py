@@ -1,0 +1,156 @@
+"""The napari reader, writers and sample data through a real viewer (Xvfb via pytest-xvfb)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seg_studio.core import io
+from seg_studio.core.volume import Volume
+from seg_studio.ui.reader import napari_get_reader
+
+PLUGIN = "seg-studio"
+
+
+def _md(layer) -> dict:
+    return layer.metadata["seg_studio"]
+
+
+def test_nifti_opens_with_physical_scale_and_geometry(make_napari_viewer, data_dir: Path) -> None:
+    path = data_dir / "totalsegmentator_ct_examples" / "images" / "example_ct_sm.nii.gz"
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(path, plugin=PLUGIN)
+    vol = io.read(path)
+    assert type(layer).__name__ == "Image" and layer.data.shape == (30, 101, 122)
+    np.testing.assert_allclose(layer.scale, (3.0, 3.0, 3.0))
+    np.testing.assert_allclose(layer.translate, vol.origin_zyx)
+    md = _md(layer)
+    assert md["spacing"] == list(vol.spacing) and md["direction"] == list(vol.direction)
+    assert md["origin"] == list(vol.origin) and md["source"] == str(path)
+
+    (labels,) = viewer.open(
+        data_dir / "totalsegmentator_ct_examples" / "labels" / "example_ct_sm.nii.gz", plugin=PLUGIN
+    )
+    assert type(labels).__name__ == "Labels"
+    np.testing.assert_allclose(labels.scale, layer.scale)
+    np.testing.assert_allclose(labels.translate, layer.translate)  # the mask lies on the scan
+    names = dict(zip(labels.features["index"], labels.features["class"], strict=True))
+    assert names[5] == "liver"
+
+
+def test_dicom_folder_opens_in_millimetres_with_its_window(make_napari_viewer, data_dir: Path) -> None:
+    folder = data_dir / "tcia_brain_tumor_progression_dicom" / "images" / "PGBM-003_19950329"
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(folder, plugin=PLUGIN)
+    assert layer.data.shape == (22, 320, 280)
+    np.testing.assert_allclose(layer.scale, (6.5, 0.6875, 0.6875), atol=1e-4)
+    meta = _md(layer)["meta"]
+    assert meta["modality"] == "MR" and meta["series_description"] == "T1post"
+    c, w = meta["window_center"], meta["window_width"]
+    np.testing.assert_allclose(layer.contrast_limits, (c - w / 2, c + w / 2))
+    (mask,) = viewer.open(
+        data_dir / "tcia_brain_tumor_progression_dicom" / "labels" / "PGBM-003_19950329", plugin=PLUGIN
+    )
+    assert type(mask).__name__ == "Labels"
+    np.testing.assert_allclose(mask.translate, layer.translate, atol=1e-4)
+
+
+def test_rgb_picture_is_an_rgb_layer(make_napari_viewer, data_dir: Path) -> None:
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(data_dir / "drive_retina_vessels" / "images" / "22_training.tif", plugin=PLUGIN)
+    assert layer.rgb and layer.data.shape == (584, 565, 3)
+
+
+def test_reader_declines_what_it_cannot_read(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "pngs").mkdir()
+    (tmp_path / "pngs" / "a.png").write_bytes(b"")
+    assert napari_get_reader(str(tmp_path / "notes.txt")) is None
+    assert napari_get_reader(str(tmp_path / "pngs")) is None
+    assert napari_get_reader(str(tmp_path / "x.nii.gz")) is not None
+
+
+def test_two_series_folder_is_an_error_not_the_first_series(
+    make_napari_viewer, data_dir: Path, tmp_path: Path
+) -> None:
+    root = data_dir / "tcia_brain_tumor_progression_dicom"
+    both = tmp_path / "both"
+    both.mkdir()
+    for sub, prefix in (("images", "i"), ("labels", "m")):
+        for f in (root / sub / "PGBM-008_19930610").glob("*.dcm"):
+            shutil.copy(f, both / f"{prefix}{f.name}")
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception) as err:  # napari wraps the reader's error
+        viewer.open(both, plugin=PLUGIN)
+    chain, exc = [], err.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    assert any("2 DICOM series" in m and "T1post" in m and "Mask_Tumor" in m for m in chain), chain
+    assert len(viewer.layers) == 0
+
+
+def test_saving_an_edited_labels_layer_keeps_the_scan_geometry(make_napari_viewer, tmp_path: Path) -> None:
+    import napari
+
+    rot = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # a 90-degree in-plane rotation
+    scan = Volume(
+        array=np.linspace(0, 1000, 4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6),
+        spacing=(0.7, 0.8, 2.5),
+        origin=(10.5, -20.25, 33.0),
+        direction=rot,
+        meta={"kind": "image"},
+    )
+    scan_path = io.write(scan, tmp_path / "scan.nii.gz")
+    before = scan_path.read_bytes()
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(scan_path, plugin=PLUGIN)
+    # a mask made on the scan, as the panel makes it: the scan's metadata, a Labels layer
+    labels = viewer.add_labels(
+        np.zeros(image.data.shape, np.int32),
+        scale=image.scale,
+        translate=image.translate,
+        metadata={"seg_studio": dict(_md(image), meta={"kind": "labels"})},
+    )
+    labels.data[1, 2:4, 1:5] = 2
+    labels.data[2, 0, 0] = 7
+    out = napari.save_layers(str(tmp_path / "mask.nii.gz"), [labels], plugin=PLUGIN)
+    assert out == [str(tmp_path / "mask.nii.gz")]
+    got = io.read(tmp_path / "mask.nii.gz")
+    assert got.array.dtype == np.uint8  # smallest type, not the layer's int32
+    np.testing.assert_array_equal(got.array, labels.data)
+    assert got.same_geometry(io.read(scan_path))
+    np.testing.assert_allclose(got.direction, rot, atol=1e-6)
+    with pytest.raises(Exception) as err:
+        napari.save_layers(str(scan_path), [labels], plugin=PLUGIN)
+    assert "refusing to overwrite the input scan" in repr(err.value) + str(err.value.__cause__)
+    assert scan_path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz", "scan.nii.gz"]
+
+
+def test_opened_mask_round_trips_through_the_writer(
+    make_napari_viewer, data_dir: Path, tmp_path: Path
+) -> None:
+    import napari
+
+    src = data_dir / "msd_task04_hippocampus" / "labels" / "hippocampus_003.nii.gz"  # float32 on disk
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(src, plugin=PLUGIN)
+    assert type(layer).__name__ == "Labels" and layer.data.dtype.kind in "iu"
+    napari.save_layers(str(tmp_path / "h.mha"), [layer], plugin=PLUGIN)
+    got, ref = io.read(tmp_path / "h.mha"), io.read(src)
+    np.testing.assert_array_equal(got.array, ref.array)
+    assert got.array.dtype == np.uint8 and got.same_geometry(ref)
+
+
+def test_sample_data_opens_image_and_labels(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample(PLUGIN, "sample-3d")
+    assert [type(ly).__name__ for ly in layers] == ["Image", "Labels"]
+    np.testing.assert_allclose(layers[0].scale, (2.5, 0.9, 0.9))
+    np.testing.assert_allclose(layers[1].scale, layers[0].scale)
+    layers2 = viewer.open_sample(PLUGIN, "sample-2d")
+    assert layers2[0].data.shape == (128, 128) and "heart" in list(layers2[1].features["class"])
