@@ -20,7 +20,7 @@ def shot(viewer: napari.Viewer, name: str) -> None:
     viewer.reset_view()
     napari.qt.get_qapp().processEvents()
     viewer.screenshot(str(OUT / name), canvas_only=False)
-    print("wrote", OUT / name)
+    print("wrote", OUT / name)  # noqa: T201 - a script
 
 
 def main() -> None:
