@@ -66,9 +66,11 @@ def _finetune_job(choice, scan, labels, out, budget_s, token):  # noqa: ANN001, 
         # An untrained variant has no file yet: save its random start as the parent, so the child's
         # provenance names a real file (in the user's model folder).
         yield Progress(0, 1, "saving the untrained start")
-        classes = [c for c in labels.labels.values()] or None
-        model, meta = build_untrained(choice, scan, classes or [])
-        parent = finetune_destination(out.parent / f"{choice.variant}-untrained{CHECKPOINT_SUFFIX}")
+        classes = sorted(labels.labels.values(), key=lambda c: c.value)
+        model, meta = build_untrained(choice, scan, classes)
+        parent = out.with_name(
+            f"{choice.variant}-untrained-{time.strftime('%Y%m%d-%H%M%S')}{CHECKPOINT_SUFFIX}"
+        )
         checkpoint.save(parent, model, meta)
     result = yield from iter_finetune(parent, [(scan, labels)], out, budget_s=budget_s, cancel=token)
     return result
@@ -141,7 +143,7 @@ class FinetuneSection(QGroupBox):
 
     def training_labels(self, mask: Any, scan: Any, only_changed: bool) -> Any:
         """The mask as a label Volume; with ``only_changed``, untouched voxels get the ignore value."""
-        from ..core.training import IGNORE_INDEX
+        from ..core.training.data import IGNORE_INDEX
 
         vol = L.labels_volume(mask, scan)
         arr = np.asarray(vol.array)
@@ -189,6 +191,7 @@ class FinetuneSection(QGroupBox):
             return False
         from ..core.autosave import user_model_dir
 
+        # an untrained variant's child goes to the user's model folder (its parent is saved there too)
         parent = choice.checkpoint or (user_model_dir() / f"{choice.variant}{CHECKPOINT_SUFFIX}")
         out = finetune_destination(parent)
         self._out = out

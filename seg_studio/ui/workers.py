@@ -94,11 +94,13 @@ class Job:
         # napari's GeneratorWorker, built directly: napari 0.9.2's create_worker adds a task-status
         # hook whose ``errored`` slot takes the wrong number of arguments (a TypeError on every error).
         self.worker = GeneratorWorker(_drive, factory, self.token)
-        self.worker.yielded.connect(self._yielded)
-        self.worker.returned.connect(self._returned)
-        self.worker.errored.connect(self._errored)
-        self.worker.aborted.connect(self._report_cancelled)
-        self.worker.finished.connect(self._finished)
+        # Lambdas, not bound methods: Qt holds bound methods weakly, and a Job nobody keeps must
+        # still report; the running worker (kept by its thread pool) keeps the lambdas and so the Job.
+        self.worker.yielded.connect(lambda item: self._yielded(item))
+        self.worker.returned.connect(lambda value: self._returned(value))
+        self.worker.errored.connect(lambda exc: self._errored(exc))
+        self.worker.aborted.connect(lambda: self._report_cancelled())
+        self.worker.finished.connect(lambda: self._finished())
         self.worker.start()
 
     # --- control ---------------------------------------------------------------------------------

@@ -53,6 +53,5 @@ def test_the_panel_docks_from_the_plugins_menu(make_napari_viewer, tmp_path, mon
     assert isinstance(widget, SegStudioPanel)
     viewer.add_image(np.zeros((8, 8), "float32"), name="probe")
     assert widget.scan_layer().name == "probe"
-    with qtbot.waitSignal(widget.models.probed, timeout=60_000):
-        pass
+    qtbot.waitUntil(lambda: bool(widget.models.variants()), timeout=60_000)
     assert "unet" in widget.models.variants()

@@ -1,0 +1,220 @@
+"""How responsive the app stays: the longest event-loop stall while inference and fine-tuning run,
+and the time from launch to a ready window. Not a test: it prints measured figures.
+
+    xvfb-run -a -s "-screen 0 1400x900x24" env QT_QPA_PLATFORM=xcb \\
+        .venv/bin/python benchmarks/ui_responsiveness.py [--dims 3] [--budget 20]
+
+Stall: a 5 ms QTimer runs on the main thread while the panel's ``predict()`` and ``finetune()`` run
+in their workers; the gap between two ticks minus 5 ms is how long the UI could not react (a user
+sees a stall above ~100 ms). The same timer also runs for 2 s with nothing to do (the baseline of
+this machine under its current load). Launch: a fresh ``python`` process builds the real app window
+(``build_window``: napari, our panel, the sample) and reports when the window is exposed with the
+sample drawn, and when the model list is ready (torch imported in the worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TICK_MS = 5
+
+
+class StallMeter:
+    """Records the gaps between ticks of a fast main-thread timer."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.gaps: list[float] = []
+        self._last = time.perf_counter()
+        self.timer = QTimer()
+        self.timer.setInterval(TICK_MS)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append((now - self._last) * 1000 - TICK_MS)
+        self._last = now
+
+    def start(self) -> None:
+        self.gaps.clear()
+        self._last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self) -> dict[str, float]:
+        self.timer.stop()
+        g = sorted(self.gaps) or [0.0]
+        return {
+            "max_stall_ms": round(max(g), 1),
+            "p99_stall_ms": round(g[min(len(g) - 1, int(0.99 * len(g)))], 1),
+            "median_gap_ms": round(statistics.median(g), 2),
+            "ticks": len(g),
+            "stalls_over_100ms": sum(1 for x in g if x > 100),
+        }
+
+
+def wait_until(app, cond, timeout_s: float) -> None:  # noqa: ANN001
+    t0 = time.perf_counter()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.002)
+        if time.perf_counter() - t0 > timeout_s:
+            raise TimeoutError("timed out")
+
+
+def measure_stalls(dims: int, budget_s: float, features: int) -> dict[str, object]:
+    from qtpy.QtWidgets import QApplication
+
+    from seg_studio.core import checkpoint
+    from seg_studio.core import io as sio
+    from seg_studio.core.models import create_model
+    from seg_studio.core.samples import make_sample_2d, make_sample_3d
+    from seg_studio.ui.app import build_window
+
+    tmp = Path(tempfile.mkdtemp(prefix="seg-ui-bench-"))
+    os.environ["SEG_STUDIO_HOME"] = str(tmp / "home")
+    image, labels = (make_sample_2d if dims == 2 else make_sample_3d)()
+    scan = sio.write(image, tmp / f"scan{dims}d.nii.gz")
+    classes = [labels.labels[v] for v in sorted(labels.labels)]
+    model = create_model(
+        "attention_unet", spatial_dims=dims, in_channels=1, out_channels=len(classes), features=features
+    )
+    meta = checkpoint.new_meta(
+        model,
+        "attention_unet",
+        {"features": features},
+        classes=[checkpoint.ClassInfo(c.value, c.name, tuple(c.color)) for c in classes],
+        patch_size=(32, 64, 64) if dims == 3 else (128, 128),
+    )
+    ckpt = checkpoint.save(tmp / f"bench{dims}d.segmodel", model, meta)
+
+    viewer, panel = build_window(scan)
+    app = QApplication.instance()
+    wait_until(app, lambda: bool(panel.models.variants()), 120)
+    panel.open_checkpoint(ckpt)
+    meter = StallMeter()
+    out: dict[str, object] = {"dims": dims, "features": features, "shape": list(image.spatial_shape)}
+
+    meter.start()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 2.0:
+        app.processEvents()
+        time.sleep(0.001)
+    out["idle"] = meter.stop()
+
+    done: list[str] = []
+    panel.run.finished.connect(done.append)
+    meter.start()
+    t0 = time.perf_counter()
+    panel.predict()
+    wait_until(app, lambda: bool(done), 600)
+    out["predict"] = {**meter.stop(), "seconds": round(time.perf_counter() - t0, 2), "outcome": done[0]}
+
+    mask = panel.mask_layer()
+    truth = labels.array.astype(mask.data.dtype)
+    import numpy as np
+
+    idx = np.nonzero(truth != mask.data)
+    with mask.block_history():
+        mask.data_setitem(idx, truth[idx])
+    done.clear()
+    panel.finetune_section.finished.connect(done.append)
+    meter.start()
+    t0 = time.perf_counter()
+    panel.finetune(budget_s=budget_s, only_changed=False)
+    wait_until(app, lambda: bool(done), 600)
+    out["finetune"] = {**meter.stop(), "seconds": round(time.perf_counter() - t0, 2), "outcome": done[0]}
+    panel.shutdown()
+    viewer.close()
+    return out
+
+
+def launch_child(t_start: float) -> None:
+    """Child process: build the app window and report when it is ready."""
+    from qtpy.QtWidgets import QApplication
+
+    from seg_studio.ui.app import build_window
+
+    t_import = time.time()
+    viewer, panel = build_window(None)
+    app = QApplication.instance()
+    win = viewer.window._qt_window
+    wait_until(app, lambda: win.isVisible() and len(viewer.layers) > 0, 120)
+    app.processEvents()
+    win.grab()  # forces a paint of the window with the sample drawn
+    t_window = time.time()
+    wait_until(app, lambda: bool(panel.models.variants()), 120)
+    t_models = time.time()
+    print(
+        json.dumps(
+            {
+                "python_start_to_app_code_s": round(t_import - t_start, 2),
+                "launch_to_window_s": round(t_window - t_start, 2),
+                "launch_to_models_listed_s": round(t_models - t_start, 2),
+            }
+        )
+    )
+    panel.shutdown()
+    viewer.close()
+
+
+def measure_launch(runs: int) -> list[dict[str, float]]:
+    out = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as home:
+            env = {**os.environ, "SEG_STUDIO_HOME": home}
+            t0 = time.time()
+            proc = subprocess.run(
+                [sys.executable, __file__, "--launch-child", repr(t0)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=300,
+            )
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                raise RuntimeError(f"launch run failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+            out.append(json.loads(lines[-1]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dims", type=int, default=3, choices=(2, 3))
+    ap.add_argument("--features", type=int, default=8)
+    ap.add_argument("--budget", type=float, default=20.0, help="fine-tune budget in seconds")
+    ap.add_argument("--launch-runs", type=int, default=3)
+    ap.add_argument("--launch-child", type=float, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
+    if args.launch_child is not None:
+        launch_child(args.launch_child)
+        return
+    if not os.environ.get("DISPLAY"):
+        sys.exit("needs a display: run it under xvfb-run (see the docstring)")
+    load_before = os.getloadavg()
+    launch = measure_launch(args.launch_runs)
+    stalls = measure_stalls(args.dims, args.budget, args.features)
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "launch": launch,
+        "launch_median": {k: statistics.median(r[k] for r in launch) for k in launch[0]},
+        "stalls": stalls,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Take the README's screenshots by driving the real app, the way a user clicks through it.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" env QT_QPA_PLATFORM=xcb .venv/bin/python docs/screenshots.py
+
+The app opens with the bundled synthetic 2D sample (no real patient data in the README). With no
+trained checkpoint in resources/models, the loop starts from an untrained Attention U-Net: Predict
+gives noise, the script "paints" the correct classes into the mask (what a radiologist's edits add
+up to; here the sample's known labels), presses Fine-tune, and then Re-run. It saves:
+
+- docs/images/finetune.png   the panel with the live loss/Dice plot after fine-tuning;
+- docs/images/app.png        scan + predicted mask + an attention-gate map, after the re-run;
+- docs/images/app_3d.png     the 3D sample with its mask in the 3D view.
+
+The model is fine-tuned on the very image it then segments, so the second mask says that the loop
+works, not how well the model generalises. Models and autosaves go to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "docs" / "images"
+
+
+def wait(app, cond, timeout_s: float = 600.0) -> None:  # noqa: ANN001
+    t0 = time.perf_counter()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.01)
+        if time.perf_counter() - t0 > timeout_s:
+            raise TimeoutError("the app did not finish in time")
+
+
+def settle(app, seconds: float = 0.5) -> None:  # noqa: ANN001
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def save(viewer, name: str, app) -> Path:  # noqa: ANN001
+    settle(app, 0.8)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / name
+    viewer.window._qt_window.grab().save(str(path))
+    print(f"saved {path.relative_to(REPO)}")
+    return path
+
+
+def run_job(app, start, finished_signal) -> str:  # noqa: ANN001
+    outcome: list[str] = []
+    finished_signal.connect(outcome.append)
+    if not start():
+        raise RuntimeError("the action did not start (see the notification)")
+    wait(app, lambda: bool(outcome))
+    finished_signal.disconnect(outcome.append)
+    return outcome[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="take the README screenshots")
+    ap.add_argument("--budget", type=float, default=60.0, help="fine-tune budget (s)")
+    ap.add_argument("--variant", default="attention_unet")
+    args = ap.parse_args()
+    os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
+    os.environ["SEG_STUDIO_HOME"] = tempfile.mkdtemp(prefix="seg-studio-shots-")
+    if not os.environ.get("DISPLAY"):
+        sys.exit("needs a display: run it under xvfb-run (see the docstring)")
+
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    from seg_studio.core.samples import make_sample_2d, make_sample_3d
+    from seg_studio.ui.app import build_window
+
+    viewer, panel = build_window(None)
+    app = QApplication.instance()
+    win = viewer.window._qt_window
+    win.resize(1500, 940)
+    wait(app, lambda: bool(panel.models.variants()), 120)
+
+    # 1. an untrained variant: Predict gives noise
+    panel.select_variant(args.variant, untrained=True)
+    assert run_job(app, panel.predict, panel.run.finished) == "done", panel.run.last_error
+    mask = panel.mask_layer()
+
+    # 2. the user's corrections (here: the sample's known classes, painted in one stroke)
+    _, truth_vol = make_sample_2d()
+    truth = np.asarray(truth_vol.array).astype(mask.data.dtype)
+    idx = np.nonzero(truth != np.asarray(mask.data))
+    with mask.block_history():
+        mask.data_setitem(idx, truth[idx])
+    mask.colormap = __import__("seg_studio.ui.layers", fromlist=["x"]).class_colormap(
+        [truth_vol.labels[v] for v in sorted(truth_vol.labels)]
+    )
+
+    # 3. Fine-tune with one click, live plot
+    out = run_job(
+        app, lambda: panel.finetune(budget_s=args.budget, only_changed=False), panel.finetune_section.finished
+    )
+    assert out == "done", panel.finetune_section.last_error
+    panel.verticalScrollBar().setValue(panel.verticalScrollBar().maximum())
+    save(viewer, "finetune.png", app)
+
+    # 4. Re-run with the new model: mask + attention map over the scan
+    assert run_job(app, panel.rerun, panel.run.finished) == "done", panel.run.last_error
+    att = [ly for ly in viewer.layers if "attention level 1" in ly.name]
+    if att:
+        att[0].visible = True
+        att[0].opacity = 0.6
+    panel.mask_layer().opacity = 0.45
+    panel.verticalScrollBar().setValue(0)
+    viewer.reset_view()
+    save(viewer, "app.png", app)
+
+    # 5. the 3D sample in the 3D view
+    from seg_studio.ui.reader import volume_layer_data
+
+    for ly in list(viewer.layers):
+        viewer.layers.remove(ly)
+    image3, labels3 = make_sample_3d()
+    data, kw, _ = volume_layer_data(image3, name="sample 3D")
+    viewer.add_image(data, **kw)
+    data, kw, _ = volume_layer_data(labels3, name="sample 3D labels", kind="labels")
+    viewer.add_labels(data, **kw)
+    panel.set_view(3)
+    viewer.camera.angles = (0, 35, 60)
+    viewer.reset_view()
+    save(viewer, "app_3d.png", app)
+
+    panel.shutdown()
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

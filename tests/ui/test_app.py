@@ -1,0 +1,146 @@
+"""The desktop app window, the CLI's way into it, and the worker/plot building blocks."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from seg_studio.core.errors import Cancelled, InferenceError  # noqa: E402
+from seg_studio.core.progress import Progress  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEG_STUDIO_HOME", str(tmp_path / "home"))
+
+
+def test_app_window_opens_the_sample_with_the_panel_docked(qtbot, tmp_path):
+    from seg_studio.ui.app import TITLE, build_window
+    from seg_studio.ui.panel import SegStudioPanel
+
+    viewer, panel = build_window(None, show=True)
+    try:
+        assert viewer.title == TITLE
+        assert isinstance(panel, SegStudioPanel)
+        assert viewer.window.dock_widgets[TITLE] is panel
+        assert [ly.name for ly in viewer.layers] == ["sample 2D"]
+        assert panel.scan_layer().name == "sample 2D"
+        qtbot.waitUntil(lambda: bool(panel.models.variants()), timeout=60_000)
+        assert "attention_unet" in panel.models.variants()
+        assert "cpu" in panel.models.devices()
+    finally:
+        panel.shutdown()
+        viewer.close()
+
+
+def test_app_reports_a_bad_scan_and_stays_open(qtbot, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    from seg_studio.ui.app import build_window
+
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti at all")
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        viewer, panel = build_window(bad, show=True)
+        assert len(viewer.layers) == 0
+        assert any("broken.nii.gz" in str(n.message) and "\n" not in str(n.message) for n in seen)
+        qtbot.waitUntil(lambda: bool(panel.models.variants()), timeout=60_000)
+        panel.shutdown()
+        viewer.close()
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+
+
+def test_cli_opens_the_app_for_a_bare_scan_argument(tmp_path):
+    from seg_studio.cli import _gui_shortcut
+
+    scan = tmp_path / "x.nii.gz"
+    scan.write_bytes(b"")
+    assert _gui_shortcut([str(scan)]) == ["gui", str(scan)]
+    assert _gui_shortcut(["models"]) == ["models"]
+    assert _gui_shortcut([], command_line=False) == []
+
+
+def _count(n, token, fail_at=None, sleep=0.01):
+    for i in range(n):
+        token.raise_if_cancelled()
+        if i == fail_at:
+            raise InferenceError("the model does not fit this scan; pick another checkpoint")
+        time.sleep(sleep)
+        yield Progress(i + 1, n, "counting", metrics={"loss": 1.0 / (i + 1)})
+    return n * 10
+
+
+def test_job_forwards_progress_and_the_result(qtbot):
+    from seg_studio.ui.workers import Job
+
+    seen, result, finished = [], [], []
+    job = Job(
+        lambda token: _count(5, token),
+        on_progress=seen.append,
+        on_done=result.append,
+        on_finished=lambda: finished.append(1),
+    )
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    assert result == [50] and [p.done for p in seen] == [1, 2, 3, 4, 5]
+    assert not job.running
+
+
+def test_job_cancel_drops_the_result_and_reports_cancelled(qtbot):
+    from seg_studio.ui.workers import Job
+
+    result, cancelled, finished = [], [], []
+    job = Job(
+        lambda token: _count(500, token),
+        on_done=result.append,
+        on_cancelled=lambda: cancelled.append(1),
+        on_finished=lambda: finished.append(1),
+    )
+    job.cancel()
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    assert cancelled == [1] and result == []
+
+
+def test_job_error_becomes_one_line(qtbot):
+    from seg_studio.ui.workers import Job, user_message
+
+    errors, finished = [], []
+    Job(
+        lambda token: _count(5, token, fail_at=2),
+        on_error=lambda msg, exc: errors.append((msg, exc)),
+        on_finished=lambda: finished.append(1),
+    )
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    assert errors and errors[0][0] == "the model does not fit this scan; pick another checkpoint"
+    assert "out of memory" in user_message(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert "\n" not in user_message(ValueError("a\nb"))
+    assert user_message(Cancelled("cancelled by the user; nothing was written")).startswith("cancelled")
+
+
+def test_loss_plot_draws_its_series(qtbot):
+    from seg_studio.ui.plot_widget import DICE_COLOR, LOSS_COLOR, LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(300, 160)
+    for step in range(20):
+        plot.add(step, loss=1.0 / (step + 1), dice=step / 20)
+    plot.add(21, loss=float("nan"))
+    assert len(plot.loss) == 20 and len(plot.dice) == 20
+    img = plot.grab().toImage()
+
+    def near(color, tol=40):
+        return sum(
+            1
+            for x in range(img.width())
+            for y in range(img.height())
+            if sum(abs(a - b) for a, b in zip(img.pixelColor(x, y).getRgb()[:3], color.getRgb()[:3])) < tol
+        )
+
+    assert near(DICE_COLOR) > 50 and near(LOSS_COLOR) > 50  # both curves are drawn
