@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 
 pytest.importorskip("napari")
@@ -140,7 +139,10 @@ def test_loss_plot_draws_its_series(qtbot):
             1
             for x in range(img.width())
             for y in range(img.height())
-            if sum(abs(a - b) for a, b in zip(img.pixelColor(x, y).getRgb()[:3], color.getRgb()[:3])) < tol
+            if sum(
+                abs(a - b) for a, b in zip(img.pixelColor(x, y).getRgb()[:3], color.getRgb()[:3], strict=True)
+            )
+            < tol
         )
 
     assert near(DICE_COLOR) > 50 and near(LOSS_COLOR) > 50  # both curves are drawn
