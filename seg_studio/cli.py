@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import cli_io, cli_predict
+from . import cli_io, cli_predict, cli_train
 from .core.errors import SegStudioError
 
 Runner = Callable[[argparse.Namespace], int]
@@ -87,6 +87,21 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
     ),
     "demo": ("write the synthetic sample and describe it (the headless job)", cli_io.add_demo, cli_io.run_demo),
     "inspect": ("print a checkpoint's metadata (its model card)", cli_predict.add_inspect, cli_predict.run_inspect),
+    "train": (
+        "train a variant on image/label pairs (recipe file and/or flags)",
+        cli_train.add_train,
+        cli_train.run_train,
+    ),
+    "finetune": (
+        "fine-tune a checkpoint on corrected labels into a NEW checkpoint",
+        cli_train.add_finetune,
+        cli_train.run_finetune,
+    ),
+    "evaluate": (
+        "Dice, IoU and HD95 (mm) per class: files or folders",
+        cli_train.add_evaluate,
+        cli_train.run_evaluate,
+    ),
     "import-weights": (
         "turn a plain PyTorch state dict into a .segmodel (never unpickles code)",
         cli_predict.add_import_weights,

@@ -1,0 +1,513 @@
+"""``iter_fit(config)``: train a registered variant from pairs to ``best``/``last`` ``.segmodel`` files.
+
+A run folder holds ``split.json`` (the fixed validation split, by image hash), ``best.segmodel``,
+``last.segmodel``, ``history.json`` and ``resume.pt`` (optimiser state, tensors and plain containers
+only, read back with ``torch.load(weights_only=True)``). Settings come from a recipe file (JSON or
+TOML; ``resources/recipes/``) and/or keyword overrides; the CLI maps its flags onto the same fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+import tomllib
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled, TrainingError
+from ..models import create_model, get_spec
+from ..progress import CancelToken, Progress
+from .adversarial import AdversarialConfig
+from .augment import AugmentConfig
+from .data import (
+    Case,
+    DatasetInfo,
+    PairSource,
+    Split,
+    apply_label_map,
+    default_patch,
+    fit_patch,
+    make_case,
+    make_or_extend_split,
+    pairs_from_dataset_json,
+    pairs_from_folders,
+    pairs_from_list,
+    parse_label_map,
+    read_pair,
+    symmetric_axes,
+)
+from .distributed import (
+    DistInfo,
+    all_gather_floats,
+    barrier,
+    parameter_checksum,
+    pick_precision,
+    setup,
+    teardown,
+)
+from .loop import LoopSettings, LoopState, train_loop
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitConfig:
+    """Every setting of a training run (a recipe file holds any subset of these keys)."""
+
+    # data: folders, an MSD dataset.json, or explicit pairs
+    images: str | None = None
+    labels: str | None = None
+    dataset_json: str | None = None
+    pairs: list[Any] | None = None
+    label_map: str | dict[str, Any] | None = None
+    ignore_value: int | None = None
+    class_names: list[str] | None = None
+    normalization: dict[str, Any] = field(default_factory=lambda: {"mode": "zscore"})
+    # model
+    architecture: str = "unet"
+    preset: str | None = None
+    arch_args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # start from these weights (same architecture and classes)
+    # run
+    out: str = "runs/train"
+    patch_size: list[int] | None = None
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_steps: int | None = 2000
+    time_budget_s: float | None = None
+    val_every: int = 100
+    val_fraction: float = 0.2
+    split: str | None = None  # a split.json to reuse (default: <out>/split.json)
+    early_stop_patience: int | None = 10
+    fg_prob: float = 0.5
+    flip: str = "auto"  # auto (symmetric axes only), all, none
+    augment: dict[str, Any] = field(default_factory=dict)
+    deep_supervision: bool | None = None
+    ds_decay: float = 0.5
+    adversarial: bool = False
+    adv_weight: float = 0.05
+    adv_lr: float = 2e-4
+    precision: str = "auto"
+    channels_last: bool | None = None
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+
+    @classmethod
+    def from_recipe(cls, path: str | Path, **overrides: Any) -> FitConfig:
+        """Read a JSON or TOML recipe; ``overrides`` (e.g. CLI flags given) win over the file."""
+        data = load_recipe(path)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FitConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            import difflib
+
+            hint = difflib.get_close_matches(unknown[0], names, n=1)
+            raise TrainingError(
+                f"unknown training setting {unknown[0]!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            )
+        return cls(**dict(d))
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["pairs"] = None if self.pairs is None else len(self.pairs)
+        return d
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """A recipe as a dict: ``.json`` or ``.toml`` (stdlib only); a ``[train]`` table is unwrapped."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TrainingError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml  # type: ignore[import-untyped]
+            except ImportError:
+                raise TrainingError(f"{path}: YAML recipes need PyYAML; use JSON or TOML") from None
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
+        raise TrainingError(f"{path}: not a valid recipe ({exc})") from None
+    if not isinstance(data, dict):
+        raise TrainingError(f"{path}: a recipe is a table of settings")
+    if isinstance(data.get("train"), dict):
+        data = data["train"]
+    # Relative data paths in a recipe are relative to the recipe file.
+    for key in ("images", "labels", "dataset_json"):
+        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+            cand = path.parent / data[key]
+            if cand.exists():
+                data[key] = str(cand)
+    return dict(data)
+
+
+@dataclass
+class FitResult:
+    best_path: Path | None
+    last_path: Path | None
+    best_dice: float
+    steps: int
+    seconds: float
+    stop_reason: str
+    history: list[dict[str, Any]]
+    split_path: Path | None
+    val_cases: list[str]
+    train_cases: list[str]
+
+
+# --- data assembly shared with fine-tuning --------------------------------------------------------
+
+
+def gather_sources(cfg: FitConfig) -> tuple[list[PairSource], DatasetInfo]:
+    if cfg.pairs:
+        return pairs_from_list(cfg.pairs), DatasetInfo()
+    if cfg.dataset_json:
+        return pairs_from_dataset_json(Path(cfg.dataset_json))
+    if cfg.images and cfg.labels:
+        return pairs_from_folders(Path(cfg.images), Path(cfg.labels)), DatasetInfo()
+    raise TrainingError(
+        "no training data: give --images and --labels folders, --dataset-json, or a recipe with them"
+    )
+
+
+def resolve_split(
+    hashes: list[str], names: list[str], split_path: Path, val_fraction: float, write: bool
+) -> Split:
+    existing = Split.read(split_path) if split_path.exists() else None
+    split, changed = make_or_extend_split(hashes, names, val_fraction, existing)
+    if changed and write:
+        split_path.parent.mkdir(parents=True, exist_ok=True)
+        split.write(split_path)
+    if existing is not None:
+        log.info("reusing the validation split in %s (%d validation cases)", split_path, len(split.val))
+    return split
+
+
+def _arch_args(cfg: FitConfig) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    if cfg.preset:
+        spec = get_spec(cfg.architecture)
+        if cfg.preset not in spec.presets:
+            raise TrainingError(
+                f"model {cfg.architecture!r} has no preset {cfg.preset!r}; presets: {sorted(spec.presets)}"
+            )
+        args.update(spec.presets[cfg.preset])
+    args.update(cfg.arch_args or {})
+    return args
+
+
+def iter_fit(
+    config: FitConfig | Mapping[str, Any], cancel: CancelToken | None = None
+) -> Generator[Progress, None, FitResult]:
+    """Train; yields a Progress per step (loss, lr) and per validation (Dice per class, ETA)."""
+    cfg = config if isinstance(config, FitConfig) else FitConfig.from_dict(config)
+    info = setup(cfg.device)
+    try:
+        result = yield from _fit(cfg, info, cancel)
+    finally:
+        teardown(info)
+    return result
+
+
+def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generator[Progress, None, FitResult]:
+    from .. import checkpoint
+
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    if out.suffix == checkpoint.SUFFIX:
+        raise TrainingError(f"--out is a run folder (best/last checkpoints go inside), not a file: {out}")
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    sources, ds_info = gather_sources(cfg)
+    label_map = parse_label_map(cfg.label_map)
+    yield Progress(0, len(sources), "load", f"reading {len(sources)} case(s)")
+    loaded: list[tuple[str, Any, np.ndarray]] = []
+    for i, src in enumerate(sources):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        img, lab = read_pair(src)
+        loaded.append((src.name, img, apply_label_map(lab.array, label_map, cfg.ignore_value)))
+        yield Progress(i + 1, len(sources), "load", f"read {src.name}")
+    dims = {img.ndim for _, img, _ in loaded}
+    chans = {img.channels for _, img, _ in loaded}
+    if len(dims) != 1 or len(chans) != 1:
+        raise TrainingError(
+            f"cases mix dimensions {sorted(dims)} or channel counts {sorted(chans)}; train on one kind"
+        )
+    spatial_dims, in_channels = dims.pop(), chans.pop()
+    max_value = max(int(v.max()) for _, _, v in loaded)
+    n_classes = max(2, max_value + 1, len(cfg.class_names or []))
+    names = _class_names(n_classes, cfg.class_names, ds_info, loaded)
+    value_to_index = {i: i for i in range(n_classes)}
+
+    # Resume: the checkpoint of the run decides the architecture and classes.
+    resume_state: dict[str, Any] | None = None
+    last_path, best_path = out / "last.segmodel", out / "best.segmodel"
+    init_path = Path(cfg.init) if cfg.init else None
+    if cfg.resume:
+        if not last_path.exists():
+            raise TrainingError(
+                f"nothing to resume in {out}: no last.segmodel; drop --resume to start afresh"
+            )
+        init_path = last_path
+        rp = out / "resume.pt"
+        if rp.exists():
+            resume_state = torch.load(rp, map_location="cpu", weights_only=True)
+
+    if init_path is not None:
+        model, meta0 = checkpoint.load(init_path)
+        if meta0.out_channels != max(n_classes, 2) and not (meta0.out_channels == 1 and n_classes == 2):
+            raise TrainingError(
+                f"{init_path.name} has {meta0.out_channels} classes but the labels have {n_classes}; "
+                "use 'seg-studio finetune', which grows the output head"
+            )
+        architecture, arch_args = meta0.architecture, dict(meta0.arch_args)
+        normalization = dict(meta0.normalization)
+    else:
+        architecture, arch_args = cfg.architecture, _arch_args(cfg)
+        model = create_model(architecture, spatial_dims, in_channels, n_classes, **arch_args)
+        normalization = dict(cfg.normalization)
+
+    cases: list[Case] = []
+    for name, img, values in loaded:
+        cases.append(make_case(name, img, values, value_to_index, normalization, model.in_channels))
+    split_path = Path(cfg.split) if cfg.split else out / "split.json"
+    split = resolve_split(
+        [c.hash for c in cases], [c.name for c in cases], split_path, cfg.val_fraction, info.is_main
+    )
+    val_set = set(split.val)
+    train_cases = [c for c in cases if c.hash not in val_set]
+    val_cases = [c for c in cases if c.hash in val_set]
+    if not train_cases:
+        raise TrainingError("every case is in the validation split; add training cases")
+
+    device = info.device
+    dtype = pick_precision(device, cfg.precision)
+    channels_last = (
+        cfg.channels_last if cfg.channels_last is not None else (spatial_dims == 2 and device.type != "mps")
+    )
+    patch = tuple(cfg.patch_size) if cfg.patch_size else default_patch(spatial_dims)
+    if len(patch) != spatial_dims:
+        raise TrainingError(f"patch size {patch} does not match {spatial_dims}D data")
+    patch = fit_patch(patch, train_cases)
+    aug = AugmentConfig.from_dict(cfg.augment)
+    if cfg.flip == "none":
+        aug.flip_axes = []
+    elif cfg.flip == "auto":
+        aug.flip_axes = symmetric_axes(train_cases)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last if spatial_dims == 2 else torch.channels_last_3d)
+    settings = LoopSettings(
+        patch=patch,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        max_steps=cfg.max_steps,
+        time_budget_s=cfg.time_budget_s,
+        val_every=cfg.val_every,
+        early_stop_patience=cfg.early_stop_patience,
+        fg_prob=cfg.fg_prob,
+        augment=aug,
+        deep_supervision=cfg.deep_supervision,
+        ds_decay=cfg.ds_decay,
+        adversarial=AdversarialConfig(weight=cfg.adv_weight, lr=cfg.adv_lr) if cfg.adversarial else None,
+        autocast=dtype,
+        channels_last=channels_last,
+        seed=cfg.seed,
+    )
+    train_model: torch.nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from .loop import make_optimizer
+
+    opt = make_optimizer(train_model, settings)
+    state = LoopState()
+    if resume_state is not None:
+        opt.load_state_dict(resume_state["optimizer"])
+        st = resume_state["state"]
+        state = LoopState(
+            int(st["step"]),
+            float(st["best"]),
+            int(st["best_step"]),
+            int(st["bad_validations"]),
+            float(st["elapsed_s"]),
+            json.loads(st["history"]),
+        )
+        log.info("resuming at step %d (best Dice %.4f)", state.step, state.best)
+
+    classes = checkpoint.default_classes(n_classes, names)
+    base_prov = {
+        "kind": "train",
+        "parent": checkpoint.file_hash(init_path) if init_path is not None else None,
+        "data": {
+            "source": cfg.dataset_json or cfg.images or "pairs",
+            "label_map": {str(k): v for k, v in label_map.items()},
+            "cases": {c.hash: c.name for c in cases},
+        },
+        "split": {"val": split.val, "train": split.train, "file": str(split_path.name)},
+        "settings": {
+            **cfg.to_json(),
+            "patch_size": list(patch),
+            "precision": str(dtype or "fp32"),
+            "flip_axes": aug.flip_axes,
+            "world_size": info.world_size,
+        },
+    }
+
+    def meta_for(metrics: dict[str, Any], st: LoopState) -> Any:
+        prov = dict(base_prov)
+        prov["metrics"] = {
+            "val_dice": _num(metrics.get("dice")),
+            "val_dice_per_class": {names[c]: _num(v) for c, v in metrics.get("per_class", {}).items()},
+            "step": st.step,
+            "best_val_dice": _num(st.best),
+            "best_step": st.best_step,
+            "val_cases": len(val_cases),
+            "train_cases": len(train_cases),
+        }
+        return checkpoint.new_meta(
+            model,
+            architecture,
+            arch_args,
+            classes=classes,
+            normalization=normalization,
+            channel_names=[f"ch{i}" for i in range(in_channels)],
+            patch_size=patch,
+            provenance=prov,
+        )
+
+    def on_validated(st: LoopState, metrics: dict[str, Any], improved: bool) -> None:
+        if improved or not best_path.exists() and not val_cases:
+            checkpoint.save(best_path, model, meta_for(metrics, st))
+        checkpoint.save(last_path, model, meta_for(metrics, st))
+        _save_resume(out / "resume.pt", opt, st)
+        _write_history(out / "history.json", st)
+
+    gen = train_loop(
+        train_model,
+        train_cases,
+        val_cases,
+        n_classes,
+        settings,
+        device,
+        info,
+        cancel,
+        on_validated,
+        state,
+        opt,
+    )
+    state = yield from gen
+    if info.enabled:
+        sums = all_gather_floats(info, [parameter_checksum(model)])
+        if info.is_main:
+            base_prov["ddp"] = {"world_size": info.world_size, "param_checksums": [s[0] for s in sums]}
+            meta = checkpoint.read_meta(last_path)
+            meta.provenance["ddp"] = base_prov["ddp"]
+            checkpoint.save(last_path, model, meta)
+        barrier(info)
+    if state.stop_reason == "cancelled":
+        raise Cancelled(
+            f"training cancelled at step {state.step}"
+            + (f"; the last checkpoint saved is {last_path}" if last_path.exists() else "; nothing was saved")
+        )
+    if not val_cases and info.is_main and last_path.exists():
+        import shutil
+
+        shutil.copyfile(last_path, best_path)  # without validation, the last is the best we know
+    return FitResult(
+        best_path if best_path.exists() else None,
+        last_path if last_path.exists() else None,
+        state.best,
+        state.step,
+        time.perf_counter() - t_start,
+        state.stop_reason,
+        state.history,
+        split_path,
+        [c.name for c in val_cases],
+        [c.name for c in train_cases],
+    )
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if not math.isfinite(f) else round(f, 6)
+
+
+def _clean(obj: Any) -> Any:
+    """JSON without NaN/inf (null instead), keys as strings."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float):
+        return _num(obj)
+    return obj
+
+
+def _class_names(
+    n: int, given: list[str] | None, ds: DatasetInfo, loaded: list[tuple[str, Any, np.ndarray]]
+) -> list[str]:
+    if given:
+        if len(given) != n:
+            raise TrainingError(
+                f"{len(given)} class names given but the labels have {n} classes (background included)"
+            )
+        return list(given)
+    out = []
+    for i in range(n):
+        if i in ds.labels:
+            out.append(ds.labels[i])
+        else:
+            out.append("background" if i == 0 else f"class_{i}")
+    return out
+
+
+def _save_resume(path: Path, opt: torch.optim.Optimizer, st: LoopState) -> None:
+    from ..atomic import atomic_write
+
+    state = {
+        "optimizer": opt.state_dict(),
+        "state": {
+            "step": st.step,
+            "best": st.best,
+            "best_step": st.best_step,
+            "bad_validations": st.bad_validations,
+            "elapsed_s": st.elapsed_s,
+            "history": json.dumps(st.history),
+        },
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _write_history(path: Path, st: LoopState) -> None:
+    from ..atomic import atomic_write
+
+    text = json.dumps(_clean(st.history), indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
