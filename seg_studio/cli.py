@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import cli_io, cli_predict, cli_train
+from . import cli_io, cli_predict, cli_train, selftest
 from .core.errors import SegStudioError
 
 Runner = Callable[[argparse.Namespace], int]
@@ -74,6 +74,11 @@ def _run_gui(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner]] = {
     "models": ("list the U-Net variants", _add_models, _run_models),
+    "self-test": (
+        "check this installation end to end on the bundled sample and model (same as --self-test)",
+        selftest.add_args,
+        selftest.run,
+    ),
     "gui": ("open the napari app", _add_gui, _run_gui),
     "info": (
         "print a scan's size, spacing, origin, direction, type and range (or a DICOM folder's series)",
@@ -149,7 +154,10 @@ def _gui_shortcut(argv: list[str], command_line: bool = True) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_gui_shortcut(list(sys.argv[1:] if argv is None else argv), argv is None))
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if "--self-test" in raw:  # the installer's spelling of ``seg-studio self-test``
+        raw[raw.index("--self-test")] = "self-test"
+    args = parser.parse_args(_gui_shortcut(raw, argv is None))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not getattr(args, "_run", None):
         parser.print_help()
