@@ -143,3 +143,24 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
         elif suffix_of(p) not in READ_FORMATS and not has_dicom_preamble(p):
             return None
     return read_layers
+
+
+#: Formats napari's own reader claims but cannot read with geometry (it fails on .nii.gz outright).
+PREFERRED_PATTERNS = ("*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd")
+
+
+def prefer_seg_studio_reader(overwrite: bool = False) -> list[str]:
+    """Make plain ``napari scan.nii.gz`` open with this reader instead of asking which plugin to use.
+
+    napari's built-in reader also claims these patterns, so without a preference napari shows a
+    reader-choice dialog. This records seg_studio as the preferred reader in napari's settings for
+    the medical formats only, never replacing a choice the user made (unless ``overwrite``).
+    Returns the patterns it set. Called by the seg_studio app at start-up; safe to call again.
+    """
+    from napari.settings import get_settings
+
+    prefs = get_settings().plugins.extension2reader
+    changed = [p for p in PREFERRED_PATTERNS if overwrite or p not in prefs]
+    if changed:
+        get_settings().plugins.extension2reader = {**prefs, **dict.fromkeys(changed, "seg-studio")}
+    return changed

@@ -154,3 +154,38 @@ def test_sample_data_opens_image_and_labels(make_napari_viewer) -> None:
     np.testing.assert_allclose(layers[1].scale, layers[0].scale)
     layers2 = viewer.open_sample(PLUGIN, "sample-2d")
     assert layers2[0].data.shape == (128, 128) and "heart" in list(layers2[1].features["class"])
+
+
+def test_plain_open_uses_our_reader_once_preferred(make_napari_viewer, data_dir: Path) -> None:
+    from napari.settings import get_settings
+
+    from seg_studio.ui.reader import prefer_seg_studio_reader
+
+    path = data_dir / "msd_task04_hippocampus" / "images" / "hippocampus_014.nii.gz"
+    viewer = make_napari_viewer()
+    get_settings().plugins.extension2reader = {"*.mha": "napari"}  # a choice the user made
+    assert "*.nii.gz" in prefer_seg_studio_reader()
+    assert get_settings().plugins.extension2reader["*.mha"] == "napari"
+    (layer,) = viewer.open(path, plugin=None)  # what `napari scan.nii.gz` does: no plugin named
+    assert layer.metadata["seg_studio"]["source"] == str(path)
+    assert prefer_seg_studio_reader() == []
+
+
+def test_multichannel_volume_keeps_its_channel_axis(make_napari_viewer, tmp_path: Path) -> None:
+    import napari
+
+    arr = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    vol = Volume(
+        arr, spacing=(0.5, 0.6, 2.0), origin=(1.0, 2.0, 3.0), direction=tuple(np.eye(3).ravel()), channels=2
+    )
+    src = io.write(vol, tmp_path / "two.mha")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(src, plugin=PLUGIN)
+    assert layer.data.shape == (2, 3, 4, 5) and not layer.rgb
+    np.testing.assert_allclose(layer.scale, (1.0, 2.0, 0.6, 0.5))
+    napari.save_layers(str(tmp_path / "copy.nrrd"), [layer], plugin=PLUGIN)
+    got = io.read(tmp_path / "copy.nrrd")
+    assert got.channels == 2 and got.same_geometry(vol)
+    np.testing.assert_array_equal(got.array, arr)
+    with pytest.raises(Exception, match="refusing|input scan"):
+        napari.save_layers(str(src), [layer], plugin=PLUGIN)
