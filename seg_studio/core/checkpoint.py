@@ -280,28 +280,8 @@ def save(path: str | os.PathLike[str], model: SegModel, meta: ModelMeta) -> Path
         if names != set(tensors):
             raise CheckpointError(f"{path.name}: written file lacks tensors; nothing was saved")
 
-    return _atomic_write(path, write, verify)
+    from .atomic import atomic_write
 
-
-def _atomic_write(path: Path, write: Any, verify: Any) -> Path:
-    try:
-        from .atomic import atomic_write
-    except ImportError:  # pragma: no cover - until core.atomic lands
-        import tempfile
-
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=SUFFIX, dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            write(tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            verify(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
     return atomic_write(path, write, verify)
 
 
