@@ -172,6 +172,15 @@ def test_labels_in_source_geometry_never_over_the_scan(tmp_path: Path) -> None:
     assert got.same_geometry(scan) and got.meta["kind"] == "labels"
 
 
+def test_label_names_and_colours_survive_nrrd_and_mha(tmp_path: Path) -> None:
+    from seg_studio.core.samples import make_sample_3d
+
+    _, labels = make_sample_3d()
+    for suffix in (".nrrd", ".mha"):
+        got = io.read(io.write(labels, tmp_path / f"anything{suffix}"))  # no 'label' in the name
+        assert got.meta["kind"] == "labels" and got.labels == labels.labels
+
+
 def test_a_label_file_can_be_saved_over_itself(tmp_path: Path) -> None:
     """An opened mask being corrected is not an input scan: saving the edit in place is allowed."""
     arr = np.zeros((4, 5, 6), np.uint8)
@@ -263,6 +272,9 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
     sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 40, 50), np.uint16)), str(tif))
     (tmp / "trunc.tif").write_bytes(tif.read_bytes()[: tif.stat().st_size * 2 // 3])
     cases["truncated tiff"] = (tmp / "trunc.tif", "truncated")
+    io.write(_volume_3d(), tmp / "lost.mhd")
+    (tmp / "lost.raw").unlink()
+    cases["mhd without its raw"] = (tmp / "lost.mhd", "lost.raw, which is missing")
     (tmp / "nodicom").mkdir()
     (tmp / "nodicom" / "a.txt").write_text("x")
     cases["folder without dicom"] = (tmp / "nodicom", "no DICOM series")

@@ -209,6 +209,11 @@ def test_series_with_a_missing_slice(data_dir: Path, tmp_path: Path) -> None:
     assert "allow" in msg
     vol = io.read(gap, allow_nonuniform=True)
     assert vol.spatial_shape[0] == 21 and vol.meta["nonuniform_spacing"]
+    # a damaged file (cut short by a failed copy) is named in the message
+    _, victim = order[10]
+    (gap / victim.name).write_bytes(victim.read_bytes()[:20000])
+    with pytest.raises(ImageLoadError, match=f"1 damaged DICOM file.*{victim.name}"):
+        io.read(gap)
 
 
 def test_single_dicom_file_reads_alone(data_dir: Path) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 from ..atomic import atomic_write, split_suffix
 from ..errors import ImageLoadError, ImageWriteError
 from ..volume import LabelInfo, Volume
-from ._checks import check_direction, check_nifti, check_not_empty, check_tiff, check_values
+from ._checks import check_direction, check_mhd, check_nifti, check_not_empty, check_tiff, check_values
 from ._formats import (
     RASTER_FORMATS,
     READ_FORMATS,
@@ -59,6 +59,8 @@ _LABEL_WORDS = re.compile(
     re.IGNORECASE,
 )
 _MAX_LABELS = 1000
+#: Header key under which NRRD and MetaImage label maps keep their names and colours (JSON).
+LABELS_KEY = "seg_studio_labels"
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -83,7 +85,7 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
     vol.meta.setdefault("dtype", str(vol.array.dtype))
     if vol.channels in (3, 4) and vol.ndim == 2 and vol.meta.get("format") in RASTER_FORMATS | {"DICOM"}:
         vol.meta["rgb"] = True
-    kind = guess_kind(vol, path)
+    kind = "labels" if vol.labels else guess_kind(vol, path)  # stored label names say so outright
     vol.meta["kind"] = vol.meta["source_kind"] = kind
     if kind == "labels" and not vol.labels:
         vol.labels = _label_names(path, vol)
@@ -98,6 +100,8 @@ def _read_file(path: Path) -> Volume:
         check_nifti(path)
     elif fmt == "TIFF":
         check_tiff(path)
+    elif suffix_of(path) == ".mhd":
+        check_mhd(path)
     if fmt == "DICOM":
         vol = read_dicom_file(path)
     elif fmt in ("GIF", "BMP") or (fmt == "PNG" and _raster().is_palette_png(path)):
@@ -105,7 +109,10 @@ def _read_file(path: Path) -> Volume:
     else:
         from ._sitk import image_to_volume, read_image
 
-        vol = image_to_volume(read_image(path, fmt), path.name)
+        img = read_image(path, fmt)
+        vol = image_to_volume(img, path.name)
+        if img.HasMetaDataKey(LABELS_KEY):
+            vol.labels = _parse_stored_labels(img.GetMetaData(LABELS_KEY))
         if fmt == "TIFF":
             # TIFF stores resolution as float32 rationals: 1 mm comes back as 1.0000000150; keep the
             # 7 significant digits the file really holds
@@ -114,6 +121,19 @@ def _read_file(path: Path) -> Volume:
             vol = _drop_opaque_alpha(vol)
     vol.meta.setdefault("format", fmt)
     return vol
+
+
+def _parse_stored_labels(text: str) -> dict[int, LabelInfo]:
+    """Names and colours that ``write`` stored in a NRRD/MetaImage header (absent in NIfTI)."""
+    try:
+        table = json.loads(text)
+        return {
+            int(k): LabelInfo(int(k), str(name), tuple(int(c) for c in color)[:3])  # type: ignore[misc]
+            for k, (name, color) in table.items()
+        }
+    except (ValueError, TypeError, AttributeError) as exc:
+        log.debug("ignoring unreadable label names %r: %s", text[:80], exc)
+        return {}
 
 
 def _raster():  # noqa: ANN202 - a module
@@ -270,6 +290,9 @@ def write(
     from ._sitk import volume_to_image, write_image
 
     img = volume_to_image(volume, arr)
+    if volume.meta.get("kind") == "labels" and volume.labels and fmt in ("NRRD", "MetaImage"):
+        table = {str(v): [li.name, [int(c) for c in li.color]] for v, li in sorted(volume.labels.items())}
+        img.SetMetaData(LABELS_KEY, json.dumps(table))
     compress = fmt in ("NIfTI", "MetaImage", "NRRD") and suffix != ".mhd"
     expected = volume.with_array(arr, channels=volume.channels)
 

@@ -215,6 +215,27 @@ def check_tiff(path: Path) -> None:
         raise ImageLoadError(f"{path.name} is truncated or damaged ({exc})") from exc
 
 
+def check_mhd(path: Path) -> None:
+    """A ``.mhd`` header names its pixel file; say so plainly when that file is missing or short."""
+    fields: dict[str, str] = {}
+    with open(path, "rb") as fh:
+        for raw in fh.read(64 * 1024).decode("latin-1").splitlines():
+            key, sep, value = raw.partition("=")
+            if sep:
+                fields[key.strip()] = value.strip()
+    data = fields.get("ElementDataFile")
+    if data is None:
+        raise ImageLoadError(f"{path.name} is not a MetaImage header (no ElementDataFile line)")
+    if data == "LOCAL" or data.startswith("LIST") or "%" in data:
+        return
+    target = path.parent / data
+    if not target.is_file():
+        raise ImageLoadError(
+            f"{path.name} keeps its pixels in {data}, which is missing; keep the .mhd and its {Path(data).suffix} "
+            "file together in one folder"
+        )
+
+
 def check_values(vol: Volume, name: str) -> None:
     """NaN/Inf break normalisation and training silently, so they are refused at the door."""
     a = vol.array

@@ -216,6 +216,10 @@ def _slice_order(
                     f"normal) where the other slices are {step:.4g} mm apart; a slice is probably missing"
                 )
                 if not allow_nonuniform:
+                    damaged = _unreadable_dicom_files(files[0].parent)
+                    if damaged:
+                        shown = ", ".join(p.name for p in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
+                        msg += f" ({len(damaged)} damaged DICOM file(s) in the folder: {shown})"
                     raise ImageLoadError(
                         msg + "; read it anyway with --allow-nonuniform (allow_nonuniform=True)"
                     )
@@ -228,6 +232,18 @@ def _slice_order(
         return sorted(range(len(files)), key=lambda i: numbers[i][0]), meta
     log.warning("DICOM series %s has neither positions nor instance numbers; slices sorted by name", label)
     return sorted(range(len(files)), key=lambda i: files[i].name), meta
+
+
+def _unreadable_dicom_files(folder: Path) -> list[Path]:
+    """Files that look like DICOM (extension or preamble) but that GDCM put in no series."""
+    from ._formats import has_dicom_preamble
+
+    listed = {f for s in list_series(folder) for f in s.files}
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p not in listed and (p.suffix.lower() in (".dcm", ".ima") or has_dicom_preamble(p))
+    )
 
 
 def _tag_meta(r: sitk.ImageFileReader) -> dict[str, Any]:
