@@ -194,7 +194,9 @@ def test_folder_with_two_series_needs_a_choice(data_dir: Path, tmp_path: Path, c
     assert not (tmp_path / "out.nii.gz").exists()
     assert main(["info", str(both)]) == 0 and "T1post" in capfd.readouterr().out
     assert main(["convert", str(both), str(tmp_path / "t1.nii.gz"), "--series", t1.uid]) == 0
-    np.testing.assert_array_equal(io.read(tmp_path / "t1.nii.gz").array, vol.array)
+    t1_nii = io.read(tmp_path / "t1.nii.gz")
+    np.testing.assert_array_equal(t1_nii.array, vol.array)
+    assert t1_nii.same_geometry(vol)  # DICOM (oblique) -> NIfTI keeps the geometry
 
 
 def test_series_with_a_missing_slice(data_dir: Path, tmp_path: Path) -> None:
