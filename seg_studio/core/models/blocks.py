@@ -7,6 +7,7 @@ several variants share (the survey's double conv, its up-conv, the attention gat
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -139,6 +140,29 @@ class AttentionGate(nn.Module):
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = self.psi(self.relu(self.w_g(g) + self.w_x(x)))
         return x * alpha, alpha
+
+
+def resize_to(t: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """(Bi/tri)linear resize of a logit map to ``size``: a coarse head's logits, at the input's size."""
+    if tuple(t.shape[2:]) == tuple(size):
+        return t
+    mode = "bilinear" if t.ndim == 4 else "trilinear"
+    return F.interpolate(t, size=size, mode=mode, align_corners=False)
+
+
+class DeepSupervisionHeads(nn.Module):
+    """1x1 conv heads on intermediate decoder outputs, returned as logits at the input's size.
+
+    Built only when a model is configured with ``deep_supervision=True`` (so the parameter count of a
+    plain model is unchanged), computed only when a caller asks for ``aux["deep_supervision"]``.
+    """
+
+    def __init__(self, spatial_dims: int, in_widths: list[int], out_channels: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(conv(spatial_dims, w, out_channels, kernel_size=1) for w in in_widths)
+
+    def forward(self, features: list[torch.Tensor], size: tuple[int, ...]) -> list[torch.Tensor]:
+        return [resize_to(head(f), size) for head, f in zip(self.heads, features, strict=True)]
 
 
 def widths(base: int, depth: int) -> list[int]:
