@@ -75,6 +75,7 @@ class FinetuneResult:
     steps: int = 0
     seconds: float = 0.0
     split_path: Path | None = None
+    stop_reason: str = ""
 
 
 def default_budget(spatial_dims: int) -> float:
@@ -466,6 +467,7 @@ def iter_finetune(
         steps=state.step,
         seconds=seconds,
         split_path=split_path,
+        stop_reason=state.stop_reason,
     )
 
 

@@ -248,6 +248,9 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
             cancel.raise_if_cancelled()
         img, lab = read_pair(src)
         loaded.append((src.name, img, apply_label_map(lab.array, label_map, cfg.ignore_value)))
+        if not label_map:
+            for v, li in lab.labels.items():
+                ds_info.labels.setdefault(int(v), li.name)
         yield Progress(i + 1, len(sources), "load", f"read {src.name}")
     dims = {img.ndim for _, img, _ in loaded}
     chans = {img.channels for _, img, _ in loaded}

@@ -340,7 +340,12 @@ def train_loop(
             adv.critic_step(x, out.logits, y)
         st.step += 1
         step_times.append(time.perf_counter() - ts)
-        metrics: dict[str, Any] = {"step": st.step, "loss": seg_loss, "lr": opt.param_groups[0]["lr"]}
+        metrics: dict[str, Any] = {
+            "step": st.step,
+            "loss": seg_loss,
+            "lr": opt.param_groups[0]["lr"],
+            "ds_heads": len(heads),
+        }
         if adv is not None:
             metrics.update(adv.last)
         if not math.isfinite(seg_loss):
