@@ -172,6 +172,15 @@ def test_labels_in_source_geometry_never_over_the_scan(tmp_path: Path) -> None:
     assert got.same_geometry(scan) and got.meta["kind"] == "labels"
 
 
+def test_no_save_replaces_a_scan_read_in_this_process(tmp_path: Path) -> None:
+    scan_path = io.write(_volume_3d(), tmp_path / "other_scan.mha")
+    io.read(scan_path)
+    stray = Volume.from_array(np.zeros((5, 7, 9), np.uint8), meta={"kind": "labels"})  # no source at all
+    with pytest.raises(ImageWriteError, match="refusing"):
+        io.write(stray, scan_path)
+    np.testing.assert_array_equal(io.read(scan_path).array, _volume_3d().array)
+
+
 def test_label_names_and_colours_survive_nrrd_and_mha(tmp_path: Path) -> None:
     from seg_studio.core.samples import make_sample_3d
 

@@ -61,6 +61,9 @@ _LABEL_WORDS = re.compile(
 _MAX_LABELS = 1000
 #: Header key under which NRRD and MetaImage label maps keep their names and colours (JSON).
 LABELS_KEY = "seg_studio_labels"
+#: Every scan ``read`` in this process: no ``write`` may replace one, whatever layer or volume it
+#: saves (e.g. a napari Labels layer made with napari's own button, which carries no source).
+_INPUT_SCANS: set[Path] = set()
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -73,12 +76,15 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
     path = Path(path).expanduser()
     if not path.exists():
         raise ImageLoadError(f"{path} does not exist; check the path")
-    if path.is_dir():
-        vol = read_series(choose_series(path, series), allow_nonuniform=allow_nonuniform)
-        name = f"DICOM series in {path.name}"
-    else:
-        vol = _read_file(path)
-        name = path.name
+    try:
+        if path.is_dir():
+            vol = read_series(choose_series(path, series), allow_nonuniform=allow_nonuniform)
+            name = f"DICOM series in {path.name}"
+        else:
+            vol = _read_file(path)
+            name = path.name
+    except OSError as exc:  # permissions, a vanished network share...
+        raise ImageLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
     check_values(vol, name)
     check_direction(vol, name)
     vol.source = path
@@ -87,6 +93,8 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
         vol.meta["rgb"] = True
     kind = "labels" if vol.labels else guess_kind(vol, path)  # stored label names say so outright
     vol.meta["kind"] = vol.meta["source_kind"] = kind
+    if kind == "image":
+        _INPUT_SCANS.add(path.resolve())
     if kind == "labels" and not vol.labels:
         vol.labels = _label_names(path, vol)
     log.debug("read %s: %s %s", path, vol.spatial_shape, vol.array.dtype)
@@ -283,7 +291,7 @@ def write(
         raise ImageWriteError(
             f"cannot save as {suffix or '(no extension)'}; use one of {supported_write_list()}"
         )
-    protected = list(protected)
+    protected = list(protected) + sorted(_INPUT_SCANS)
     if volume.source is not None and volume.meta.get("source_kind", "image") != "labels":
         protected.append(volume.source)  # a scan, or a map derived from one: never overwrite the scan
     arr = _prepare_array(volume, fmt)

@@ -23,7 +23,7 @@ def is_palette_png(path: Path) -> bool:
     try:
         with Image.open(path) as img:
             return img.mode in ("P", "PA")
-    except Exception:  # noqa: BLE001 - not our call: ITK reports unreadable PNGs with its own reason
+    except Exception:  # not our call: ITK reports unreadable PNGs with its own reason
         return False
 
 
@@ -58,7 +58,7 @@ def read_pillow(path: Path, fmt: str) -> Volume:
 
     try:
         img = Image.open(path)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageLoadError(f"{path.name} is not a readable {fmt} file ({exc})") from exc
     frames = []
     info: dict = {}
