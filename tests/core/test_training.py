@@ -152,7 +152,6 @@ def test_flip_axes_avoid_lateralised_classes() -> None:
 @pytest.mark.parametrize("dims", [2, 3])
 def test_spatial_augmentation_moves_image_and_labels_together(dims: int) -> None:
     g = torch.Generator().manual_seed(3)
-    shape = (12,) * dims
     coarse = torch.randint(0, 4, (3, *(3,) * dims))
     y = coarse
     for ax in range(1, dims + 1):
