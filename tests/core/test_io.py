@@ -334,3 +334,28 @@ def test_demo_writes_the_sample_and_describes_it(tmp_path: Path, capsys: pytest.
     img = io.read(tmp_path / "s" / "3d" / "sample_3d.nii.gz")
     lab = io.read(tmp_path / "s" / "3d" / "sample_3d_labels.nii.gz")
     assert lab.meta["kind"] == "labels" and lab.same_geometry(img) and lab.array.dtype == np.uint8
+
+
+def test_align_to_undoes_axis_flips_and_permutations_exactly() -> None:
+    scan = _volume_3d()
+    lab = scan.with_array((scan.array > 500).astype(np.uint8), meta={"kind": "labels"})
+    # the same voxels stored another way: numpy axes (z,y,x) -> (x,z,y) with x flipped
+    d = scan.direction_matrix
+    arr = np.flip(np.transpose(lab.array, (2, 0, 1)), axis=0)
+    # new sitk axes (x', y', z') = (old y, old z, old x reversed)
+    new_dir = np.stack([d[:, 1], d[:, 2], -d[:, 0]], axis=1)
+    nx = scan.spatial_shape[2]
+    new_origin = np.asarray(scan.origin) + d[:, 0] * scan.spacing[0] * (nx - 1)
+    other = Volume(
+        array=arr,
+        spacing=(scan.spacing[1], scan.spacing[2], scan.spacing[0]),
+        origin=tuple(new_origin),
+        direction=tuple(new_dir.ravel()),
+        meta={"kind": "labels"},
+    )
+    back = io.align_to(other, scan)
+    assert back.same_geometry(scan)
+    np.testing.assert_array_equal(back.array, lab.array)
+    shifted = Volume(**{**other.__dict__, "origin": tuple(new_origin + 0.5)})
+    with pytest.raises(ImageLoadError, match="other voxels"):
+        io.align_to(shifted, scan)

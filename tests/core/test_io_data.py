@@ -124,6 +124,13 @@ def test_totalsegmentator_dicom_with_empty_series_uid(ts_dicom, data_dir: Path) 
         return {tuple(np.round(p, 3)) for p in pts}
 
     assert corners(lab) == corners(vol)
+    # align_to puts it on the DICOM grid: bone labels then sit on bone, not on the belly
+    on_ct = io.align_to(lab, vol)
+    assert on_ct.same_geometry(vol)
+    vertebrae = [v for v, li in lab.labels.items() if li.name.startswith("vertebrae")]
+    bone = np.isin(on_ct.array, vertebrae)
+    assert bone.sum() > 1000 and np.median(vol.array[bone]) > 150
+    assert np.median(vol.array[np.isin(lab.array, vertebrae)]) < 100  # unaligned: soft tissue or air
 
 
 def _slices_by_position(folder: Path) -> list[tuple[float, Path]]:

@@ -37,11 +37,13 @@ from ._formats import (
     supported_write_list,
 )
 from .dicom import SeriesInfo, choose_series, list_series, read_dicom_file, read_series
+from .geometry import align_to
 
 __all__ = [
     "READ_FORMATS",
     "WRITE_FORMATS",
     "SeriesInfo",
+    "align_to",
     "guess_kind",
     "label_color",
     "list_series",
