@@ -146,30 +146,10 @@ def describe_environment() -> str:
 
 def _predict_cpu(image: Any, model: Any, meta: Any) -> tuple[Any, str]:
     """Labels for ``image`` on the CPU through the same inference code the app uses."""
-    try:
-        from .core.inference import PredictOptions, predict
-    except ImportError:
-        pkg = sys.modules.get("seg_studio.core.inference")
-        if pkg is not None and getattr(pkg, "__file__", None):
-            raise  # the inference package is there but broken: that is a failure
-        return _forward_whole(image, model, meta), "whole-image forward pass (core.inference not installed)"
+    from .core.inference import PredictOptions, predict
+
     pred = predict(image, model, meta, PredictOptions(device="cpu", tta=False))
     return pred.labels, f"core.inference on {pred.device}"
-
-
-def _forward_whole(image: Any, model: Any, meta: Any) -> Any:
-    """One forward pass over the whole (small) sample with the checkpoint's normalisation."""
-    import torch
-
-    from .core import transforms
-
-    arr = image.array if image.channels > 1 else image.array[None]
-    x = torch.from_numpy(transforms.normalize(arr, meta.normalization))[None]
-    with torch.inference_mode():
-        logits = model(x).logits[0]
-    idx = (logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(0)
-    values = np.array([c.value for c in meta.classes], dtype=np.int64)
-    return image.with_array(values[idx.numpy()].astype(np.uint8), channels=1)
 
 
 def _dice_by_class(pred: np.ndarray, truth: np.ndarray) -> dict[int, float]:
