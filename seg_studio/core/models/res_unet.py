@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .base import AUX_DEEP_SUPERVISION, SegModel, SegOutput
-from .blocks import DeepSupervisionHeads, DoubleConv, conv, conv_transpose, norm
+from .blocks import DeepSupervisionHeads, DoubleConv, conv, conv_transpose, norm, uses_bias
 from .blocks import dropout as dropout_layer
 from .registry import register_model
 
@@ -37,14 +37,15 @@ class BasicBlock(nn.Module):
 
     def __init__(self, spatial_dims: int, cin: int, cout: int, stride: int, norm_kind: str) -> None:
         super().__init__()
-        self.conv1 = conv(spatial_dims, cin, cout, 3, stride=stride, bias=False)
+        bias = uses_bias(norm_kind)  # False with a normalisation, as torchvision
+        self.conv1 = conv(spatial_dims, cin, cout, 3, stride=stride, bias=bias)
         self.bn1 = norm(norm_kind, spatial_dims, cout)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv(spatial_dims, cout, cout, 3, bias=False)
+        self.conv2 = conv(spatial_dims, cout, cout, 3, bias=bias)
         self.bn2 = norm(norm_kind, spatial_dims, cout)
         self.downsample = (
             nn.Sequential(
-                conv(spatial_dims, cin, cout, 1, stride=stride, bias=False),
+                conv(spatial_dims, cin, cout, 1, stride=stride, bias=bias),
                 norm(norm_kind, spatial_dims, cout),
             )
             if stride != 1 or cin != cout
@@ -71,7 +72,7 @@ class ResNetEncoder(nn.Module):
         norm_kind: str,
     ) -> None:
         super().__init__()
-        self.conv1 = conv(spatial_dims, in_channels, features, 7, stride=2, bias=False)
+        self.conv1 = conv(spatial_dims, in_channels, features, 7, stride=2, bias=uses_bias(norm_kind))
         self.bn1 = norm(norm_kind, spatial_dims, features)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = _POOL[spatial_dims](kernel_size=3, stride=2, padding=1)
