@@ -36,6 +36,15 @@ from seg_studio.core.training.losses import DiceCELoss, deep_supervision_weights
 TINY = {"features": 4, "depth": 2}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # noqa: ANN202
+    """Tiny models gain nothing from 2 threads, and OpenMP barriers crawl on a CPU shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _write_dataset(root: Path, n: int, dims: int = 2, scale: int = 1) -> tuple[Path, Path]:
     imgs, labs = root / "images", root / "labels"
     imgs.mkdir(parents=True)
