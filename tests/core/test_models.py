@@ -100,6 +100,14 @@ def _structure(model: nn.Module) -> dict[str, tuple]:
 @pytest.mark.parametrize(("name", "dims"), CASES)
 def test_train_step_on_odd_size(name: str, dims: int) -> None:
     model = tiny(name, dims).train()
+    other = (
+        (nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d)
+        if dims == 2
+        else (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d)
+    )
+    assert not [m for m in model.modules() if isinstance(m, other)], (
+        f"{dims}D model holds layers of the other kind"
+    )
     before = _structure(model)
     out = model(batch(dims), aux=True)
     assert out.logits.shape == (BATCH, OUT_CH, *SIZES[dims])
@@ -348,6 +356,13 @@ def test_res_unet_weights_file_errors(tmp_path: Path) -> None:
 
 class _NotATensor:
     """An arbitrary object: ``weights_only=True`` must refuse to unpickle it."""
+
+
+def test_res_unet_without_normalisation_keeps_conv_biases() -> None:
+    model = tiny("res_unet", 2, norm="none").train()
+    assert model.encoder.conv1.bias is not None and model.encoder.layer2[0].downsample[0].bias is not None
+    assert not [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    model(batch(2)).logits.mean().backward()
 
 
 def test_res_unet_depth_sets_the_size_multiple() -> None:
