@@ -315,8 +315,9 @@ def write(
 
 
 def _write_mhd(img: Any, path: Path, verify: Any, protected: list) -> Path:
-    """MetaImage header + raw pair: the raw data is swapped in first, then the header (whose temp
-    copy already points at the final ``.raw`` name, so verifying it reads the real data)."""
+    """MetaImage header + raw pair, staged and verified in a hidden folder beside the target; then the
+    raw data is swapped in, then the header (whose temp copy already points at the final ``.raw``
+    name, so verifying it again reads the real data)."""
     import shutil
     import tempfile
 
@@ -333,6 +334,7 @@ def _write_mhd(img: Any, path: Path, verify: Any, protected: list) -> Path:
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{stem}.tmp-") as tmpdir:
         staged = Path(tmpdir) / (stem + ".mhd")
         write_image(img, staged, compress=False)
+        verify(staged)  # check the staged pair before touching an existing one
         atomic_write(raw, lambda t: shutil.move(staged.with_suffix(".raw"), t), protected=prot)
         return atomic_write(path, lambda t: shutil.move(staged, t), verify=verify, protected=prot)
 
