@@ -321,12 +321,18 @@ def _step_viewer(s: _State, viewer: bool | None, timeout_s: float = 120.0) -> st
 
         pm = PluginManager.instance()
         pm.discover()  # what napari does at start-up; finds plugins through their entry-point metadata
-        try:
-            pm.get_manifest("seg-studio")
-        except KeyError:
+        # "napari" is napari's builtin plugin (its own readers/writers): a bundle without its
+        # entry-point metadata opens no plain .tif/.npy files; "seg-studio" is ours.
+        missing = []
+        for plugin in ("seg-studio", "napari"):
+            try:
+                pm.get_manifest(plugin)
+            except KeyError:
+                missing.append(plugin)
+        if missing:
             raise _Failed(
-                "napari does not see the seg-studio plugin (its npe2 entry point is missing)"
-            ) from None
+                f"napari does not see the plugin(s) {', '.join(missing)} (npe2 entry points missing)"
+            )
         win, panel = build_window(s.scan_path, show=True)
         app = QApplication.instance()
         try:
