@@ -63,8 +63,10 @@ def build_window(scan: Path | None = None, show: bool = True) -> tuple[Any, Any]
     """A napari viewer with the seg_studio panel docked and a scan (or the sample) open."""
     import napari
 
+    from .native_guard import guard_triton
     from .panel import SegStudioPanel
 
+    guard_triton()
     viewer = napari.Viewer(title=TITLE, show=show)
     panel = SegStudioPanel(viewer)
     viewer.window.add_dock_widget(panel, name=TITLE, area="right")

@@ -57,7 +57,7 @@ def finetune_destination(parent: Path, stamp: str | None = None) -> Path:
     return out
 
 
-def _finetune_job(choice, scan, labels, out, budget_s, token):  # noqa: ANN001, ANN202 - worker generator
+def _finetune_job(choice, scan, labels, out, budget_s, device, token):  # noqa: ANN001, ANN202 - worker generator
     from ..core import checkpoint
     from ..core.training import iter_finetune
 
@@ -72,7 +72,9 @@ def _finetune_job(choice, scan, labels, out, budget_s, token):  # noqa: ANN001, 
             f"{choice.variant}-untrained-{time.strftime('%Y%m%d-%H%M%S')}{CHECKPOINT_SUFFIX}"
         )
         checkpoint.save(parent, model, meta)
-    result = yield from iter_finetune(parent, [(scan, labels)], out, budget_s=budget_s, cancel=token)
+    result = yield from iter_finetune(
+        parent, [(scan, labels)], out, budget_s=budget_s, device=device, cancel=token
+    )
     return result
 
 
@@ -196,6 +198,7 @@ class FinetuneSection(QGroupBox):
         out = finetune_destination(parent)
         self._out = out
         budget = float(budget_s if budget_s is not None else self.budget.value())
+        device = self.models.device_name()
         self.plot.clear(f"fine-tune {choice.label}")
         self.bar.setValue(0)
         self.status.setText(f"fine-tuning {choice.label}...")
@@ -205,7 +208,7 @@ class FinetuneSection(QGroupBox):
         self._outcome = "done"
         self.last_error = ""
         self.job = Job(
-            lambda token: _finetune_job(choice, scan, labels, out, budget, token),
+            lambda token: _finetune_job(choice, scan, labels, out, budget, device, token),
             on_progress=self._progress,
             on_done=self._done,
             on_error=self._error,

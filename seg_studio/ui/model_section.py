@@ -177,7 +177,10 @@ class ModelSection(QGroupBox):
         self.want_probabilities = QCheckBox("probabilities")
         self.want_uncertainty = QCheckBox("uncertainty")
         self.want_attention = QCheckBox("attention maps")
-        for box in (self.want_probabilities, self.want_uncertainty, self.want_attention):
+        self.want_uncertainty.setToolTip(
+            "spread over flipped copies: turns test-time augmentation on (slower)"
+        )
+        for box in (self.want_probabilities, self.want_attention):
             box.setChecked(True)
 
         form = QFormLayout(self)

@@ -30,6 +30,9 @@ class SegStudioPanel(QScrollArea):
     """Pick a model, predict in the background, look, correct, fine-tune, save."""
 
     def __init__(self, napari_viewer: Any, autosave_interval_s: float | None = None) -> None:
+        from .native_guard import guard_triton
+
+        guard_triton()  # before any fine-tune imports torch._dynamo (see native_guard)
         super().__init__()
         self.viewer = napari_viewer
         self.setWidgetResizable(True)

@@ -204,6 +204,11 @@ class RunSection(QGroupBox):
             return
         self.add_prediction(pred, meta, layer)
         self.last_prediction = pred
+        if getattr(pred, "notes", None):
+            from napari.utils.notifications import show_info
+
+            for note in pred.notes:
+                show_info(note)
         self.bar.setValue(1000)
         self.status.setText(f"done in {time.perf_counter() - self._t0:.1f} s on {pred.device}")
 

@@ -1,0 +1,305 @@
+"""The seg_studio panel driven the way a user drives it: real napari viewer, real tiny models.
+
+Scans are the code-made samples written to real files and opened through our reader; models are
+real ``attention_unet`` checkpoints with 4 base features. Every action is a public panel method
+(the one its button calls); workers really run in threads and the tests wait for their signals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from seg_studio.core import checkpoint  # noqa: E402
+from seg_studio.core import io as sio  # noqa: E402
+from seg_studio.core.models import create_model  # noqa: E402
+from seg_studio.core.samples import make_sample_2d, make_sample_3d  # noqa: E402
+from seg_studio.ui import layers as L  # noqa: E402
+
+JOB_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def _app_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Models and autosaves of the test go to a temp folder, never the user's app-data dir."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("SEG_STUDIO_HOME", str(home))
+    return home
+
+
+def write_scan(tmp_path: Path, dims: int) -> tuple[Path, object, object]:
+    image, labels = (make_sample_2d if dims == 2 else make_sample_3d)()
+    # a neutral folder: the reader guesses "labels" from folder names like "...mask..." (test names!)
+    folder = tmp_path / "patient" / "study"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = sio.write(image, folder / f"scan{dims}d.nii.gz")
+    return path, image, labels
+
+
+def tiny_checkpoint(folder: Path, dims: int, classes: list, name: str = "tiny") -> Path:
+    """A real attention U-Net (features=4, depth 2) saved as a .segmodel."""
+    model = create_model(
+        "attention_unet", spatial_dims=dims, in_channels=1, out_channels=len(classes), features=4, depth=2
+    )
+    meta = checkpoint.new_meta(
+        model,
+        "attention_unet",
+        {"features": 4, "depth": 2},
+        classes=[checkpoint.ClassInfo(c.value, c.name, tuple(c.color)) for c in classes],
+        patch_size=(32, 64, 64) if dims == 3 else (128, 128),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return checkpoint.save(folder / f"{name}{dims}d.segmodel", model, meta)
+
+
+def add_labels(viewer, labels):
+    """A label map as the reader/sample data would add it (names and colours included)."""
+    from seg_studio.ui.reader import volume_layer_data
+
+    data, kwargs, kind = volume_layer_data(labels, name="truth", kind="labels")
+    return viewer.add_labels(data, **kwargs)
+
+
+def sample_classes(labels) -> list:
+    return [labels.labels[v] for v in sorted(labels.labels)]
+
+
+@pytest.fixture
+def make_panel(make_napari_viewer, qtbot):
+    """A shown viewer with the panel docked and the models probed."""
+
+    def make(scan: Path | None = None):
+        from seg_studio.ui.panel import SegStudioPanel
+
+        viewer = make_napari_viewer(show=True)
+        panel = SegStudioPanel(viewer)
+        viewer.window.add_dock_widget(panel, name="seg_studio", area="right")
+        qtbot.waitUntil(lambda: bool(panel.models.variants()), timeout=60_000)
+        if scan is not None:
+            viewer.open(str(scan), plugin="seg-studio")
+        return viewer, panel
+
+    return make
+
+
+@pytest.fixture
+def notes():
+    """Notifications shown while the test runs (napari's own notification manager)."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list = []
+
+    def grab(event):
+        seen.append(event.value if hasattr(event, "value") else event)
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+def run_predict(panel, qtbot) -> str:
+    with qtbot.waitSignal(panel.run.finished, timeout=JOB_TIMEOUT_MS) as blocker:
+        assert panel.predict()
+    return blocker.args[0]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_predict_adds_mask_and_maps_on_the_scan_grid(dims, tmp_path, make_panel, qtbot, _app_home):
+    scan_path, image, labels = write_scan(tmp_path, dims)
+    ckpt = tiny_checkpoint(tmp_path / "models", dims, sample_classes(labels))
+    viewer, panel = make_panel(scan_path)
+    scan_layer = panel.scan_layer()
+    before = np.array(scan_layer.data, copy=True)
+    panel.open_checkpoint(ckpt)
+    assert panel.models.current_choice().checkpoint == ckpt.resolve()
+
+    assert run_predict(panel, qtbot) == "done", panel.run.last_error
+    mask = panel.mask_layer()
+    assert mask is not None and type(mask).__name__ == "Labels"
+    assert mask.data.shape == image.spatial_shape
+    np.testing.assert_allclose(mask.scale, image.spacing_zyx)
+    np.testing.assert_allclose(mask.translate, scan_layer.translate)
+    want = {(c.value, c.name, tuple(c.color)) for c in sample_classes(labels)}
+    assert {(c.value, c.name, tuple(c.color)) for c in L.layer_classes(mask)} == want
+    assert list(mask.features["class"]) == [c.name for c in sample_classes(labels)]  # shown on hover
+    for c in sample_classes(labels)[1:]:
+        np.testing.assert_allclose(mask.colormap.map(c.value)[:3], np.array(c.color) / 255, atol=1e-3)
+    assert set(np.unique(mask.data)) <= {c.value for c in sample_classes(labels)}
+
+    outputs = [ly for ly in viewer.layers if L.role(ly) == L.ROLE_OUTPUT]
+    attention = [ly for ly in outputs if "attention" in ly.name]
+    probs = [ly for ly in outputs if "p(" in ly.name]
+    assert len(attention) == 2  # one per gate level (depth 2)
+    assert len(probs) == len(labels.labels) - 1  # one per foreground class
+    extent = np.array(image.spatial_shape) * np.array(image.spacing_zyx)
+    for ly in outputs:
+        assert not ly.visible and ly.blending == "additive"
+        np.testing.assert_allclose(np.array(ly.data.shape) * np.array(ly.scale), extent, rtol=1e-6)
+    np.testing.assert_array_equal(scan_layer.data, before)  # the scan is never modified
+
+    # a re-run writes into the same mask as one undo step
+    edited = np.array(mask.data, copy=True)
+    centre = tuple(np.array([i]) for i in np.array(image.spatial_shape) // 2)
+    mask.data_setitem(centre, (int(mask.data[centre][0]) + 1) % len(labels.labels))
+    painted = np.array(mask.data, copy=True)
+    assert run_predict(panel, qtbot) == "done"
+    assert panel.mask_layer() is mask
+    np.testing.assert_array_equal(mask.data, edited)
+    mask.undo()
+    np.testing.assert_array_equal(mask.data, painted)
+
+
+def test_cancel_leaves_no_layer_and_no_file(tmp_path, make_panel, qtbot, _app_home):
+    scan_path, _, labels = write_scan(tmp_path, 3)
+    ckpt = tiny_checkpoint(tmp_path / "models", 3, sample_classes(labels))
+    viewer, panel = make_panel(scan_path)
+    panel.open_checkpoint(ckpt)
+    n_layers = len(viewer.layers)
+    files_before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    with qtbot.waitSignal(panel.run.finished, timeout=JOB_TIMEOUT_MS) as blocker:
+        assert panel.predict()
+        panel.cancel()
+    assert blocker.args == ["cancelled"]
+    assert len(viewer.layers) == n_layers
+    assert panel.mask_layer() is None
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == files_before
+    assert "cancelled" in panel.run.status.text()
+
+
+def test_finetune_on_edited_mask_writes_a_child_checkpoint(tmp_path, make_panel, qtbot, _app_home):
+    scan_path, image, labels = write_scan(tmp_path, 2)
+    ckpt = tiny_checkpoint(tmp_path / "models", 2, sample_classes(labels))
+    viewer, panel = make_panel(scan_path)
+    panel.open_checkpoint(ckpt)
+    assert run_predict(panel, qtbot) == "done"
+    mask = panel.mask_layer()
+    # the user corrects the mask: paint the true labels in (what a radiologist's edits amount to)
+    truth = np.asarray(labels.array).astype(mask.data.dtype)
+    idx = np.nonzero(truth != mask.data)
+    with mask.block_history():
+        mask.data_setitem(idx, truth[idx])
+    with qtbot.waitSignal(panel.finetune_section.finished, timeout=JOB_TIMEOUT_MS) as blocker:
+        assert panel.finetune(budget_s=15, only_changed=True)
+    assert blocker.args == ["done"], panel.finetune_section.last_error
+    child = Path(panel.finetune_section.last_result.path)
+    assert child.is_file() and child.parent == ckpt.parent and child != ckpt
+    meta = checkpoint.read_meta(child)
+    assert checkpoint.file_hash(ckpt) in str(meta.provenance)
+    assert panel.models.current_choice().checkpoint == child.resolve()  # selected
+    assert panel.finetune_section.rerun_button.isVisibleTo(panel)
+    if panel.finetune_section.last_result.steps > 0:  # a loaded machine may spend the budget loading
+        assert len(panel.finetune_section.plot.loss) > 0
+
+
+def test_finetune_of_a_bundled_or_read_only_parent_goes_to_the_user_folder(tmp_path, _app_home, monkeypatch):
+    import os
+
+    from seg_studio.ui import finetune_section
+
+    bundled = tmp_path / "resources" / "models"
+    bundled.mkdir(parents=True)
+    monkeypatch.setattr(finetune_section, "bundled_model_dirs", lambda: [bundled])
+    out = finetune_section.finetune_destination(bundled / "m.segmodel", stamp="s")
+    assert out.parent == _app_home / "models" and out.name == "m-ft-s.segmodel"
+    assert finetune_section.finetune_destination(tmp_path / "w.segmodel", stamp="s").parent == tmp_path
+    if os.geteuid() != 0:  # root writes anywhere; the permission rule is only testable as a user
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            assert finetune_section.finetune_destination(ro / "m.segmodel").parent == _app_home / "models"
+        finally:
+            ro.chmod(0o755)
+
+
+def test_save_writes_the_scan_geometry_and_never_the_scan(tmp_path, make_panel, qtbot, notes):
+    scan_path, image, labels = write_scan(tmp_path, 3)
+    viewer, panel = make_panel(scan_path)
+    add_labels(viewer, labels)
+    assert panel.mask_layer() is not None
+    out = panel.save_labels(tmp_path / "out" / "mask.nii.gz")
+    back = sio.read(out)
+    assert back.same_geometry(image)
+    np.testing.assert_array_equal(back.array, labels.array)
+    with pytest.raises(Exception, match="scan|input|protect|overwrit"):
+        panel.save_labels(scan_path)
+    assert sio.read(scan_path).same_geometry(image)
+
+
+def test_autosave_is_offered_back_after_a_crash(tmp_path, make_panel, qtbot, notes):
+    scan_path, image, labels = write_scan(tmp_path, 2)
+    viewer, panel = make_panel(scan_path)
+    add_labels(viewer, labels)
+    mask = panel.mask_layer()
+    mask.data_setitem((np.array([5, 6]), np.array([7, 8])), 3)
+    assert panel.autosaver.dirty
+    edited = np.array(mask.data, copy=True)
+    assert panel.autosave_now() is not None
+    # "crash": a new window opens the same scan and is offered the edits back
+    viewer2, panel2 = make_panel(None)
+    with qtbot.waitSignal(panel2.autosaver.offered, timeout=10_000):
+        viewer2.open(str(scan_path), plugin="seg-studio")
+    assert panel2.correct.restore_button.isVisibleTo(panel2)
+    restored = panel2.restore_autosave()
+    np.testing.assert_array_equal(restored.data, edited)
+    np.testing.assert_allclose(restored.scale, image.spacing_zyx)
+
+
+def test_a_bad_checkpoint_shows_one_line_and_changes_nothing(tmp_path, make_panel, qtbot, notes):
+    bad = tmp_path / "broken.segmodel"
+    bad.write_bytes(b"\x80\x04this is a pickle, not a model")
+    viewer, panel = make_panel(None)
+    before = panel.models.current_choice()
+    info = panel.open_checkpoint(bad)
+    assert info.error
+    errors = [n for n in notes if "broken.segmodel" in str(getattr(n, "message", n))]
+    assert errors and "\n" not in str(errors[0].message)
+    assert panel.models.current_choice() == before
+
+
+def test_a_worker_error_is_a_notification_and_the_app_lives(tmp_path, make_panel, qtbot, notes):
+    scan_path, _, labels = write_scan(tmp_path, 2)
+    # a 3D model on a 2D scan: the core refuses with a typed error
+    ckpt = tiny_checkpoint(tmp_path / "models", 3, sample_classes(labels))
+    viewer, panel = make_panel(scan_path)
+    panel.open_checkpoint(ckpt)
+    assert run_predict(panel, qtbot) == "error"
+    assert panel.run.last_error and "\n" not in panel.run.last_error
+    assert any(panel.run.last_error in str(getattr(n, "message", n)) for n in notes)
+    assert panel.mask_layer() is None
+    assert panel.run.predict_button.isEnabled()
+
+
+def test_correction_helpers_are_one_undo_step_each(tmp_path, make_panel, qtbot):
+    scan_path, image, labels = write_scan(tmp_path, 2)
+    viewer, panel = make_panel(scan_path)
+    add_labels(viewer, labels)
+    mask = panel.mask_layer()
+    start = np.array(mask.data, copy=True)
+    noisy = start.copy()
+    noisy[2:4, 2:4] = 1  # an island far from the structures
+    idx = np.nonzero(noisy != start)
+    mask.data_setitem(idx, noisy[idx])
+    assert panel.remove_small_islands(10) > 0
+    assert (mask.data[2:4, 2:4] == 0).all()
+    mask.undo()
+    np.testing.assert_array_equal(mask.data, noisy)
+    panel.select_class(1)
+    assert mask.selected_label == 1 and mask.mode == "paint"
+
+
+def test_window_presets_and_views(tmp_path, make_panel):
+    scan_path, *_ = write_scan(tmp_path, 3)
+    viewer, panel = make_panel(scan_path)
+    assert panel.apply_window("lung") == (-1350.0, 150.0)
+    assert tuple(panel.scan_layer().contrast_limits) == (-1350.0, 150.0)
+    lo, hi = panel.apply_window("MR (percentile)")
+    assert lo < hi
+    panel.set_view(3)
+    assert viewer.dims.ndisplay == 3
+    panel.set_view(2)
+    assert viewer.dims.ndisplay == 2
