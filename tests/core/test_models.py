@@ -398,5 +398,15 @@ def test_patch_discriminator_rejects_mismatched_masks() -> None:
         disc(torch.randn(1, 1, 16, 16), torch.rand(1, 3, 16, 16))
     with pytest.raises(ValueError, match="integer labels"):
         disc(torch.randn(1, 1, 16, 16), torch.rand(1, 16, 16))
+    with pytest.raises(ValueError, match="0..1"):
+        disc(torch.randn(1, 1, 16, 16), torch.full((1, 16, 16), 255))
     with pytest.raises(ModelError):
-        create_discriminator(2, image_channels=1, num_classes=1)
+        create_discriminator(2, image_channels=1, num_classes=0)
+
+
+def test_patch_discriminator_for_a_single_channel_segmenter() -> None:
+    disc = create_discriminator(3, image_channels=1, num_classes=1, features=4, depth=2)
+    image, labels = torch.randn(1, 1, 9, 10, 11), torch.randint(0, 3, (1, 9, 10, 11))
+    out = disc(image, labels)
+    assert out.shape == (1, 1, 3, 3, 3)
+    torch.testing.assert_close(out, disc(image, (labels > 0).float().unsqueeze(1)))

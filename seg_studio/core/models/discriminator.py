@@ -21,8 +21,9 @@ from .blocks import conv, norm
 class PatchDiscriminator(nn.Module):
     """``forward(image, mask) -> logits`` of shape ``(N, 1, *ceil(spatial / 2**depth))``.
 
-    ``mask`` is ``(N, num_classes, *spatial)`` probabilities / one-hot, or ``(N, *spatial)`` integer
-    labels (one-hot encoded here). Logits, not probabilities: pair with ``BCEWithLogitsLoss``.
+    ``num_classes`` is the segmenter's number of output channels. ``mask`` is ``(N, num_classes,
+    *spatial)`` probabilities / one-hot (softmax, or sigmoid for one channel), or ``(N, *spatial)``
+    integer labels (encoded here the same way). Logits, not probabilities: pair with ``BCEWithLogitsLoss``.
     """
 
     def __init__(
@@ -37,8 +38,8 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ModelError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if num_classes < 2:
-            raise ModelError(f"num_classes counts the background too, so it is at least 2; got {num_classes}")
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ModelError(f"num_classes is the segmenter's output channels (>= 1), got {num_classes!r}")
         if not isinstance(depth, int) or depth < 1 or not isinstance(features, int) or features < 1:
             raise ModelError(f"features and depth must be positive integers, got {features!r}, {depth!r}")
         self.spatial_dims = spatial_dims
@@ -64,9 +65,7 @@ class PatchDiscriminator(nn.Module):
                 f"expected image (N, {self.image_channels}, *{self.spatial_dims}D), got {tuple(image.shape)}"
             )
         if mask.ndim == self.spatial_dims + 1:
-            if mask.is_floating_point():
-                raise ValueError("a mask without a channel axis must hold integer labels")
-            mask = F.one_hot(mask.long(), self.num_classes).movedim(-1, 1)
+            mask = self._encode_labels(mask)
         if (
             mask.shape[1] != self.num_classes
             or mask.shape[2:] != image.shape[2:]
@@ -76,6 +75,19 @@ class PatchDiscriminator(nn.Module):
                 f"mask {tuple(mask.shape)} does not match image {tuple(image.shape)} with {self.num_classes} classes"
             )
         return self.net(torch.cat([image, mask.to(image.dtype)], dim=1))
+
+    def _encode_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Integer labels as the segmenter's output would look: one-hot, or foreground for one channel."""
+        if labels.is_floating_point():
+            raise ValueError("a mask without a channel axis must hold integer labels")
+        if self.num_classes == 1:
+            return (labels > 0).unsqueeze(1)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(
+                f"labels must lie in 0..{self.num_classes - 1}, got {int(labels.min())}..{int(labels.max())}"
+                " (mask out ignored voxels before the critic sees them)"
+            )
+        return F.one_hot(labels.long(), self.num_classes).movedim(-1, 1)
 
 
 def create_discriminator(
