@@ -302,7 +302,7 @@ def _wait_until(ready: Callable[[], bool], app: Any, timeout_s: float) -> bool:
     return True
 
 
-def _step_viewer(s: _State, viewer: bool | None, timeout_s: float = 120.0) -> str:
+def _step_viewer(s: _State, viewer: bool | None, timeout_s: float = 300.0) -> str:
     if viewer is False:
         return "skipped (--no-viewer)"
     if not has_display():
@@ -343,11 +343,15 @@ def _step_viewer(s: _State, viewer: bool | None, timeout_s: float = 120.0) -> st
             # The panel lists variants and checkpoints from a worker thread (torch imported there).
             if not _wait_until(lambda: panel.models.variant.count() > 1, app, timeout_s):
                 raise _Failed(f"the panel's model list was not ready after {timeout_s:.0f} s")
+            win.window.resize(1200, 800)  # room for the canvas beside the panel
             app.processEvents()
             shot = win.screenshot(canvas_only=True, flash=False)
             if shot.size == 0 or float(np.asarray(shot)[..., :3].std()) == 0.0:
                 raise _Failed("the canvas rendered a flat image (no working OpenGL?)")
             h, w = shot.shape[:2]
+            from PIL import Image
+
+            Image.fromarray(np.asarray(shot)).save(s.work / "viewer.png")  # kept with --keep DIR
         finally:
             panel.shutdown()
             win.close()
