@@ -49,6 +49,14 @@ def layer_data_volume(data: Any, attrs: dict[str, Any], kind: str) -> Volume:
         translate = list(attrs.get("translate") or [0.0] * nd)[-nd:]
         spacing, origin = tuple(reversed(scale)), tuple(reversed(translate))
         direction = tuple(np.eye(nd).ravel())
+        # e.g. a layer made with napari's own "new labels" button: it copied the scan's scale and
+        # translate but not its direction; find the scan it lies on among those read in this process
+        from ..core.io import find_scan_grid
+
+        grid = find_scan_grid(spatial, spacing, origin)
+        if grid is not None:
+            spacing, origin, direction = grid.spacing, grid.origin, grid.direction
+            md = md or {"source": str(grid.path)}
     meta = dict(md.get("meta") or {})
     meta["kind"] = kind
     if kind == "labels":

@@ -189,3 +189,24 @@ def test_multichannel_volume_keeps_its_channel_axis(make_napari_viewer, tmp_path
     np.testing.assert_array_equal(got.array, arr)
     with pytest.raises(Exception, match="refusing|input scan"):
         napari.save_layers(str(src), [layer], plugin=PLUGIN)
+
+
+def test_napari_new_labels_layer_is_saved_in_the_oblique_scan_geometry(
+    make_napari_viewer, data_dir, tmp_path
+) -> None:
+    """napari's own 'new labels' copies scale/translate, not the direction; the writer recovers it."""
+    import napari
+
+    folder = data_dir / "tcia_brain_tumor_progression_dicom" / "images" / "PGBM-003_19950329"
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(folder, plugin=PLUGIN)
+    labels = viewer.add_labels(
+        np.zeros(image.data.shape, np.uint8), scale=image.scale, translate=image.translate
+    )
+    assert not labels.metadata
+    labels.data[10, 100:120, 100:140] = 1
+    napari.save_layers(str(tmp_path / "drawn.nii.gz"), [labels], plugin=PLUGIN)
+    got, scan = io.read(tmp_path / "drawn.nii.gz"), io.read(folder)
+    assert abs(scan.direction_matrix[2, 1]) > 0.1  # really oblique
+    assert got.same_geometry(scan, atol=1e-4)
+    np.testing.assert_array_equal(got.array, labels.data)

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,10 @@ from .geometry import align_to
 __all__ = [
     "READ_FORMATS",
     "WRITE_FORMATS",
+    "ScanGrid",
     "SeriesInfo",
     "align_to",
+    "find_scan_grid",
     "guess_kind",
     "label_color",
     "list_series",
@@ -63,9 +66,38 @@ _LABEL_WORDS = re.compile(
 _MAX_LABELS = 1000
 #: Header key under which NRRD and MetaImage label maps keep their names and colours (JSON).
 LABELS_KEY = "seg_studio_labels"
-#: Every scan ``read`` in this process: no ``write`` may replace one, whatever layer or volume it
-#: saves (e.g. a napari Labels layer made with napari's own button, which carries no source).
-_INPUT_SCANS: set[Path] = set()
+#: Every scan ``read`` in this process, with its grid: no ``write`` may replace one, whatever layer
+#: or volume it saves, and a layer that lost its geometry can find it again (``find_scan_grid``).
+_INPUT_SCANS: dict[Path, ScanGrid] = {}
+
+
+@dataclass(frozen=True)
+class ScanGrid:
+    """Where a scan read in this process lies: enough to save a mask on it without its pixels."""
+
+    path: Path
+    shape_zyx: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+
+def find_scan_grid(
+    shape_zyx: tuple[int, ...], spacing: tuple[float, ...], origin: tuple[float, ...], atol: float = 1e-3
+) -> ScanGrid | None:
+    """The scan read in this process whose grid has this shape, spacing and origin (x,y,z), if exactly
+    one direction fits. napari's own "new labels" layer copies a scan's scale and translate but not
+    its direction; this recovers it, so such a mask is still saved in the scan's true geometry."""
+    hits = [
+        g
+        for g in _INPUT_SCANS.values()
+        if g.shape_zyx == tuple(shape_zyx)
+        and np.allclose(g.spacing, spacing, rtol=1e-6, atol=atol)
+        and np.allclose(g.origin, origin, atol=atol)
+    ]
+    if hits and all(np.allclose(h.direction, hits[0].direction, atol=1e-6) for h in hits):
+        return hits[-1]
+    return None
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -95,8 +127,10 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
         vol.meta["rgb"] = True
     kind = "labels" if vol.labels else guess_kind(vol, path)  # stored label names say so outright
     vol.meta["kind"] = vol.meta["source_kind"] = kind
-    if kind == "image":
-        _INPUT_SCANS.add(path.resolve())
+    if kind == "image":  # the grid only, not the pixels
+        _INPUT_SCANS[path.resolve()] = ScanGrid(
+            path, vol.spatial_shape, vol.spacing, vol.origin, vol.direction
+        )
     if kind == "labels" and not vol.labels:
         vol.labels = _label_names(path, vol)
     log.debug("read %s: %s %s", path, vol.spatial_shape, vol.array.dtype)
