@@ -21,6 +21,9 @@ def data_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
-    import torch
+    """Seed torch for tests that use it, without importing it for those that do not (I/O, UI)."""
+    import sys
 
-    torch.manual_seed(0)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(0)
