@@ -41,7 +41,8 @@ JSRT_TEST = ["JPCLN008", "JPCLN009", "JPCLN023", "JPCLN040", "JPCLN041", "JPCNN0
 
 
 def load() -> str:
-    return "load average %.1f %.1f %.1f" % os.getloadavg()
+    a, b, c = os.getloadavg()
+    return f"load average {a:.1f} {b:.1f} {c:.1f}"
 
 
 # --- 1. throughput ----------------------------------------------------------------------------------

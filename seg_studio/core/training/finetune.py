@@ -287,7 +287,11 @@ def iter_finetune(
         if patch_size
         else tuple(meta.patch_size or ((256, 256) if dims == 2 else (64, 64, 64)))
     )
+    if dims == 3 and dev.type == "cpu" and patch_size is None:
+        # A CPU does a 64^3 step in about a second; 96^3 would leave a budget of only a few dozen steps.
+        patch = tuple(min(p, 64) for p in patch)
     patch = fit_patch(patch, train_cases)
+    eval_cases = [eval_view(c, patch) for c in val_cases]
     model = model.to(dev)
     parent_model = parent_model.to(dev)
     if channels_last:
@@ -327,7 +331,7 @@ def iter_finetune(
     # --- Dice before (the parent; a class it lacks scores 0 where present) ---
     t_eval = time.perf_counter()
     yield Progress(0, 1, "evaluate", f"measuring the parent on {len(val_cases)} case(s)")
-    before = validate(parent_model, val_cases, n_classes, patch, dev, dtype, channels_last, cancel)
+    before = validate(parent_model, eval_cases, n_classes, patch, dev, dtype, channels_last, cancel)
     eval_s = time.perf_counter() - t_eval
     if parent_model is not model:
         del parent_model
@@ -358,7 +362,7 @@ def iter_finetune(
     yield Progress(
         state.step, state.step, "evaluate", f"measuring the fine-tuned model on {len(val_cases)} case(s)"
     )
-    after = validate(model, val_cases, n_classes, patch, dev, dtype, channels_last, cancel)
+    after = validate(model, eval_cases, n_classes, patch, dev, dtype, channels_last, cancel)
     if cancel is not None:
         cancel.raise_if_cancelled()
     for p in model.parameters():
@@ -469,6 +473,36 @@ def iter_finetune(
         split_path=split_path,
         stop_reason=state.stop_reason,
     )
+
+
+def eval_view(case: Case, patch: Sequence[int]) -> Case:
+    """The part of a case worth evaluating within a budget.
+
+    Partial labels: the bounding box of the labelled voxels (nothing else can count). Full labels on a
+    volume much larger than a patch: the foreground's box grown by half a patch on each side, so a
+    CT of 500 slices is not run twice through the network just to score a fine-tune. Small cases are
+    evaluated whole.
+    """
+    t = case.target
+    if case.labelled_voxels is not None:
+        mask = t != IGNORE_INDEX
+        margin = [0] * t.ndim
+    elif t.numel() > 4 * math.prod(patch):
+        mask = t > 0
+        margin = [p // 2 for p in patch]
+    else:
+        return case
+    if not bool(mask.any()):
+        return case
+    sl = []
+    for ax in range(t.ndim):
+        other = tuple(i for i in range(t.ndim) if i != ax)
+        idx = torch.nonzero(mask.any(dim=other) if other else mask).reshape(-1)
+        lo = max(0, int(idx.min()) - margin[ax])
+        hi = min(t.shape[ax], int(idx.max()) + 1 + margin[ax])
+        sl.append(slice(lo, hi))
+    view = tuple(sl)
+    return Case(case.name, case.hash, case.image[(slice(None), *view)], t[view], case.spacing_zyx)
 
 
 def _value_of(value_to_index: Mapping[int, int], index: int) -> int:

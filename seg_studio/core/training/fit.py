@@ -260,6 +260,16 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
         )
     spatial_dims, in_channels = dims.pop(), chans.pop()
     max_value = max(int(v.max()) for _, _, v in loaded)
+    present = set()
+    for _, _, v in loaded:
+        present.update(int(x) for x in np.unique(v) if x >= 0)
+    missing = [c for c in range(1, max_value + 1) if c not in present]
+    if missing and not cfg.class_names:
+        odd = sorted(c for c in present if c > len(present) - 1)
+        raise TrainingError(
+            f"label value(s) {odd[:6]} leave classes {missing[0]}..{missing[-1]} empty; map them to consecutive "
+            f"classes with --label-map (e.g. {odd[0]}:{missing[0]}) or name every class with --classes"
+        )
     n_classes = max(2, max_value + 1, len(cfg.class_names or []))
     names = _class_names(n_classes, cfg.class_names, ds_info, loaded)
     value_to_index = {i: i for i in range(n_classes)}
