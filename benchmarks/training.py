@@ -153,7 +153,9 @@ def _dice_report(preds: list[np.ndarray], truths: list[np.ndarray]) -> dict:
             "lungs_mean": round((left + right) / 2, 4)}  # fmt: skip
 
 
-def plain_loop(train: list, seconds: float = 50.0, features: int = 16) -> tuple[torch.nn.Module, int]:
+def plain_loop(
+    train: list, seconds: float = 50.0, features: int = 16, steps_cap: int | None = None
+) -> tuple[torch.nn.Module, int]:
     """The baseline: a plain PyTorch loop (z-score, random affine + intensity, CE + Dice, AdamW)."""
     from seg_studio.core.models import create_model
     from seg_studio.core.training.distributed import pick_precision
@@ -166,7 +168,7 @@ def plain_loop(train: list, seconds: float = 50.0, features: int = 16) -> tuple[
                       for i, _ in train])  # fmt: skip
     ys = torch.stack([torch.from_numpy(lab.array.astype(np.int64)) for _, lab in train])
     t0, steps = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
+    while time.perf_counter() - t0 < seconds and (steps_cap is None or steps < steps_cap):
         idx = torch.randint(0, len(train), (4,))
         x, y = xs[idx], ys[idx]
         ang = (torch.rand(4) - 0.5) * math.radians(20)
@@ -214,7 +216,11 @@ def _predict_all(model: torch.nn.Module, meta, tests: list) -> list[np.ndarray]:
 
 
 def jsrt(
-    budget: float | None = None, features: int = 16, parent: Path | None = None, tag: str = "jsrt"
+    budget: float | None = None,
+    features: int = 16,
+    parent: Path | None = None,
+    tag: str = "jsrt",
+    steps: int | None = None,
 ) -> dict:
     from seg_studio.core import checkpoint
     from seg_studio.core.models import create_model
@@ -237,19 +243,24 @@ def jsrt(
         out["parent"] = "untrained unet (what the GUI saves for a variant without a checkpoint)"
     child = work / f"{tag}-ft.segmodel"
     t0 = time.perf_counter()
-    res = run_to_end(iter_finetune(parent, train, child, budget_s=budget,
+    if steps is not None:
+        budget = 1e6  # step-matched mode: the same number of steps for both, whatever the CPU load
+    res = run_to_end(iter_finetune(parent, train, child, budget_s=budget, steps=steps,
                                    class_names={1: "heart", 2: "left lung", 3: "right lung"}))  # fmt: skip
     wall = time.perf_counter() - t0
     model, meta = checkpoint.load(child)
     out["ours"] = {"wall_s": round(wall, 1), "steps": res.steps, "budget_s": budget or "default",
                    "dice": _dice_report(_predict_all(model, meta, tests), truths), "load": load()}  # fmt: skip
     if parent is not None and tag == "jsrt":
-        base_model, base_steps = plain_loop(train, 50.0, features)
+        t1 = time.perf_counter()
+        base_model, base_steps = plain_loop(train, 1e6 if steps else 50.0, features, steps)
+        base_wall = time.perf_counter() - t1
         meta_b = checkpoint.new_meta(base_model, "unet", {"features": features},
                                      classes=["background", "heart", "left lung", "right lung"],
                                      patch_size=(224, 224))  # fmt: skip
-        out["plain_loop_50s"] = {"steps": base_steps, "dice": _dice_report(_predict_all(base_model, meta_b, tests),
-                                                                          truths), "load": load()}  # fmt: skip
+        key = f"plain_loop_{steps}_steps" if steps else "plain_loop_50s"
+        dice_b = _dice_report(_predict_all(base_model, meta_b, tests), truths)
+        out[key] = {"steps": base_steps, "wall_s": round(base_wall, 1), "dice": dice_b, "load": load()}
     return out
 
 
@@ -279,6 +290,9 @@ def main() -> int:
         "--budget", type=float, default=None, help="fine-tune budget (default: the product default)"
     )
     ap.add_argument("--features", type=int, default=16)
+    ap.add_argument(
+        "--steps", type=int, help="jsrt: the same number of steps for both instead of a time budget"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -288,7 +302,7 @@ def main() -> int:
         results["throughput"] = throughput(features=args.features)
         print(json.dumps(results["throughput"], indent=1), flush=True)
     if "jsrt" in args.only:
-        results["jsrt"] = jsrt(args.budget, args.features)
+        results["jsrt"] = jsrt(args.budget, args.features, steps=args.steps)
         print(json.dumps(results["jsrt"], indent=1), flush=True)
     if "transfer" in args.only:
         results["transfer"] = transfer(features=args.features)

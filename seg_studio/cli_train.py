@@ -132,6 +132,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--seed", type=int)
     g.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
+    g.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other setting of the recipe, VALUE as JSON, e.g. --set weight_decay=0 "
+                   "--set 'augment={\"elastic_p\": 0.5}' (repeatable)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
@@ -187,6 +190,14 @@ def train_config(args: argparse.Namespace) -> Any:
         o["augment"] = {"enabled": False}
     if args.deep_supervision:
         o["deep_supervision"] = {"auto": None, "on": True, "off": False}[args.deep_supervision]
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TrainingError(f"bad --set {item!r}: write KEY=VALUE, e.g. --set weight_decay=0")
+        try:
+            o[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            o[key.strip()] = value  # a bare string, e.g. --set flip=none
     if args.recipe:
         return FitConfig.from_recipe(args.recipe, **o)
     return FitConfig.from_dict(o)

@@ -87,3 +87,21 @@ def test_cli_train_from_recipe_then_finetune_into_a_new_file(
                  "--classes", "1", "--json"]) == 0  # fmt: skip
     scores = json.loads(capsys.readouterr().out)
     assert scores["cases"][0]["class"] == 1 and 0.0 <= scores["cases"][0]["dice"] <= 1.0
+
+
+def test_every_setting_is_reachable_from_flags(tmp_path: Path) -> None:
+    from seg_studio.cli import build_parser
+    from seg_studio.cli_train import train_config
+    from seg_studio.core.errors import TrainingError
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('architecture = "unet"\nlr = 0.01\nmax_steps = 9\n')
+    args = build_parser().parse_args(
+        ["train", str(recipe), "--lr", "0.002", "--patch", "64x64", "--set", "weight_decay=0",
+         "--set", 'augment={"elastic_p": 0.5}', "--set", "flip=none", "--deep-supervision", "off"]
+    )  # fmt: skip
+    cfg = train_config(args)
+    assert (cfg.lr, cfg.max_steps, cfg.patch_size, cfg.weight_decay) == (0.002, 9, [64, 64], 0)
+    assert cfg.augment == {"elastic_p": 0.5} and cfg.flip == "none" and cfg.deep_supervision is False
+    with pytest.raises(TrainingError, match="unknown training setting 'wd'"):
+        train_config(build_parser().parse_args(["train", "--set", "wd=0"]))
