@@ -35,7 +35,7 @@ from torch import nn
 from .. import postprocess as _post
 from ..checkpoint import ModelMeta
 from ..errors import InferenceError
-from ..models.base import AUX_ATTENTION, SegModel
+from ..models.base import AUX_ATTENTION, AUX_UNCERTAINTY, SegModel
 from ..progress import CancelToken, EtaClock, Progress
 from ..transforms import normalize, resample_to_shape, resampled_shape
 from ..volume import Volume
@@ -51,7 +51,11 @@ CPU_BATCH_VOXELS = 2 * 96**3
 
 @dataclass
 class PredictOptions:
-    """How to run a prediction. ``uncertainty`` implies ``tta`` (it is the spread over flips)."""
+    """How to run a prediction.
+
+    ``uncertainty`` is the spread of the class probabilities over flip TTA (turned on for it), or,
+    for a model that reports its own spread (an ensemble) and no TTA asked for, the model's.
+    """
 
     device: str = "auto"
     overlap: float = 0.5
@@ -111,6 +115,19 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
     return fused
 
 
+def _has_own_uncertainty(model: SegModel) -> bool:
+    """Whether the model reports its own uncertainty (an ensemble's member spread): probe once."""
+    m = model.size_multiple
+    x = torch.zeros(1, model.in_channels, *(m,) * model.spatial_dims, device=next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return bool(model(x, aux={AUX_UNCERTAINTY}).aux.get(AUX_UNCERTAINTY))
+    finally:
+        model.train(was_training)
+
+
 class _Runner:
     """Runs batches of windows on one device; knows slice mode, TTA and attention."""
 
@@ -119,15 +136,16 @@ class _Runner:
         self.opts = opts
         self.slice_mode = slice_mode
         self.spatial_dims = model.spatial_dims
-        self.want = frozenset({AUX_ATTENTION}) if opts.attention else frozenset()
+        self.want = frozenset(
+            ({AUX_ATTENTION} if opts.attention else set()) | ({AUX_UNCERTAINTY} if opts.uncertainty else set())
+        )
         self.to_device(device)
 
     def to_device(self, device: torch.device) -> None:
         self.device = device
         self.dtype = resolve_precision(self.opts.precision, device)
-        model = self.source_model
-        if self.opts.fuse_bn:
-            model = fuse_conv_bn(model)
+        # a private copy: the caller's model keeps its device, mode and memory format
+        model = fuse_conv_bn(self.source_model) if self.opts.fuse_bn else copy.deepcopy(self.source_model)
         model = model.to(device).eval()
         self.memory_format = None
         if self.opts.channels_last:
@@ -172,12 +190,15 @@ class _Runner:
                 ]
             if not self.opts.tta:
                 total = logits
+                own = out.aux.get(AUX_UNCERTAINTY)
+                if own:  # (N, K, *roi) per-class std from the model itself
+                    sq = own[0].float().mean(dim=1)
                 break
             p = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
             total = p if total is None else total + p
             sq = p * p if sq is None else sq + p * p
         assert total is not None
-        spread = None
+        spread = sq if not self.opts.tta else None
         if self.opts.tta:
             n = len(flips)
             total = total / n
@@ -248,14 +269,10 @@ def _argmax(acc: np.ndarray) -> np.ndarray:
     return out
 
 
-def _divide(acc: np.ndarray, wsum_axes: list[np.ndarray]) -> None:
-    """``acc /= weight`` in place, slab by slab (the weight is an outer product of per-axis sums)."""
-    first, rest = wsum_axes[0], wsum_axes[1:]
-    rest_prod = np.ones((), dtype=np.float32)
-    for w in rest:
-        rest_prod = np.multiply.outer(rest_prod, w)
-    for i in range(acc.shape[-len(wsum_axes)]):
-        acc[..., i, *([slice(None)] * len(rest))] /= first[i] * rest_prod
+def _divide(acc: np.ndarray, wsum: np.ndarray) -> None:
+    """``acc /= wsum`` in place, slab by slab along the first spatial axis (no temporary volume)."""
+    for sl in _chunks(wsum.shape[0]):
+        acc[:, sl] /= wsum[sl]
 
 
 def _softmax_inplace(acc: np.ndarray) -> None:
@@ -282,10 +299,10 @@ def iter_predict(
 
     The caller's model is not modified (a fused copy runs); it may live on any device.
     """
-    opts = options or PredictOptions()
-    if opts.uncertainty:
-        opts = copy.copy(opts)
-        opts.tta = True
+    opts = copy.copy(options or PredictOptions())
+    model_spread = opts.uncertainty and not opts.tta and _has_own_uncertainty(model)
+    if opts.uncertainty and not model_spread:
+        opts.tta = True  # the spread over flips is the uncertainty
     if not 0 <= opts.overlap < 1:
         raise InferenceError(f"overlap must be in [0, 1), got {opts.overlap}")
     cancel = cancel or CancelToken()
@@ -307,10 +324,10 @@ def iter_predict(
     roi = _roi(meta, work_shape, slice_mode)
     starts = W.window_starts(work_shape, roi, opts.overlap)
     weight_np = W.importance_map(roi, opts.blend)
-    weight = torch.from_numpy(weight_np)
+    weight = torch.from_numpy(weight_np.copy())
     k = meta.out_channels
     acc = np.zeros((k, *work_shape), dtype=np.float32)
-    spread_acc = np.zeros(work_shape, dtype=np.float32) if opts.tta and opts.uncertainty else None
+    spread_acc = np.zeros(work_shape, dtype=np.float32) if opts.uncertainty else None
     gate_acc: list[np.ndarray] | None = None
 
     runner = _Runner(model, device, opts, slice_mode)
@@ -366,13 +383,17 @@ def iter_predict(
 
     # --- finalise: labels, probabilities, maps, back to the source grid ------------------------------------
     yield Progress(total, total, "finalise", "labels")
-    axis_sums = [
-        W.axis_weight_sums(size, r, sorted({s[a] for s in starts}), opts.blend)
-        for a, (size, r) in enumerate(zip(work_shape, roi, strict=True))
-    ]
+    wsum: np.ndarray | None = None
+
+    def weights() -> np.ndarray:
+        nonlocal wsum
+        if wsum is None:
+            wsum = W.weight_sum(work_shape, roi, starts, opts.blend)
+        return wsum
+
     values = [c.value for c in meta.classes]
     if k == 1:
-        _divide(acc, axis_sums)
+        _divide(acc, weights())
         if not opts.tta:  # scores are logits: threshold in logit space, sigmoid only if asked for
             cut = math.log(opts.threshold / (1 - opts.threshold)) if 0 < opts.threshold < 1 else 0.0
             idx = (acc[0] > cut).astype(np.uint8)
@@ -386,7 +407,7 @@ def iter_predict(
     else:
         idx = _argmax(acc)
         if opts.probabilities:
-            _divide(acc, axis_sums)
+            _divide(acc, weights())
             if not opts.tta:
                 _softmax_inplace(acc)
     lut = np.asarray(values if len(values) > 1 else [0, 1], dtype=_label_dtype(values))
@@ -417,15 +438,19 @@ def iter_predict(
     del acc
     unc_vol = None
     if spread_acc is not None:
-        _divide(spread_acc[None], axis_sums)
+        _divide(spread_acc[None], weights())
         unc_vol = Volume(
             array=resample_to_shape(spread_acc[None], src_shape, "linear")[0],
-            meta={"kind": "uncertainty", "what": "std of class probabilities over flip TTA"},
+            meta={
+                "kind": "uncertainty",
+                "what": "mean over classes of the std of class probabilities over "
+                + ("flip TTA" if opts.tta else "the ensemble's members"),
+            },
             **geom,
         )
     att_vols = []
     for i, g_acc in enumerate(gate_acc or []):
-        _divide(g_acc[None], axis_sums)
+        _divide(g_acc[None], weights())
         att_vols.append(
             Volume(
                 array=resample_to_shape(g_acc[None], src_shape, "linear")[0],

@@ -1,17 +1,15 @@
 """Sliding-window geometry and the Gaussian importance map.
 
 Window placement and the Gaussian follow MONAI's ``sliding_window_inference`` exactly (same starts,
-sigma = 0.125 x window, the erf-integrated discrete kernel, zeros replaced by the smallest non-zero
-weight), so results can be compared voxel for voxel. The map is separable: it is kept as one 1D
-profile per axis, and the sum of weights over all windows is the outer product of per-axis sums,
-so no full-volume weight buffer is ever accumulated.
+sigma = 0.125 x window, floor 1e-3), so results can be compared voxel for voxel. The weight sum is
+not accumulated during the run: an argmax does not need it (every voxel's scores share the same
+positive weight), so it is built afterwards, and only when probabilities or maps are asked for.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,39 +29,41 @@ def window_starts(shape: Sequence[int], roi: Sequence[int], overlap: float) -> l
     return list(itertools.product(*(axis_starts(s, r, overlap) for s, r in zip(shape, roi, strict=True))))
 
 
-@functools.lru_cache(maxsize=64)
-def gaussian_1d(roi: int, sigma_scale: float = 0.125, mode: str = "gaussian") -> np.ndarray:
-    """One axis of the importance map, max 1, strictly positive (cached per window size)."""
-    if mode == "constant" or roi <= 1:
+@functools.lru_cache(maxsize=16)
+def _importance_map(roi: tuple[int, ...], mode: str, sigma_scale: float) -> np.ndarray:
+    import torch
+
+    if mode == "constant":
         return np.ones(roi, dtype=np.float32)
-    sigma = roi * sigma_scale
-    centre = roi // 2
-    tail = int(max(sigma * 4.0, 0.5) + 0.5)
-    s2 = sigma * math.sqrt(2.0)
-    d = np.arange(roi) - centre
-    vals = np.array(
-        [0.5 * (math.erf((k + 0.5) / s2) - math.erf((k - 0.5) / s2)) if abs(k) <= tail else 0.0 for k in d],
-        dtype=np.float64,
-    )
-    vals /= vals.max()
-    vals = vals.astype(np.float32)
-    if (vals == 0).any():
-        vals[vals == 0] = vals[vals > 0].min()
-    return vals
+    if mode != "gaussian":
+        raise ValueError(f"blend mode must be gaussian or constant, got {mode!r}")
+    # The same float32 operations, in the same order, as MONAI's compute_importance_map, so the
+    # blended logits match it bit for bit (then the label maps are identical too).
+    out = torch.ones(())
+    for i, n in enumerate(roi):
+        sigma = n * sigma_scale
+        x = torch.arange(start=-(n - 1) / 2.0, end=(n - 1) / 2.0 + 1, dtype=torch.float)
+        x = torch.exp(x**2 / (-2 * sigma**2))
+        out = out.unsqueeze(-1) * x[(None,) * i] if i > 0 else x
+    floor = max(float(out.min()), 1e-3)
+    out = torch.clamp_(out.to(torch.float), min=floor)
+    arr = out.numpy()
+    arr.setflags(write=False)
+    return arr
 
 
-def importance_map(roi: Sequence[int], mode: str = "gaussian") -> np.ndarray:
-    """The full ``roi``-shaped map (outer product of the 1D profiles), float32."""
-    out = np.ones((), dtype=np.float32)
-    for r in roi:
-        out = np.multiply.outer(out, gaussian_1d(int(r), mode=mode))
-    return out.astype(np.float32, copy=False)
+def importance_map(roi: Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125) -> np.ndarray:
+    """The window weight map (read-only float32, cached per window size): a Gaussian with
+    sigma = ``sigma_scale`` x window, floored at 1e-3 so window edges still count."""
+    return _importance_map(tuple(int(r) for r in roi), mode, float(sigma_scale))
 
 
-def axis_weight_sums(size: int, roi: int, starts: Sequence[int], mode: str = "gaussian") -> np.ndarray:
-    """Sum of the 1D profile over all windows along one axis (one factor of the total weight)."""
-    g = gaussian_1d(roi, mode=mode)
-    w = np.zeros(size, dtype=np.float32)
-    for s in sorted(set(starts)):
-        w[s : s + roi] += g
+def weight_sum(
+    shape: Sequence[int], roi: Sequence[int], starts: Sequence[Sequence[int]], mode: str = "gaussian"
+) -> np.ndarray:
+    """Total window weight per voxel (only needed to turn blended sums into averages)."""
+    g = importance_map(roi, mode)
+    w = np.zeros(tuple(shape), dtype=np.float32)
+    for st in starts:
+        w[tuple(slice(s, s + r) for s, r in zip(st, roi, strict=True))] += g
     return w
