@@ -48,7 +48,7 @@ def save(viewer, name: str, app) -> Path:  # noqa: ANN001
     settle(app, 0.8)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / name
-    viewer.window._qt_window.grab().save(str(path))
+    viewer.window.screenshot(str(path), flash=False, canvas_only=False)
     print(f"saved {path.relative_to(REPO)}")  # noqa: T201 - a script reporting its output
     return path
 
@@ -81,8 +81,7 @@ def main() -> int:
 
     viewer, panel = build_window(None)
     app = QApplication.instance()
-    win = viewer.window._qt_window
-    win.resize(1500, 940)
+    viewer.window.resize(1500, 940)
     wait(app, lambda: bool(panel.models.variants()), 120)
 
     # 1. an untrained variant: Predict gives noise

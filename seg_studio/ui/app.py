@@ -51,7 +51,7 @@ def select_bundled_model(panel: Any, dims: int) -> None:
     def pick() -> None:
         bundled = [d.resolve() for d in bundled_model_dirs()]
         for path in panel.models.checkpoints():
-            info = panel.models._infos[path]
+            info = panel.models.info(path)
             if any(path.is_relative_to(d) for d in bundled) and getattr(info.meta, "spatial_dims", 0) == dims:
                 panel.models.select_checkpoint(path)
                 return
@@ -70,6 +70,8 @@ def build_window(scan: Path | None = None, show: bool = True) -> tuple[Any, Any]
     viewer = napari.Viewer(title=TITLE, show=show)
     panel = SegStudioPanel(viewer)
     viewer.window.add_dock_widget(panel, name=TITLE, area="right")
+    if show:
+        viewer.window.resize(1400, 900)  # room for the canvas beside the panel
     layers = open_scan(viewer, scan) if scan is not None else open_sample(viewer, 2)
     dims = 3 if any(ly.ndim >= 3 and not getattr(ly, "rgb", False) for ly in layers) else 2
     select_bundled_model(panel, dims)

@@ -18,6 +18,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core import autosave as core_autosave
 from . import layers as L
+from .workers import emit
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Autosaver(QObject):
         elif L.is_scan_layer(layer):
             found = core_autosave.find_autosave(self.key(layer))
             if found is not None:
-                self.offered.emit(layer, found)
+                emit(self.offered, layer, found)
 
     def _mark(self, event: Any = None) -> None:
         self.dirty = True
@@ -95,7 +96,7 @@ class Autosaver(QObject):
             return None
         self.dirty = False
         self.last_path = core_autosave.write_autosave(*snap)
-        self.saved.emit(self.last_path)
+        emit(self.saved, self.last_path)
         return self.last_path
 
     def tick(self) -> None:
@@ -119,7 +120,7 @@ class Autosaver(QObject):
 
         def done(path: Path) -> None:
             self.last_path = path
-            self.saved.emit(path)
+            emit(self.saved, path)
 
         def failed(message: str, exc: BaseException) -> None:
             from napari.utils.notifications import show_warning

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import layers as L
+from .workers import emit
 
 
 def _swatch(color: tuple[int, int, int]) -> QIcon:
@@ -173,7 +174,7 @@ class CorrectSection(QGroupBox):
         vol = L.labels_volume(mask, scan)
         protected = [scan.source] if scan.source else []
         out = sio.write(vol, Path(path), protected=protected)
-        self.saved.emit(out)
+        emit(self.saved, out)
         return out
 
     def _save_dialog(self) -> None:

@@ -35,6 +35,7 @@ from . import layers as L
 from .model_section import CHECKPOINT_SUFFIX, ModelChoice, ModelSection, bundled_model_dirs
 from .plot_widget import LossPlot
 from .run_section import RunSection, build_untrained, format_progress
+from .workers import emit
 
 log = logging.getLogger(__name__)
 
@@ -268,4 +269,4 @@ class FinetuneSection(QGroupBox):
     def _job_finished(self) -> None:
         self.finetune_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        self.finished.emit(self._outcome)
+        emit(self.finished, self._outcome)

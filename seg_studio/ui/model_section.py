@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import CheckpointError
+from .workers import emit
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class ModelSection(QGroupBox):
         self.open_button = QPushButton("Open checkpoint...")
         self.card = QLabel("<i>looking for models...</i>")
         self.card.setWordWrap(True)
-        self.card.setTextFormat(self.card.textFormat().RichText)
+        self.card.setTextFormat(Qt.TextFormat.RichText)
         self.device = QComboBox()
         self.device.addItem("auto (best available)", "auto")
         self.device.addItem("CPU", "cpu")
@@ -242,7 +243,7 @@ class ModelSection(QGroupBox):
         for info in infos:
             self._infos[info.path] = info
         self._refill_checkpoints()
-        self.probed.emit()
+        emit(self.probed)
 
     # --- choices -----------------------------------------------------------------------------------
     def device_name(self) -> str:
@@ -259,6 +260,9 @@ class ModelSection(QGroupBox):
 
     def variants(self) -> list[str]:
         return list(self._variants)
+
+    def info(self, path: Path) -> CheckpointInfo | None:
+        return self._infos.get(Path(path).resolve())
 
     def checkpoints(self) -> list[Path]:
         return [p for p in self._infos if not self._infos[p].error]
@@ -361,7 +365,7 @@ class ModelSection(QGroupBox):
     def _checkpoint_changed(self) -> None:
         choice = self.current_choice()
         self.card.setText(card_html(self.current_info(), choice))
-        self.choice_changed.emit(choice)
+        emit(self.choice_changed, choice)
 
     def _open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

@@ -146,3 +146,43 @@ def test_loss_plot_draws_its_series(qtbot):
         )
 
     assert near(DICE_COLOR) > 50 and near(LOSS_COLOR) > 50  # both curves are drawn
+
+
+def test_triton_guard_keeps_torch_working_without_triton():
+    """In a fresh process: after the guard, torch._dynamo (what optimisers import) still loads,
+    ``import triton`` fails cleanly and ``find_spec`` still answers (torch.cuda asks it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.util, sys\n"
+        "from seg_studio.ui.native_guard import guard_triton\n"
+        "assert guard_triton()\n"
+        "import torch, torch._dynamo\n"
+        "from torch.utils._triton import has_triton_package\n"
+        "assert not has_triton_package()\n"
+        "assert importlib.util.find_spec('triton') is not None\n"
+        "m = torch.nn.Linear(2, 2); torch.optim.AdamW(m.parameters()).step()\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_thousands_of_progress_signals_do_not_drain_true(qtbot):
+    """PySide6 6.12.0's emit() takes a reference from True each call; jobs must pay it back, or a
+    long fine-tune aborts the app ("bool_dealloc: deallocating True")."""
+    import sys
+
+    from seg_studio.ui.workers import Job
+
+    def run(n: int) -> int:
+        finished: list[int] = []
+        before = sys.getrefcount(True)
+        Job(lambda token: _count(n, token, sleep=0), on_finished=lambda: finished.append(1))
+        qtbot.waitUntil(lambda: bool(finished), timeout=60_000)
+        qtbot.wait(50)
+        return sys.getrefcount(True) - before
+
+    run(10)  # first job of the process: imports add references to True
+    assert abs(run(3000)) < 100  # unpaid, this is about -3000
