@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import cli_io, cli_predict, cli_train, selftest
+from . import cli_compare, cli_io, cli_predict, cli_train, selftest
 from .core.errors import SegStudioError
 
 Runner = Callable[[argparse.Namespace], int]
@@ -106,6 +106,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
         "Dice, IoU and HD95 (mm) per class: files or folders",
         cli_train.add_evaluate,
         cli_train.run_evaluate,
+    ),
+    "compare": (
+        "train and score several variants on the same data, split and budget (tables + chart)",
+        cli_compare.add_compare,
+        cli_compare.run_compare,
     ),
     "import-weights": (
         "turn a plain PyTorch state dict into a .segmodel (never unpickles code)",

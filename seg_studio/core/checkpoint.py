@@ -244,11 +244,14 @@ def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save(path: str | os.PathLike[str], model: SegModel, meta: ModelMeta) -> Path:
+def save(
+    path: str | os.PathLike[str], model: SegModel, meta: ModelMeta, dtype: torch.dtype | None = None
+) -> Path:
     """Write ``model``'s weights and ``meta`` to one ``.segmodel`` file, atomically.
 
     Library versions and the date are added to the provenance; the file is re-read and checked
-    before it replaces anything at ``path``.
+    before it replaces anything at ``path``. ``dtype`` (e.g. ``torch.float16``) stores floating-point
+    tensors in that type, halving bundled files; ``load`` casts them back to the model's own dtype.
     """
     from safetensors.torch import save_file
 
@@ -270,6 +273,8 @@ def save(path: str | os.PathLike[str], model: SegModel, meta: ModelMeta) -> Path
     meta.provenance = prov
     record = json.dumps(meta.to_dict(), sort_keys=True)
     tensors = _state_tensors(model)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp), metadata={_META_KEY: record})

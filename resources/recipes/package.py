@@ -1,0 +1,258 @@
+"""Turn a finished training run into a shipped model: ``resources/models/<name>.segmodel`` + ``<name>.md``.
+
+Usage (repository root, after ``seg-studio train resources/recipes/<name>.toml``):
+
+    .venv/bin/python resources/recipes/package.py <name> [<name> ...]
+
+What it does, for each name: reads the recipe and the run folder it names (``best.segmodel``,
+``split.json``, ``history.json``); stores the weights as float16 (half the size; ``checkpoint.load``
+casts them back); re-scores the STORED file on the run's held-back validation cases through the
+app's own inference (``seg_studio.core.compare.evaluate_checkpoint``), so the card's Dice is the
+shipped file's; and writes the card into the checkpoint's metadata and as Markdown beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seg_studio.core import checkpoint
+from seg_studio.core.compare import evaluate_checkpoint, held_out_pairs
+from seg_studio.core.models import count_parameters
+from seg_studio.core.training import load_recipe, pairs_from_folders
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = ROOT / "resources" / "recipes"
+MODELS = ROOT / "resources" / "models"
+
+_SYNTHETIC = {
+    "data": "synthetic scans made by code: seg_studio.core.samples ({fn}, seeds 1..N; seed 0, which the app,"
+    " 'seg-studio demo' and the self-test open, is never trained on). Written by resources/recipes/make_demo_data.py",
+    "terms": "generated data; the model ships under seg_studio's own licence (BSD-3-Clause)",
+    "citation": "none needed",
+    "intended_use": "the app's first run, 'seg-studio demo' and the installation self-test. Not for real scans.",
+    # where tests/core/test_zoo.py finds the held-back cases again: regenerated from the seed in the name
+    "eval_data": {"kind": "sample"},
+}
+_MSD = {
+    "data": "Medical Segmentation Decathlon Task04 Hippocampus (Vanderbilt University Medical Center): the 45 dev"
+    " cases in ../shared/data/msd_task04_hippocampus (a random subset of the 260 training cases), T1 MRI crops",
+    "terms": "CC BY-SA 4.0 (the MSD licence): attribution and share-alike apply to these weights",
+    "citation": "Simpson et al. 2019, arXiv:1902.09063; Antonelli et al. 2022, Nat. Commun. 13:4128",
+    "intended_use": "research: hippocampus head/body+tail in 1 mm T1 MRI crops like MSD Task04's. Not a medical device.",
+    "eval_data": {
+        "kind": "folders",
+        "images": "msd_task04_hippocampus/images",
+        "labels": "msd_task04_hippocampus/labels",
+    },
+}
+_ISBI = {
+    "data": "ISBI 2012 EM segmentation challenge training stack (serial-section TEM, Drosophila first-instar larva"
+    " VNC; Cardona et al. 2010), the 22 PNG slices in ../shared/data/isbi2012_em_membrane; labels inverted so"
+    " that membrane = 1",
+    "terms": "ISBI 2012 challenge terms: non-commercial use only; publications must cite TrakEM2 and Cardona et al. 2010",
+    "citation": "Cardona A. et al., 'An Integrated Micro- and Macroarchitectural Analysis of the Drosophila Brain by"
+    " Computer-Assisted Serial Section Electron Microscopy', PLoS Biol 8(10): e1000502 (2010); TrakEM2"
+    " (Cardona et al., PLoS ONE 7(6): e38011, 2012)",
+    "intended_use": "research, non-commercial: neuronal membranes in ssTEM slices at about 4 nm/pixel",
+    "eval_data": {
+        "kind": "folders",
+        "images": "isbi2012_em_membrane/images",
+        "labels": "isbi2012_em_membrane/labels",
+    },
+}
+
+ZOO: dict[str, dict[str, Any]] = {
+    "demo2d_unet": {
+        **_SYNTHETIC,
+        "data": _SYNTHETIC["data"].format(fn="make_sample_2d"),
+        "title": "Demo 2D U-Net (synthetic chest film: lungs and heart)",
+        "spacing": "0.5 x 0.5 mm (the sample's); runs at the scan's own spacing",
+    },
+    "demo3d_unet": {
+        **_SYNTHETIC,
+        "data": _SYNTHETIC["data"].format(fn="make_sample_3d"),
+        "title": "Demo 3D U-Net (synthetic MR: organ, lesion, vessel)",
+        "spacing": "0.9 x 0.9 x 2.5 mm (the sample's); runs at the scan's own spacing",
+    },
+    "hippocampus_unet": {
+        **_MSD,
+        "title": "3D U-Net, hippocampus anterior/posterior (MSD Task04)",
+        "spacing": "1.0 x 1.0 x 1.0 mm (trained at the data's native spacing; resample other scans to 1 mm)",
+    },
+    "hippocampus_attention_unet": {
+        **_MSD,
+        "title": "3D Attention U-Net, hippocampus anterior/posterior (MSD Task04); attention-gate maps",
+        "spacing": "1.0 x 1.0 x 1.0 mm (trained at the data's native spacing; resample other scans to 1 mm)",
+    },
+    "isbi2012_unet": {
+        **_ISBI,
+        "title": "2D U-Net, EM neuronal membranes (ISBI 2012)",
+        "spacing": "4 x 4 nm per pixel (the stack's published spacing; the PNGs store none)",
+    },
+    "isbi2012_attention_unet": {
+        **_ISBI,
+        "title": "2D Attention U-Net, EM neuronal membranes (ISBI 2012); attention-gate maps",
+        "spacing": "4 x 4 nm per pixel (the stack's published spacing; the PNGs store none)",
+    },
+}
+
+#: Card fields every shipped checkpoint must have (tests/core/test_zoo.py checks them).
+REQUIRED = ("name", "title", "data", "terms", "citation", "classes", "spacing", "validation", "training")
+
+
+def _r(v: float, n: int = 4) -> float | str | None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return round(float(v), n)
+
+
+def _mean(values: Any) -> float:
+    vals = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def package(name: str) -> Path:
+    info = ZOO[name]
+    recipe_path = RECIPES / f"{name}.toml"
+    recipe = load_recipe(recipe_path)
+    run = ROOT / recipe["out"]
+    best = run / "best.segmodel"
+    if not best.exists():
+        sys.exit(
+            f"{best} does not exist: train first with 'seg-studio train {recipe_path.relative_to(ROOT)}'"
+        )
+    model, meta = checkpoint.load(best)
+    out = MODELS / f"{name}.segmodel"
+    MODELS.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(out, model, meta, dtype=torch.float16)
+
+    images = Path(recipe["images"])
+    labels = Path(recipe["labels"])
+    images = images if images.is_absolute() else ROOT / images
+    labels = labels if labels.is_absolute() else ROOT / labels
+    val_pairs = held_out_pairs(pairs_from_folders(images, labels), run / "split.json")
+    ev = evaluate_checkpoint(
+        out, val_pairs, recipe.get("label_map"), recipe.get("ignore_value"), device="cpu"
+    )
+
+    history = json.loads((run / "history.json").read_text())
+    prov = meta.provenance
+    pm = prov.get("metrics", {})
+    train_s = max((h.get("seconds") or 0) for h in history) if history else None
+    classes = [{"value": c.value, "name": c.name} for c in meta.classes]
+    card = {
+        "name": name,
+        "title": info["title"],
+        "architecture": meta.architecture,
+        "arch_args": meta.arch_args,
+        "spatial_dims": meta.spatial_dims,
+        "parameters": count_parameters(model),
+        "data": info["data"],
+        "terms": info["terms"],
+        "citation": info["citation"],
+        "intended_use": info["intended_use"],
+        "classes": classes,
+        "label_map": recipe.get("label_map"),
+        "eval_data": {**info["eval_data"], "note": "folders relative to ../shared/data (not shipped)"}
+        if info["eval_data"]["kind"] == "folders"
+        else info["eval_data"],
+        "spacing": info["spacing"],
+        "normalization": meta.normalization,
+        "patch_size": list(meta.patch_size),
+        "validation": {
+            "mean_dice": _r(ev.mean_dice),
+            "dice": {k: _r(v) for k, v in ev.dice.items()},
+            "hd95_mm": {k: _r(v, 3) for k, v in ev.hd95_mm.items()},
+            "cases": [c["case"] for c in ev.cases],
+            "per_case_mean_dice": {c["case"]: _r(_mean(c["dice"].values())) for c in ev.cases},
+            "how": "the stored float16 file, segmented through seg_studio.core.inference (sliding window,"
+            " overlap 0.5, no TTA) on the run's held-back split (20 % of the dev cases, chosen by image hash)",
+            "training_loop_best_val_dice": pm.get("best_val_dice"),
+        },
+        "training": {
+            "command": f"seg-studio train resources/recipes/{name}.toml",
+            "recipe": f"resources/recipes/{name}.toml",
+            "package": f"python resources/recipes/package.py {name}",
+            "train_cases": pm.get("train_cases"),
+            "best_step": pm.get("best_step"),
+            "steps": history[-1]["step"] if history else None,
+            "seconds": _r(train_s, 0),
+            "hardware": "2 CPU cores shared with other jobs (no GPU); bf16 autocast",
+            "date": prov.get("date"),
+        },
+        "storage": "float16 weights (safetensors)",
+        "packaged": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    meta.card = card
+    checkpoint.save(out, model, meta, dtype=torch.float16)
+    (MODELS / f"{name}.md").write_text(card_markdown(card, out))
+    sys.stdout.write(
+        f"{out.relative_to(ROOT)}: {out.stat().st_size / 1e6:.2f} MB, mean Dice {ev.mean_dice:.4f} {ev.dice}\n"
+    )
+    return out
+
+
+def card_markdown(card: dict[str, Any], path: Path) -> str:
+    v, t = card["validation"], card["training"]
+    cls = ", ".join(f"{c['value']} = {c['name']}" for c in card["classes"])
+    dice = ", ".join(f"{k} {d}" for k, d in v["dice"].items())
+    hd = ", ".join(f"{k} {d}" for k, d in v["hd95_mm"].items())
+    size = path.stat().st_size / 1e6
+    return f"""# {card["title"]}
+
+`resources/models/{card["name"]}.segmodel` ({size:.2f} MB, {card["storage"]}) — `{card["architecture"]}`
+{card["spatial_dims"]}D, {card["parameters"]:,} parameters, arguments `{json.dumps(card["arch_args"])}`.
+
+| | |
+|---|---|
+| Classes | {cls} |
+| Spacing | {card["spacing"]} |
+| Normalisation | `{json.dumps(card["normalization"])}` |
+| Patch | {" x ".join(str(p) for p in card["patch_size"])} |
+| **Validation mean Dice** | **{v["mean_dice"]}** on {len(v["cases"])} held-back case(s) |
+| Dice per class | {dice} |
+| HD95 per class (mm; pixels where no spacing is stored) | {hd} |
+| Training | {t["steps"]} steps (best at step {t["best_step"]}), {t["seconds"]} s on {t["hardware"]}; {t["train_cases"]} training cases |
+
+**Data.** {card["data"]}.
+
+**Terms.** {card["terms"]}.
+
+**Cite.** {card["citation"]}.
+
+**Intended use.** {card["intended_use"]}
+
+**How the Dice was measured.** {v["how"]}. Held-back cases: {", ".join(v["cases"])}.
+
+**Reproduce.**
+
+```
+{t["command"]}
+{t["package"]}
+```
+
+The recipe (`{t["recipe"]}`) holds every setting; the run folder keeps `split.json`, so a re-run
+validates on the same cases. The checkpoint's metadata holds this card (`seg-studio inspect`), the
+data hashes of every case and the split.
+"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="package trained runs as shipped models with model cards")
+    p.add_argument("names", nargs="+", choices=sorted(ZOO))
+    for name in p.parse_args().names:
+        package(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,568 @@
+"""``seg-studio compare``: several variants trained and scored on the same data, budget and split.
+
+Every run is an ordinary ``iter_fit`` run (same recipe, same ``split.json``, same step or time
+budget, one seed each); the held-back cases are then segmented through the app's own inference
+(``core.inference.predict``, so the figures are what a user gets) and scored with ``core.metrics``:
+Dice and HD95 per class, parameters, training time and inference time per case. Results go to a
+Markdown table, a CSV (one row per variant and seed) and a PNG bar chart of Dice per class drawn with
+Pillow (no plotting library needed). A run whose ``result.json`` exists is reused, so an interrupted
+comparison picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import statistics
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SegStudioError, TrainingError
+from .progress import CancelToken, Progress
+
+log = logging.getLogger(__name__)
+
+#: Variants that are not trained on their own (an ensemble combines trained checkpoints).
+NOT_TRAINABLE = frozenset({"ensemble"})
+
+
+# --- scoring a checkpoint on held-back cases ---------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """Scores of one checkpoint on a list of cases; per-class values are means over cases."""
+
+    dice: dict[str, float]
+    hd95_mm: dict[str, float]
+    mean_dice: float
+    infer_s_per_case: float
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    device: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return _clean(asdict(self))
+
+
+def held_out_pairs(sources: Sequence[Any], split_path: str | Path) -> list[Any]:
+    """The ``PairSource``s of ``sources`` whose image hash is in the split's validation list."""
+    from .io import read
+    from .training.data import Split, image_hash
+
+    split = Split.read(Path(split_path))
+    val = set(split.val)
+    out = []
+    for src in sources:
+        img = src.image if not isinstance(src.image, str | Path) else read(src.image)
+        if image_hash(img.array) in val:
+            out.append(src)
+    if not out:
+        raise TrainingError(f"{split_path}: none of the given cases is in its validation split")
+    return out
+
+
+def evaluate_checkpoint(
+    checkpoint_path: str | Path,
+    pairs: Sequence[Any],
+    label_map: str | Mapping[Any, Any] | None = None,
+    ignore_value: int | None = None,
+    device: str = "auto",
+    masks: Mapping[str, np.ndarray] | None = None,
+    cancel: CancelToken | None = None,
+) -> EvalResult:
+    """Segment every pair's image with the checkpoint (the app's inference path) and score it.
+
+    ``label_map`` maps the truth's values to class values, as in training. ``masks`` (case name ->
+    boolean array) restricts scoring to a region, e.g. DRIVE's field of view. HD95 uses the truth's
+    spacing (mm). The inference time is wall time per case, model already loaded.
+    """
+    from . import checkpoint, metrics
+    from .inference import PredictOptions, predict
+    from .training.data import IGNORE_INDEX, apply_label_map, parse_label_map, read_pair
+
+    model, meta = checkpoint.load(checkpoint_path)
+    lmap = parse_label_map(label_map)
+    names = {c.value: c.name for c in meta.classes}
+    classes = [c.value for c in meta.classes if c.value != 0]
+    per_case: list[dict[str, Any]] = []
+    seconds: list[float] = []
+    used_device = ""
+    for src in pairs:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        image, labels = read_pair(src)
+        truth = apply_label_map(labels.array, lmap, ignore_value)
+        t0 = time.perf_counter()
+        pred = predict(image, model, meta, PredictOptions(device=device), cancel)
+        seconds.append(time.perf_counter() - t0)
+        used_device = pred.device
+        p = np.asarray(pred.labels.array).astype(np.int64)
+        if masks is not None and src.name in masks:
+            outside = ~np.asarray(masks[src.name], bool)
+            truth = truth.copy()
+            truth[outside] = IGNORE_INDEX
+        ignore = IGNORE_INDEX if (truth == IGNORE_INDEX).any() else None
+        d = metrics.dice(p, truth, classes, ignore)
+        h = metrics.hd95(p, truth, image.spacing_zyx, classes, ignore)
+        per_case.append(
+            {
+                "case": src.name,
+                "dice": {names[c]: d[c] for c in classes},
+                "hd95_mm": {names[c]: h[c] for c in classes},
+            }
+        )
+    dice = {names[c]: metrics.mean_ignoring_nan(r["dice"][names[c]] for r in per_case) for c in classes}
+    hd = {names[c]: metrics.mean_ignoring_nan(r["hd95_mm"][names[c]] for r in per_case) for c in classes}
+    return EvalResult(
+        dice=dice,
+        hd95_mm=hd,
+        mean_dice=metrics.mean_ignoring_nan(dice.values()),
+        infer_s_per_case=float(np.mean(seconds)) if seconds else math.nan,
+        cases=per_case,
+        device=used_device,
+    )
+
+
+# --- the comparison ----------------------------------------------------------------------------------
+
+
+@dataclass
+class CompareConfig:
+    """What to compare: a base recipe (data, patch, batch, lr...) shared by every run, the variants,
+    the seeds and one budget (steps and/or seconds per run)."""
+
+    base: dict[str, Any]
+    variants: list[str]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    max_steps: int | None = None
+    time_budget_s: float | None = None
+    #: per-variant model arguments on top of the base's ``arch_args`` (e.g. a different width)
+    variant_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    out: str = "runs/compare"
+    device: str = "auto"
+    title: str = ""
+
+    def fit_config(self, variant: str, seed: int) -> dict[str, Any]:
+        d = dict(self.base)
+        d["architecture"] = variant
+        d["arch_args"] = {**dict(self.base.get("arch_args") or {}), **self.variant_args.get(variant, {})}
+        d.pop("preset", None)
+        d["seed"] = seed
+        d["out"] = str(self.run_dir(variant, seed))
+        d["split"] = str(Path(self.out) / "split.json")
+        d["device"] = self.device
+        d["resume"] = False
+        if self.max_steps is not None:
+            d["max_steps"] = self.max_steps
+        if self.time_budget_s is not None:
+            d["time_budget_s"] = self.time_budget_s
+        if self.max_steps is None and self.time_budget_s is None and "max_steps" not in d:
+            raise TrainingError("give compare a budget: steps (--steps) and/or seconds (--budget)")
+        # Every variant gets the whole budget: early stopping would hand them different ones.
+        d["early_stop_patience"] = None
+        return d
+
+    def run_dir(self, variant: str, seed: int) -> Path:
+        return Path(self.out) / variant / f"seed{seed}"
+
+
+@dataclass
+class RunResult:
+    variant: str
+    seed: int
+    parameters: int
+    steps: int
+    train_s: float
+    eval: EvalResult
+    checkpoint: str
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["eval"] = self.eval.to_json()
+        return _clean(d)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> RunResult:
+        e = dict(d["eval"])
+        ev = EvalResult(
+            dice={k: _f(v) for k, v in e["dice"].items()},
+            hd95_mm={k: _f(v) for k, v in e["hd95_mm"].items()},
+            mean_dice=_f(e["mean_dice"]),
+            infer_s_per_case=_f(e["infer_s_per_case"]),
+            cases=list(e.get("cases", [])),
+            device=str(e.get("device", "")),
+        )
+        return cls(
+            str(d["variant"]),
+            int(d["seed"]),
+            int(d["parameters"]),
+            int(d["steps"]),
+            float(d["train_s"]),
+            ev,
+            str(d["checkpoint"]),
+        )
+
+
+@dataclass
+class CompareResult:
+    config: CompareConfig
+    runs: list[RunResult]
+    val_cases: list[str]
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def classes(self) -> list[str]:
+        names: list[str] = []
+        for r in self.runs:
+            for k in r.eval.dice:
+                if k not in names:
+                    names.append(k)
+        return names
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per variant: mean (and, over several seeds, sample standard deviation) of each figure."""
+        rows = []
+        for v in dict.fromkeys(r.variant for r in self.runs):
+            rs = [r for r in self.runs if r.variant == v]
+            row: dict[str, Any] = {"variant": v, "seeds": len(rs), "parameters": rs[0].parameters}
+            for c in self.classes():
+                row[f"dice_{c}"] = _stats([r.eval.dice.get(c, math.nan) for r in rs])
+                row[f"hd95_{c}"] = _stats([r.eval.hd95_mm.get(c, math.nan) for r in rs])
+            row["mean_dice"] = _stats([r.eval.mean_dice for r in rs])
+            row["steps"] = _stats([float(r.steps) for r in rs])
+            row["train_s"] = _stats([r.train_s for r in rs])
+            row["infer_s"] = _stats([r.eval.infer_s_per_case for r in rs])
+            rows.append(row)
+        rows.sort(key=lambda r: -(r["mean_dice"][0] if math.isfinite(r["mean_dice"][0]) else -1))
+        return rows
+
+
+def _f(v: Any) -> float:
+    if v is None:
+        return math.nan
+    if v == "inf":
+        return math.inf
+    return float(v)
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample std) of the finite values; std is NaN for one value; mean is inf if any is."""
+    if any(math.isinf(v) for v in values):
+        return (math.inf, math.nan)
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return (math.nan, math.nan)
+    return (float(statistics.fmean(vals)), float(statistics.stdev(vals)) if len(vals) > 1 else math.nan)
+
+
+def iter_compare(
+    cfg: CompareConfig, cancel: CancelToken | None = None
+) -> Generator[Progress, None, CompareResult]:
+    """Train and score every (variant, seed); yields the training progress of each run in turn."""
+    from . import checkpoint
+    from .models import count_parameters, list_models
+    from .training import iter_fit
+    from .training.fit import FitConfig, gather_sources
+
+    known = set(list_models())
+    for v in cfg.variants:
+        if v not in known:
+            import difflib
+
+            hint = difflib.get_close_matches(v, sorted(known), n=1)
+            raise TrainingError(
+                f"unknown variant {v!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "; see 'seg-studio models'")
+            )
+        if v in NOT_TRAINABLE:
+            raise TrainingError(f"{v!r} combines trained checkpoints; it cannot be trained on its own here")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs: list[RunResult] = []
+    failed: dict[str, str] = {}
+    jobs = [(v, s) for s in cfg.seeds for v in cfg.variants]
+    val_pairs: list[Any] | None = None
+    for i, (variant, seed) in enumerate(jobs):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        label = f"{variant} seed {seed} ({i + 1}/{len(jobs)})"
+        run_dir = cfg.run_dir(variant, seed)
+        res_path = run_dir / "result.json"
+        fit_dict = cfg.fit_config(variant, seed)
+        if res_path.exists():
+            try:
+                saved = json.loads(res_path.read_text())
+                if saved.get("fit") == _clean(_comparable(fit_dict)):
+                    runs.append(RunResult.from_json(saved["result"]))
+                    yield Progress(i + 1, len(jobs), "compare", f"{label}: reused {res_path}")
+                    continue
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        yield Progress(i, len(jobs), "compare", f"training {label}")
+        fit_cfg = FitConfig.from_dict(fit_dict)
+        try:
+            gen = iter_fit(fit_cfg, cancel)
+            while True:
+                try:
+                    p = next(gen)
+                except StopIteration as stop:
+                    fit = stop.value
+                    break
+                yield Progress(p.done, p.total, p.stage, f"{label}: {p.message}", p.eta_s, p.metrics)
+        except SegStudioError as exc:
+            if isinstance(exc, TrainingError) or "memory" in str(exc).lower():
+                log.warning("%s failed: %s", label, exc)
+                failed[f"{variant}/seed{seed}"] = str(exc)
+                continue
+            raise
+        best = fit.best_path or fit.last_path
+        if best is None:
+            failed[f"{variant}/seed{seed}"] = "no checkpoint was written"
+            continue
+        if val_pairs is None:
+            sources, _ = gather_sources(fit_cfg)
+            val_pairs = held_out_pairs(sources, fit.split_path or out / "split.json")
+        yield Progress(i, len(jobs), "evaluate", f"{label}: scoring {len(val_pairs)} held-back case(s)")
+        ev = evaluate_checkpoint(
+            best, val_pairs, fit_cfg.label_map, fit_cfg.ignore_value, cfg.device, cancel=cancel
+        )
+        model, _ = checkpoint.load(best)
+        rr = RunResult(variant, seed, count_parameters(model), fit.steps, fit.seconds, ev, str(best))
+        runs.append(rr)
+        text = json.dumps({"fit": _clean(_comparable(fit_dict)), "result": rr.to_json()}, indent=1)
+        from .atomic import atomic_write
+
+        atomic_write(res_path, lambda tmp, t=text: tmp.write_text(t))
+        yield Progress(i + 1, len(jobs), "compare", f"{label}: mean Dice {ev.mean_dice:.4f}")
+    if val_pairs is None and runs:
+        val_names = sorted({c["case"] for r in runs for c in r.eval.cases})
+    else:
+        val_names = [p.name for p in (val_pairs or [])]
+    return CompareResult(cfg, runs, val_names, failed)
+
+
+def _comparable(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that decide a run's result (``device`` does not; a reused run keeps its device)."""
+    return {k: v for k, v in d.items() if k not in ("device",)}
+
+
+# --- reports -----------------------------------------------------------------------------------------
+
+
+def _fmt(stat: tuple[float, float], digits: int, scale: float = 1.0) -> str:
+    m, s = stat
+    if math.isnan(m):
+        return "-"
+    if math.isinf(m):
+        return "inf"
+    text = f"{m * scale:.{digits}f}"
+    if not math.isnan(s):
+        text += f" ± {s * scale:.{digits}f}"
+    return text
+
+
+def markdown_table(result: CompareResult) -> str:
+    """The summary as a Markdown table (Dice and HD95 per class, mean Dice, size and times)."""
+    classes = result.classes()
+    head = ["variant", "params (M)"]
+    head += [f"Dice {c}" for c in classes] + ["mean Dice"] + [f"HD95 {c} (mm)" for c in classes]
+    head += ["steps", "train (s)", "infer (s/case)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for row in result.summary():
+        cells = [f"`{row['variant']}`", f"{row['parameters'] / 1e6:.2f}"]
+        cells += [_fmt(row[f"dice_{c}"], 4) for c in classes]
+        cells.append(f"**{_fmt(row['mean_dice'], 4)}**")
+        cells += [_fmt(row[f"hd95_{c}"], 2) for c in classes]
+        cells += [_fmt(row["steps"], 0), _fmt(row["train_s"], 0), _fmt(row["infer_s"], 3)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(result: CompareResult) -> str:
+    """One row per (variant, seed) with every figure, for spreadsheets and re-plotting."""
+    classes = result.classes()
+    fields = ["variant", "seed", "parameters", "steps", "train_s", "infer_s_per_case", "mean_dice"]
+    fields += [f"dice_{c}" for c in classes] + [f"hd95_mm_{c}" for c in classes] + ["device", "checkpoint"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in result.runs:
+        row: dict[str, Any] = {
+            "variant": r.variant,
+            "seed": r.seed,
+            "parameters": r.parameters,
+            "steps": r.steps,
+            "train_s": round(r.train_s, 2),
+            "infer_s_per_case": round(r.eval.infer_s_per_case, 4),
+            "mean_dice": round(r.eval.mean_dice, 5),
+            "device": r.eval.device,
+            "checkpoint": r.checkpoint,
+        }
+        for c in classes:
+            row[f"dice_{c}"] = round(r.eval.dice.get(c, math.nan), 5)
+            row[f"hd95_mm_{c}"] = round(r.eval.hd95_mm.get(c, math.nan), 3)
+        w.writerow(row)
+    return buf.getvalue()
+
+
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+def draw_chart(result: CompareResult, title: str = "") -> Any:
+    """A Pillow image: one group of bars per variant (Dice per class, mean ± std over seeds as
+    whiskers), the parameter count and training time under each group."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = result.summary()
+    classes = result.classes()
+    font = _font(ImageFont, 14)
+    small = _font(ImageFont, 12)
+    n_bar = max(1, len(classes))
+    group_w = max(70, 18 * n_bar + 30)
+    left, right, top, bottom = 60, 20, 60, 120
+    plot_h = 320
+    width = left + right + group_w * max(1, len(rows))
+    width = max(width, 480)
+    height = top + plot_h + bottom
+    im = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(im)
+    d.text(
+        (left, 12),
+        title or result.config.title or "Dice per class on the held-back cases",
+        fill="black",
+        font=font,
+    )
+    # legend
+    x = left
+    for k, c in enumerate(classes):
+        col = _COLOURS[k % len(_COLOURS)]
+        d.rectangle([x, 36, x + 12, 48], fill=col)
+        d.text((x + 16, 35), c, fill="black", font=small)
+        x += 24 + int(d.textlength(c, font=small))
+    # axes: Dice from lo to 1
+    finite = [r[f"dice_{c}"][0] for r in rows for c in classes if math.isfinite(r[f"dice_{c}"][0])]
+    lo = 0.0 if not finite else max(0.0, math.floor(min(finite) * 10 - 1) / 10)
+
+    def y_of(v: float) -> float:
+        return top + plot_h * (1 - (min(max(v, lo), 1.0) - lo) / (1.0 - lo))
+
+    for t in np.linspace(lo, 1.0, 6):
+        y = y_of(float(t))
+        d.line([left, y, width - right, y], fill=(225, 225, 225))
+        d.text((8, y - 7), f"{t:.2f}", fill="black", font=small)
+    d.line([left, top, left, top + plot_h], fill="black")
+    d.line([left, top + plot_h, width - right, top + plot_h], fill="black")
+    for g, r in enumerate(rows):
+        x0 = left + g * group_w + 15
+        for k, c in enumerate(classes):
+            m, s = r[f"dice_{c}"]
+            if not math.isfinite(m):
+                continue
+            col = _COLOURS[k % len(_COLOURS)]
+            xa, xb = x0 + k * 18, x0 + k * 18 + 14
+            d.rectangle([xa, y_of(m), xb, top + plot_h], fill=col)
+            if math.isfinite(s):
+                xc = (xa + xb) / 2
+                d.line([xc, y_of(m - s), xc, y_of(m + s)], fill="black", width=1)
+                d.line([xc - 3, y_of(m + s), xc + 3, y_of(m + s)], fill="black")
+                d.line([xc - 3, y_of(m - s), xc + 3, y_of(m - s)], fill="black")
+        name = r["variant"]
+        ty = top + plot_h + 6
+        for part in _wrap(name, 11):
+            d.text((x0, ty), part, fill="black", font=small)
+            ty += 14
+        d.text((x0, ty + 2), f"{r['parameters'] / 1e6:.2f} M", fill=(90, 90, 90), font=small)
+        d.text((x0, ty + 16), f"{r['train_s'][0]:.0f} s", fill=(90, 90, 90), font=small)
+    return im
+
+
+def _wrap(text: str, n: int) -> list[str]:
+    parts = text.split("_")
+    lines, cur = [], ""
+    for p in parts:
+        cand = p if not cur else f"{cur}_{p}"
+        if len(cand) > n and cur:
+            lines.append(cur + "_")
+            cur = p
+        else:
+            cur = cand
+    lines.append(cur)
+    return lines
+
+
+def _font(image_font: Any, size: int) -> Any:
+    try:
+        return image_font.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        return image_font.load_default()
+
+
+def write_reports(result: CompareResult, out: str | Path | None = None, title: str = "") -> dict[str, Path]:
+    """``compare.md``, ``compare.csv``, ``compare.png`` and ``compare.json`` in ``out`` (atomic each)."""
+    from .atomic import atomic_write
+
+    folder = Path(out or result.config.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    md = markdown_table(result)
+    budget = []
+    if result.config.max_steps is not None:
+        budget.append(f"{result.config.max_steps} steps")
+    if result.config.time_budget_s is not None:
+        budget.append(f"{result.config.time_budget_s:g} s")
+    note = (
+        f"Budget per run: {' or '.join(budget) or 'the recipe'}; seeds {result.config.seeds}; "
+        f"{len(result.val_cases)} held-back case(s), the same for every run.\n"
+    )
+    if result.failed:
+        note += "\nFailed runs: " + "; ".join(f"{k}: {v}" for k, v in result.failed.items()) + "\n"
+    paths = {
+        "md": folder / "compare.md",
+        "csv": folder / "compare.csv",
+        "png": folder / "compare.png",
+        "json": folder / "compare.json",
+    }
+    atomic_write(paths["md"], lambda t: t.write_text(md + "\n" + note))
+    atomic_write(paths["csv"], lambda t: t.write_text(csv_text(result)))
+    im = draw_chart(result, title)
+    atomic_write(paths["png"], lambda t: im.save(t, format="PNG"))
+    data = {
+        "title": title or result.config.title,
+        "config": _clean(asdict(result.config)),
+        "val_cases": result.val_cases,
+        "runs": [r.to_json() for r in result.runs],
+        "failed": result.failed,
+    }
+    atomic_write(paths["json"], lambda t: t.write_text(json.dumps(data, indent=1)))
+    return paths
+
+
+def _clean(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return None if math.isnan(o) else "inf"
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+__all__ = [
+    "CompareConfig",
+    "CompareResult",
+    "EvalResult",
+    "RunResult",
+    "evaluate_checkpoint",
+    "held_out_pairs",
+    "iter_compare",
+    "markdown_table",
+    "write_reports",
+]
