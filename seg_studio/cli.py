@@ -91,6 +91,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
         cli_io.run_convert,
     ),
     "demo": ("write the synthetic sample and describe it (the headless job)", cli_io.add_demo, cli_io.run_demo),
+    "predict": (
+        "segment a scan, a DICOM folder or a folder of scans with a .segmodel",
+        cli_predict.add_predict,
+        cli_predict.run_predict,
+    ),
     "inspect": ("print a checkpoint's metadata (its model card)", cli_predict.add_inspect, cli_predict.run_inspect),
     "train": (
         "train a variant on image/label pairs (recipe file and/or flags)",

@@ -132,4 +132,279 @@ def run_import_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["SegStudioError", "add_import_weights", "add_inspect", "run_import_weights", "run_inspect"]
+# --- predict ------------------------------------------------------------------------------------------
+
+_FLOAT_EXT = ".nii.gz"  # probabilities, uncertainty and attention maps are float: NIfTI holds them
+
+
+def add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", type=Path, help="a scan file, a DICOM series folder, or a folder of scans")
+    p.add_argument("--model", type=Path, required=True, help="a .segmodel checkpoint")
+    p.add_argument(
+        "--out", type=Path, required=True, help="the mask file (a folder when INPUT is a folder of scans)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+    )
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per batch (halved on out-of-memory)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
+    p.add_argument("--save-probabilities", type=Path, metavar="P", help="class probabilities (float NIfTI)")
+    p.add_argument("--save-attention", type=Path, metavar="A", help="attention-gate maps, one file per gate")
+    p.add_argument("--save-uncertainty", type=Path, metavar="U", help="spread over flip TTA (turns --tta on)")
+    p.add_argument("--largest-component", action="store_true", help="keep each class's largest component")
+    p.add_argument("--fill-holes", action="store_true", help="fill enclosed holes of each class")
+    p.add_argument("--min-size", type=int, default=0, help="drop islands smaller than this many voxels")
+    p.add_argument("--series", help="DICOM series UID when a folder holds several")
+    p.add_argument(
+        "--ext", help="mask file type in folder mode, e.g. .nii.gz (default: the scan's own if writable)"
+    )
+
+
+class _Bar:
+    """A progress bar on a terminal, plain throttled lines otherwise (logs, CI, pipes)."""
+
+    def __init__(self, name: str, stream=None) -> None:  # noqa: ANN001 - a text stream
+        import sys
+
+        self.name = name
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last_decile = -1
+
+    def update(self, p) -> None:  # noqa: ANN001 - Progress
+        if p.stage != "predict" or p.total <= 0:
+            if p.message and p.stage == "predict":  # e.g. out-of-memory fallback notes
+                self._line(f"{self.name}: {p.message}")
+            return
+        eta = "" if p.eta_s is None else f" ETA {int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}"
+        if self.tty:
+            width = 30
+            fill = int(width * p.fraction)
+            self.stream.write(f"\r{self.name} [{'#' * fill}{'.' * (width - fill)}] {p.done}/{p.total}{eta} ")
+            self.stream.flush()
+            return
+        decile = int(10 * p.fraction)
+        if decile != self.last_decile:
+            self.last_decile = decile
+            self._line(f"{self.name}: {p.done}/{p.total} windows{eta}")
+
+    def _line(self, text: str) -> None:
+        if self.tty:
+            text = "\r" + text
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    from .core.io import list_series
+
+    try:
+        return bool(list_series(path))
+    except SegStudioError:
+        return False
+
+
+def _gather(folder: Path) -> list[Path]:
+    """Scans directly in ``folder``: readable files, and subfolders that hold a DICOM series."""
+    from .core.io import READ_FORMATS
+    from .core.io._formats import has_dicom_preamble, suffix_of
+
+    scans = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and (suffix_of(entry) in READ_FORMATS or has_dicom_preamble(entry)):
+            scans.append(entry)
+        elif entry.is_dir() and _is_dicom_folder(entry):
+            scans.append(entry)
+    return scans
+
+
+def _out_name(scan: Path, ext: str | None) -> str:
+    from .core.atomic import split_suffix
+    from .core.io import WRITE_FORMATS
+
+    if scan.is_dir():
+        return scan.name + (ext or ".nii.gz")
+    stem, suffix = split_suffix(scan)
+    if ext:
+        return stem + ext
+    return stem + (suffix.lower() if suffix.lower() in WRITE_FORMATS else ".nii.gz")
+
+
+def _float_name(base: Path, stem: str) -> Path:
+    return base / f"{stem}{_FLOAT_EXT}"
+
+
+def _with_tag(path: Path, tag: str) -> Path:
+    from .core.atomic import split_suffix
+
+    stem, suffix = split_suffix(path)
+    return path.with_name(f"{stem}{tag}{suffix or _FLOAT_EXT}")
+
+
+def _predict_one(
+    scan: Path, out: Path, model, meta, opts, extras: dict[str, Path | None], args
+) -> list[Path]:  # noqa: ANN001
+    """Read, predict, then write everything (nothing is written unless the prediction finished)."""
+    from .core import io
+    from .core.inference import iter_predict
+
+    vol = io.read(scan, series=args.series)
+    bar = _Bar(scan.name)
+    gen = iter_predict(vol, model, meta, opts)
+    try:
+        while True:
+            bar.update(next(gen))
+    except StopIteration as stop:
+        pred = stop.value
+    finally:
+        bar.close()
+    protected = [scan]
+    written = [io.write(pred.labels, out, protected=protected)]
+    if extras.get("probabilities") and pred.probabilities is not None:
+        written.append(io.write(pred.probabilities, extras["probabilities"], protected=protected))
+    if extras.get("uncertainty") and pred.uncertainty is not None:
+        written.append(io.write(pred.uncertainty, extras["uncertainty"], protected=protected))
+    if extras.get("attention"):
+        for i, att in enumerate(pred.attention):
+            written.append(io.write(att, _with_tag(extras["attention"], f"_gate{i}"), protected=protected))
+    for note in pred.notes:
+        say(f"{scan.name}: note: {note}")
+    return written
+
+
+def _dist_env() -> tuple[int, int, int]:
+    import os
+
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import time
+
+    from .core import checkpoint as ckpt
+    from .core.errors import InferenceError
+    from .core.inference import PredictOptions, pick_device
+
+    rank, world, local_rank = _dist_env()
+    device = pick_device(args.device)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = __import__("torch").device(
+            "cuda", local_rank % max(1, __import__("torch").cuda.device_count())
+        )
+    if not args.input.exists():
+        raise InferenceError(f"{args.input} does not exist; check the path")
+    post = {}
+    if args.min_size:
+        post["min_size"] = args.min_size
+    if args.largest_component:
+        post["largest_component"] = True
+    if args.fill_holes:
+        post["fill_holes"] = True
+    opts = PredictOptions(
+        device=str(device),
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        tta=args.tta or args.save_uncertainty is not None,
+        precision=args.precision,
+        probabilities=args.save_probabilities is not None,
+        attention=args.save_attention is not None,
+        uncertainty=args.save_uncertainty is not None,
+        postprocess=post or None,
+    )
+    model, meta = ckpt.load(args.model, device="cpu")
+
+    folder_mode = args.input.is_dir() and not _is_dicom_folder(args.input)
+    if not folder_mode:
+        if rank != 0:
+            return 0
+        if args.out.is_dir():
+            raise InferenceError(f"--out {args.out} is a folder; give a file name such as mask.nii.gz")
+        extras = {
+            "probabilities": args.save_probabilities,
+            "uncertainty": args.save_uncertainty,
+            "attention": args.save_attention,
+        }
+        t = time.perf_counter()
+        written = _predict_one(args.input, args.out, model, meta, opts, extras, args)
+        for w in written:
+            say(f"wrote {w}")
+        say(f"done in {time.perf_counter() - t:.1f} s on {device}")
+        return 0
+
+    scans = _gather(args.input)
+    if not scans:
+        raise InferenceError(f"no scans found in {args.input} (readable files or DICOM series subfolders)")
+    if args.out.exists() and not args.out.is_dir():
+        raise InferenceError(f"--out {args.out} is a file; with a folder of scans give an output folder")
+    names: dict[str, int] = {}
+    jobs = []
+    for scan in scans:  # names are fixed before sharding, so every rank agrees on them
+        name = _out_name(scan, args.ext)
+        if name in names:
+            names[name] += 1
+            from .core.atomic import split_suffix
+
+            stem, suffix = split_suffix(name)
+            name = f"{stem}_{names[name]}{suffix}"
+        names.setdefault(name, 0)
+        jobs.append((scan, name))
+    mine = jobs[rank::world]
+    results: list[tuple[str, str, str]] = []  # (scan, status, detail)
+    t0 = time.perf_counter()
+    for scan, name in mine:
+        from .core.atomic import split_suffix
+
+        stem = split_suffix(name)[0]
+        extras = {
+            "probabilities": _float_name(args.save_probabilities, stem) if args.save_probabilities else None,
+            "uncertainty": _float_name(args.save_uncertainty, stem) if args.save_uncertainty else None,
+            "attention": _float_name(args.save_attention, stem) if args.save_attention else None,
+        }
+        try:
+            written = _predict_one(scan, args.out / name, model, meta, opts, extras, args)
+        except SegStudioError as exc:
+            say(f"skipped {scan.name}: {exc}")
+            results.append((str(scan), "failed", str(exc)))
+            continue
+        say(f"wrote {written[0]}")
+        results.append((str(scan), "ok", str(written[0])))
+    if world > 1:
+        results = _gather_results(results, rank, world)
+        if rank != 0:
+            return 0 if all(r[1] == "ok" for r in results) else 1
+    failed = [r for r in results if r[1] != "ok"]
+    say(
+        f"{len(results) - len(failed)} of {len(results)} scans done in {time.perf_counter() - t0:.1f} s"
+        + (f" ({world} processes)" if world > 1 else "")
+        + (f"; failed: {', '.join(Path(r[0]).name for r in failed)}" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def _gather_results(results: list, rank: int, world: int) -> list:
+    """Collect every rank's results (gloo: works for CPU and GPU runs alike)."""
+    import torch.distributed as dist
+
+    own_group = not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("gloo")
+    try:
+        everything: list = [None] * world
+        dist.all_gather_object(everything, results)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+    return [r for part in everything for r in part]
