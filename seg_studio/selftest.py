@@ -196,6 +196,7 @@ class _State:
     scan_path: Path | None = None
     model: Any = None
     meta: Any = None
+    model_path: Path | None = None
     labels: Any = None
     mask_path: Path | None = None
 
@@ -224,6 +225,7 @@ def _step_model(s: _State, dims: int, checkpoint: Path | None, resources: Path |
 
     path = Path(checkpoint) if checkpoint is not None else find_bundled_checkpoint(dims, resources)
     s.model, s.meta = ckpt.load(path, device="cpu")
+    s.model_path = path
     if s.meta.spatial_dims != dims:
         raise _Failed(f"{path.name} is a {s.meta.spatial_dims}D model; the self-test needs a {dims}D one")
     if s.meta.in_channels != s.image.channels:
@@ -365,6 +367,28 @@ def _step_viewer(s: _State, viewer: bool | None, timeout_s: float = 300.0) -> st
     return f"napari {napari.__version__}: window with the seg_studio panel showed scan and mask ({w}x{h} px), closed"
 
 
+def _step_finetune(s: _State, steps: int = 2) -> str:
+    """A few optimizer steps of the one-click fine-tune on the sample: the training code path
+    (autograd, optimizer, checkpoint provenance) needs modules that prediction never imports."""
+    from .core import checkpoint as ckpt
+    from .core.progress import run_to_end
+    from .core.training import iter_finetune
+
+    parent_hash = ckpt.file_hash(s.model_path)
+    out = s.work / "finetuned.segmodel"
+    result = run_to_end(
+        iter_finetune(s.model_path, [(s.image, s.truth)], out, budget_s=120, steps=steps, device="cpu")
+    )
+    if ckpt.file_hash(s.model_path) != parent_hash:
+        raise _Failed(f"fine-tuning changed the parent checkpoint {s.model_path.name}")
+    _, meta = ckpt.load(result.path, device="cpu")
+    if result.steps < 1 or meta.architecture != s.meta.architecture:
+        raise _Failed(
+            f"fine-tune wrote {result.path.name} after {result.steps} steps; expected a trained copy"
+        )
+    return f"{result.steps} fine-tune steps on the sample wrote {result.path.name}; the parent is unchanged"
+
+
 # --- entry points ---------------------------------------------------------------------------------
 
 
@@ -385,12 +409,14 @@ def run_self_test(
     viewer: bool | None = None,
     min_dice: float | None = None,
     workdir: str | os.PathLike[str] | None = None,
+    finetune: bool = True,
 ) -> SelfTestReport:
     """Run every step on the ``dims``-D sample; never raises for a broken installation.
 
     ``checkpoint`` overrides the bundled model (else the first ``dims``-D one in ``resources/models``);
     ``viewer``: None = when a display exists, False = never; ``min_dice`` also fails a model whose
-    mask is too far from the sample's ground truth; ``workdir`` keeps the files (else a temp folder).
+    mask is too far from the sample's ground truth; ``workdir`` keeps the files (else a temp folder);
+    ``finetune=False`` skips the few fine-tune steps.
     """
     t0 = time.perf_counter()
     report = SelfTestReport(environment=describe_environment())
@@ -404,6 +430,7 @@ def run_self_test(
             ("predict", lambda: _step_predict(s, min_dice)),
             ("save", lambda: _step_save(s)),
             ("read-back", lambda: _step_read_back(s)),
+            ("finetune", lambda: _step_finetune(s) if finetune else "skipped (--no-finetune)"),
         ]
         for name, fn in core_steps:
             if not _step(report, name, fn):
@@ -422,6 +449,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="test on the 2D or the 3D sample")
     p.add_argument("--no-viewer", action="store_true", help="skip the napari window even if a display exists")
+    p.add_argument("--no-finetune", action="store_true", help="skip the few fine-tune steps")
     p.add_argument(
         "--min-dice", type=float, help="also fail when the mean Dice vs the sample's truth is lower"
     )
@@ -437,6 +465,7 @@ def run(args: argparse.Namespace) -> int:
         viewer=False if args.no_viewer else None,
         min_dice=args.min_dice,
         workdir=args.keep,
+        finetune=not args.no_finetune,
     )
     for line in report.lines():
         print(line)  # noqa: T201 - the CLI's output

@@ -43,18 +43,20 @@ def test_self_test_passes_with_a_model_and_writes_a_matching_mask(resources: Pat
         "predict": "PASS",
         "save": "PASS",
         "read-back": "PASS",
+        "finetune": "PASS",
         "viewer": "SKIP",
     }
     scan = io.read(work / "scans" / "input" / "sample_2d.nii.gz")
     mask = io.read(work / "mask.nii.gz")
     assert mask.same_geometry(scan)
     assert not [p for p in work.rglob("*") if ".tmp-" in p.name]
+    assert (work / "finetuned.segmodel").is_file()
     assert report.lines()[-1].startswith("self-test passed")
 
 
 def test_self_test_3d_sample(resources: Path) -> None:
     _write_model(resources / "models", 3)
-    report = selftest.run_self_test(resources=resources, dims=3, viewer=False)
+    report = selftest.run_self_test(resources=resources, dims=3, viewer=False, finetune=False)
     assert report.ok, "\n".join(report.lines())
 
 
@@ -83,13 +85,13 @@ def test_missing_bundled_model_is_a_clear_failure(resources: Path) -> None:
 
 def test_min_dice_fails_an_untrained_model(resources: Path) -> None:
     _write_model(resources / "models", 2)
-    report = selftest.run_self_test(resources=resources, viewer=False, min_dice=0.99)
+    report = selftest.run_self_test(resources=resources, viewer=False, min_dice=0.99, finetune=False)
     assert _status(report)["predict"] == "FAIL"
     assert not report.ok
 
 
 def test_cli_spelling_and_exit_code(resources: Path, capsys) -> None:
     _write_model(resources / "models", 2)
-    assert cli.main(["--self-test", "--resources", str(resources), "--no-viewer"]) == 0
+    assert cli.main(["--self-test", "--resources", str(resources), "--no-viewer", "--no-finetune"]) == 0
     assert "self-test passed" in capsys.readouterr().out
     assert cli.main(["self-test", "--resources", str(resources / "nowhere"), "--no-viewer"]) == 1
