@@ -65,8 +65,9 @@ def run_job(app, start, finished_signal) -> str:  # noqa: ANN001
 
 def main() -> int:
     ap = argparse.ArgumentParser(description="take the README screenshots")
-    ap.add_argument("--budget", type=float, default=60.0, help="fine-tune budget (s)")
+    ap.add_argument("--budget", type=float, default=400.0, help="fine-tune budget (s)")
     ap.add_argument("--variant", default="attention_unet")
+    ap.add_argument("--features", type=int, default=8, help="width of the untrained start")
     args = ap.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
     os.environ["SEG_STUDIO_HOME"] = tempfile.mkdtemp(prefix="seg-studio-shots-")
@@ -84,20 +85,23 @@ def main() -> int:
     viewer.window.resize(1500, 940)
     wait(app, lambda: bool(panel.models.variants()), 120)
 
-    # 1. an untrained variant: Predict gives noise
-    panel.select_variant(args.variant, untrained=True)
+    from seg_studio.ui.reader import volume_layer_data
+
+    # 1. the class names come from a label map the user opens (here the sample's own); an
+    #    untrained variant predicts noise with those classes
+    _, truth_vol = make_sample_2d()
+    data, kw, _ = volume_layer_data(truth_vol, name="sample 2D labels", kind="labels")
+    truth_layer = viewer.add_labels(data, **kw)
+    panel.select_variant(args.variant, untrained=True, features=args.features, depth=3)
     assert run_job(app, panel.predict, panel.run.finished) == "done", panel.run.last_error
+    viewer.layers.remove(truth_layer)
     mask = panel.mask_layer()
 
     # 2. the user's corrections (here: the sample's known classes, painted in one stroke)
-    _, truth_vol = make_sample_2d()
     truth = np.asarray(truth_vol.array).astype(mask.data.dtype)
     idx = np.nonzero(truth != np.asarray(mask.data))
     with mask.block_history():
         mask.data_setitem(idx, truth[idx])
-    mask.colormap = __import__("seg_studio.ui.layers", fromlist=["x"]).class_colormap(
-        [truth_vol.labels[v] for v in sorted(truth_vol.labels)]
-    )
 
     # 3. Fine-tune with one click, live plot
     out = run_job(
@@ -119,8 +123,6 @@ def main() -> int:
     save(viewer, "app.png", app)
 
     # 5. the 3D sample in the 3D view
-    from seg_studio.ui.reader import volume_layer_data
-
     for ly in list(viewer.layers):
         viewer.layers.remove(ly)
     image3, labels3 = make_sample_3d()
@@ -129,8 +131,10 @@ def main() -> int:
     data, kw, _ = volume_layer_data(labels3, name="sample 3D labels", kind="labels")
     viewer.add_labels(data, **kw)
     panel.set_view(3)
-    viewer.camera.angles = (0, 35, 60)
     viewer.reset_view()
+    settle(app, 0.3)
+    viewer.camera.angles = (15, -35, 70)
+    viewer.camera.zoom *= 0.8
     save(viewer, "app_3d.png", app)
 
     panel.shutdown()

@@ -154,6 +154,8 @@ class ModelSection(QGroupBox):
         self._infos: dict[Path, CheckpointInfo] = {}
         self._extra: list[Path] = []
         self._variants: list[str] = []
+        #: build arguments for untrained variants (e.g. {"features": 8}), set by select_variant
+        self._variant_config: dict[str, dict[str, Any]] = {}
         self._jobs: list[Any] = []
         self._cache: tuple[tuple[Any, ...], Any, Any] | None = None
 
@@ -270,7 +272,8 @@ class ModelSection(QGroupBox):
     def current_choice(self) -> ModelChoice | None:
         data = self.checkpoint.currentData()
         if isinstance(data, str) and data.startswith("variant:"):
-            return ModelChoice(variant=data.split(":", 1)[1])
+            name = data.split(":", 1)[1]
+            return ModelChoice(variant=name, config=dict(self._variant_config.get(name, {})))
         if isinstance(data, str) and data:
             info = self._infos.get(Path(data))
             if info is None or info.error:
@@ -317,8 +320,11 @@ class ModelSection(QGroupBox):
         idx = self.checkpoint.findData(str(path))
         self.checkpoint.setCurrentIndex(idx)
 
-    def select_variant(self, name: str, untrained: bool = False) -> None:
-        """Filter to ``name``; ``untrained=True`` also picks the untrained entry of that variant."""
+    def select_variant(self, name: str, untrained: bool = False, **config: Any) -> None:
+        """Filter to ``name``; ``untrained=True`` also picks the untrained entry of that variant,
+        built with ``config`` (e.g. ``features=8``) instead of the registry's defaults."""
+        if config:
+            self._variant_config[name] = dict(config)
         idx = self.variant.findText(name)
         if idx < 0:
             from ..core.models import get_spec

@@ -9,6 +9,7 @@ kept at module level, so two viewers can each have their own panel.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ class SegStudioPanel(QScrollArea):
         self.autosaver = Autosaver(self.viewer, self.scan_layer, self._mask_of, parent=self, **kwargs)
         self.autosaver.offered.connect(self._offer_autosave)
         self.autosaver.saved.connect(
-            lambda p: self.correct.autosave_label.setText(f"autosaved {Path(p).name}")
+            lambda p: self.correct.autosave_label.setText(f"edits autosaved at {time.strftime('%H:%M:%S')}")
         )
         self.correct.restore_button.clicked.connect(lambda: self.restore_autosave())
         self.correct.discard_button.clicked.connect(lambda: self.discard_autosave())
@@ -126,8 +127,8 @@ class SegStudioPanel(QScrollArea):
     def select_checkpoint(self, path: Path) -> None:
         self.models.select_checkpoint(Path(path))
 
-    def select_variant(self, name: str, untrained: bool = True) -> None:
-        self.models.select_variant(name, untrained=untrained)
+    def select_variant(self, name: str, untrained: bool = True, **config: Any) -> None:
+        self.models.select_variant(name, untrained=untrained, **config)
 
     def set_device(self, name: str) -> None:
         self.models.set_device(name)
