@@ -16,7 +16,6 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import TrainingError
-from ..volume import LabelInfo, Volume
+from ..volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -525,24 +524,3 @@ def symmetric_axes(cases: Sequence[Case], tolerance: float = 0.2) -> list[int]:
 def default_patch(dims: int, spatial: Sequence[int] | None = None) -> tuple[int, ...]:
     """256^2 in 2D, 64^3 in 3D (fits a CPU step in about a second), clipped to the data later."""
     return (256, 256) if dims == 2 else (64, 64, 64)
-
-
-def round_patch(patch: Sequence[int], multiple: int) -> tuple[int, ...]:
-    """Round a patch up to the model's size multiple (avoids padding inside every step)."""
-    return tuple(int(math.ceil(p / multiple) * multiple) for p in patch)
-
-
-def class_infos(
-    n_classes: int, names: Mapping[int, str] | None = None, labels: Mapping[int, LabelInfo] | None = None
-) -> list[tuple[int, str]]:
-    """(value, name) for class indices 0..n-1 from explicit names, then label names, then 'class_i'."""
-    out = []
-    for i in range(n_classes):
-        if names and i in names:
-            nm = names[i]
-        elif labels and i in labels:
-            nm = labels[i].name
-        else:
-            nm = "background" if i == 0 else f"class_{i}"
-        out.append((i, nm))
-    return out

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models import AUX_DEEP_SUPERVISION, SegModel
@@ -366,4 +365,4 @@ def train_loop(
     return st
 
 
-__all__ = ["LoopSettings", "LoopState", "predict_logits", "train_loop", "validate", "F"]
+__all__ = ["LoopSettings", "LoopState", "make_optimizer", "predict_logits", "train_loop", "validate"]
