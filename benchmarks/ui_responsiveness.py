@@ -202,7 +202,7 @@ def main() -> None:
     if not os.environ.get("DISPLAY"):
         sys.exit("needs a display: run it under xvfb-run (see the docstring)")
     load_before = os.getloadavg()
-    launch = measure_launch(args.launch_runs)
+    launch = measure_launch(args.launch_runs) if args.launch_runs > 0 else []
     stalls = measure_stalls(args.dims, args.budget, args.features)
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -210,7 +210,7 @@ def main() -> None:
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "launch": launch,
-        "launch_median": {k: statistics.median(r[k] for r in launch) for k in launch[0]},
+        "launch_median": {k: statistics.median(r[k] for r in launch) for k in launch[0]} if launch else {},
         "stalls": stalls,
     }
     print(json.dumps(result, indent=2))

@@ -203,7 +203,9 @@ class RunSection(QGroupBox):
         if layer not in list(self.viewer.layers):
             self.status.setText("the scan was closed; the prediction was dropped")
             return
+        t0 = time.perf_counter()
         self.add_prediction(pred, meta, layer)
+        log.info("prediction layers added in %.2f s (main thread)", time.perf_counter() - t0)
         self.last_prediction = pred
         if getattr(pred, "notes", None):
             from napari.utils.notifications import show_info
