@@ -137,7 +137,8 @@ class _Runner:
         self.slice_mode = slice_mode
         self.spatial_dims = model.spatial_dims
         self.want = frozenset(
-            ({AUX_ATTENTION} if opts.attention else set()) | ({AUX_UNCERTAINTY} if opts.uncertainty else set())
+            ({AUX_ATTENTION} if opts.attention else set())
+            | ({AUX_UNCERTAINTY} if opts.uncertainty else set())
         )
         self.to_device(device)
 
