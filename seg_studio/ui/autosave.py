@@ -18,7 +18,6 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core import autosave as core_autosave
 from . import layers as L
-from .workers import emit
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ class Autosaver(QObject):
         elif L.is_scan_layer(layer):
             found = core_autosave.find_autosave(self.key(layer))
             if found is not None:
-                emit(self.offered, layer, found)
+                self.offered.emit(layer, found)
 
     def _mark(self, event: Any = None) -> None:
         self.dirty = True
@@ -96,7 +95,7 @@ class Autosaver(QObject):
             return None
         self.dirty = False
         self.last_path = core_autosave.write_autosave(*snap)
-        emit(self.saved, self.last_path)
+        self.saved.emit(self.last_path)
         return self.last_path
 
     def tick(self) -> None:
@@ -120,7 +119,7 @@ class Autosaver(QObject):
 
         def done(path: Path) -> None:
             self.last_path = path
-            emit(self.saved, path)
+            self.saved.emit(path)
 
         def failed(message: str, exc: BaseException) -> None:
             from napari.utils.notifications import show_warning

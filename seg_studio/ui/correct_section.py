@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
 )
 
 from . import layers as L
-from .workers import emit
 
 
 def _swatch(color: tuple[int, int, int]) -> QIcon:
@@ -174,7 +173,7 @@ class CorrectSection(QGroupBox):
         vol = L.labels_volume(mask, scan)
         protected = [scan.source] if scan.source else []
         out = sio.write(vol, Path(path), protected=protected)
-        emit(self.saved, out)
+        self.saved.emit(out)
         return out
 
     def _save_dialog(self) -> None:

@@ -35,7 +35,6 @@ from . import layers as L
 from .model_section import CHECKPOINT_SUFFIX, ModelChoice, ModelSection, bundled_model_dirs
 from .plot_widget import LossPlot
 from .run_section import RunSection, build_untrained, format_progress
-from .workers import emit
 
 log = logging.getLogger(__name__)
 
@@ -269,4 +268,4 @@ class FinetuneSection(QGroupBox):
     def _job_finished(self) -> None:
         self.finetune_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        emit(self.finished, self._outcome)
+        self.finished.emit(self._outcome)

@@ -28,7 +28,6 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import CheckpointError
-from .workers import emit
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +244,7 @@ class ModelSection(QGroupBox):
         for info in infos:
             self._infos[info.path] = info
         self._refill_checkpoints()
-        emit(self.probed)
+        self.probed.emit()
 
     # --- choices -----------------------------------------------------------------------------------
     def device_name(self) -> str:
@@ -371,7 +370,7 @@ class ModelSection(QGroupBox):
     def _checkpoint_changed(self) -> None:
         choice = self.current_choice()
         self.card.setText(card_html(self.current_info(), choice))
-        emit(self.choice_changed, choice)
+        self.choice_changed.emit(choice)
 
     def _open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

@@ -22,7 +22,6 @@ from ..core.progress import Progress
 from ..core.volume import LabelInfo, Volume
 from . import layers as L
 from .model_section import ModelChoice, ModelSection
-from .workers import emit
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +230,7 @@ class RunSection(QGroupBox):
     def _job_finished(self) -> None:
         self.predict_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        emit(self.finished, self._outcome)
+        self.finished.emit(self._outcome)
 
     def baseline(self, mask: Any) -> np.ndarray | None:
         """What the model predicted into ``mask`` last (to find the voxels the user changed)."""

@@ -10,10 +10,7 @@ dropped, so a cancelled prediction never lands.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
-import sys
 import time
 import traceback
 from collections.abc import Callable, Generator
@@ -42,51 +39,6 @@ def user_message(exc: BaseException) -> str:
         )
     first = text.splitlines()[0] if text else ""
     return f"unexpected {type(exc).__name__}: {first} (details in the log)"
-
-
-@functools.cache
-def emit_leaks_true() -> bool:
-    """True where ``SignalInstance.emit()`` returns ``True`` without a reference (PySide6 6.12.0).
-
-    Every emit from Python then takes one reference from ``True``; a few thousand progress updates
-    later the interpreter aborts with "bool_dealloc: deallocating True". Measured once per process
-    on a private signal (five emits, so that another thread touching ``True`` cannot fake it).
-    """
-    from qtpy.QtCore import QObject, Signal
-
-    class _Probe(QObject):
-        ping = Signal()
-
-    probe = _Probe()
-    for _ in range(3):
-        before = sys.getrefcount(True)
-        for _ in range(5):
-            probe.ping.emit()
-        lost = before - sys.getrefcount(True)
-        if lost == 5:
-            _incref_true(5)
-            log.debug("this Qt binding's emit() leaks a reference to True; seg_studio pays it back")
-            return True
-        if lost <= 0:
-            return False
-    return False
-
-
-def _incref_true(n: int) -> None:
-    for _ in range(n):
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(True))
-
-
-def repay_emits(n: int = 1) -> None:
-    """Give back the references ``n`` Python-side emits took from ``True`` (no-op on sound bindings)."""
-    if n > 0 and emit_leaks_true():
-        _incref_true(n)
-
-
-def emit(signal: Any, *args: Any) -> None:
-    """``signal.emit(*args)`` that leaves ``True``'s reference count as it found it."""
-    signal.emit(*args)
-    repay_emits(1)
 
 
 def _drive(factory: GenFactory, token: CancelToken) -> Generator[Progress, None, Any]:
@@ -144,16 +96,11 @@ class Job:
         self.worker = GeneratorWorker(_drive, factory, self.token)
         # Lambdas, not bound methods: Qt holds bound methods weakly, and a Job nobody keeps must
         # still report; the running worker (kept by its thread pool) keeps the lambdas and so the Job.
-        # Each signal the worker emits from Python is repaid once (see ``emit_leaks_true``).
-        emit_leaks_true()
-        self.worker.started.connect(lambda: repay_emits(1))
-        self.worker.warned.connect(lambda w: repay_emits(1))
-        self.worker._finished.connect(lambda w: repay_emits(1))
-        self.worker.yielded.connect(lambda item: (repay_emits(1), self._yielded(item)))
-        self.worker.returned.connect(lambda value: (repay_emits(1), self._returned(value)))
-        self.worker.errored.connect(lambda exc: (repay_emits(1), self._errored(exc)))
-        self.worker.aborted.connect(lambda: (repay_emits(1), self._report_cancelled()))
-        self.worker.finished.connect(lambda: (repay_emits(1), self._finished()))
+        self.worker.yielded.connect(lambda item: self._yielded(item))
+        self.worker.returned.connect(lambda value: self._returned(value))
+        self.worker.errored.connect(lambda exc: self._errored(exc))
+        self.worker.aborted.connect(lambda: self._report_cancelled())
+        self.worker.finished.connect(lambda: self._finished())
         self.worker.start()
 
     # --- control ---------------------------------------------------------------------------------

@@ -170,8 +170,9 @@ def test_triton_guard_keeps_torch_working_without_triton():
 
 
 def test_thousands_of_progress_signals_do_not_drain_true(qtbot):
-    """PySide6 6.12.0's emit() takes a reference from True each call; jobs must pay it back, or a
-    long fine-tune aborts the app ("bool_dealloc: deallocating True")."""
+    """A whole Job (worker thread, queued signals, plain ``signal.emit``) must leave True's reference
+    count alone: PySide6 6.12.0 took one per emit and a long fine-tune aborted the app
+    ("bool_dealloc: deallocating True"). seg_studio does not patch counts; the pinned binding is sound."""
     import sys
 
     from seg_studio.ui.workers import Job
@@ -185,4 +186,4 @@ def test_thousands_of_progress_signals_do_not_drain_true(qtbot):
         return sys.getrefcount(True) - before
 
     run(10)  # first job of the process: imports add references to True
-    assert abs(run(3000)) < 100  # unpaid, this is about -3000
+    assert abs(run(3000)) < 100  # on the leaking binding this is about -3000
