@@ -59,6 +59,23 @@ def select_bundled_model(panel: Any, dims: int) -> None:
     panel.models.probed.connect(pick)
 
 
+def prefer_reader() -> None:
+    """Let File > Open (and later plain ``napari scan.nii.gz``) use our reader without a choice dialog.
+
+    Records seg_studio for the medical formats only, keeping any reader the user chose; a settings
+    file that cannot be written must not stop the app, so that is logged and skipped.
+    """
+    from .reader import prefer_seg_studio_reader
+
+    try:
+        changed = prefer_seg_studio_reader()
+    except Exception:  # noqa: BLE001 - a preference is a convenience, the app must start
+        log.warning("could not record seg_studio as the preferred reader", exc_info=True)
+        return
+    if changed:
+        log.info("seg_studio is now the preferred reader for %s", ", ".join(changed))
+
+
 def build_window(scan: Path | None = None, show: bool = True) -> tuple[Any, Any]:
     """A napari viewer with the seg_studio panel docked and a scan (or the sample) open."""
     import napari
@@ -67,6 +84,7 @@ def build_window(scan: Path | None = None, show: bool = True) -> tuple[Any, Any]
     from .panel import SegStudioPanel
 
     guard_triton()
+    prefer_reader()
     viewer = napari.Viewer(title=TITLE, show=show)
     panel = SegStudioPanel(viewer)
     viewer.window.add_dock_widget(panel, name=TITLE, area="right")

@@ -187,3 +187,27 @@ def test_thousands_of_progress_signals_do_not_drain_true(qtbot):
 
     run(10)  # first job of the process: imports add references to True
     assert abs(run(3000)) < 100  # on the leaking binding this is about -3000
+
+
+def test_app_start_prefers_our_reader_without_overriding_a_user_choice(
+    qtbot, tmp_path, monkeypatch, data_dir
+):
+    """File > Open (viewer.open with no plugin) uses our reader after start-up; a user's choice stays."""
+    import napari.settings
+    from napari.settings import NapariSettings, get_settings
+
+    from seg_studio.ui.app import build_window
+
+    monkeypatch.setattr(napari.settings, "_SETTINGS", NapariSettings(config_path=tmp_path / "settings.yaml"))
+    get_settings().plugins.extension2reader = {"*.mha": "napari"}  # a choice the user made
+    scan = data_dir / "msd_task04_hippocampus" / "images" / "hippocampus_014.nii.gz"
+    viewer, panel = build_window(None, show=False)
+    try:
+        prefs = get_settings().plugins.extension2reader
+        assert prefs["*.nii.gz"] == "seg-studio" and prefs["*.nrrd"] == "seg-studio"
+        assert prefs["*.mha"] == "napari"
+        (layer,) = viewer.open(scan, plugin=None)  # what File > Open does
+        assert layer.metadata["seg_studio"]["source"] == str(scan)
+    finally:
+        panel.shutdown()
+        viewer.close()
