@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the standalone seg_studio bundle for Linux x86_64 and prove that it works.
 #
-#   installer/build_bundle.sh [--worktree] [--budget-mib N] [--add-model F.segmodel] [--no-deb] [--tarball]
+#   installer/build_bundle.sh [--worktree] [--fresh-venv] [--budget-mib N] [--add-model F.segmodel]
+#                             [--no-deb] [--tarball]
 #
 # 1. clones the committed HEAD of this repository into a fresh folder (--worktree: build the
 #    working tree as it is, for iterating on the recipe), so nothing uncommitted leaks in;
@@ -26,14 +27,16 @@ FROM_WORKTREE=0
 MAKE_DEB=1
 MAKE_TARBALL=0
 EXTRA_MODELS=()
+FRESH_VENV=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --worktree) FROM_WORKTREE=1 ;;
     --budget-mib) BUDGET_MIB="$2"; shift ;;
     --add-model) EXTRA_MODELS+=("$(realpath "$2")"); shift ;;  # e.g. a site's own fine-tuned model
+    --fresh-venv) FRESH_VENV=1 ;;
     --no-deb) MAKE_DEB=0 ;;
     --tarball) MAKE_TARBALL=1 ;;
-    -h|--help) sed -n "2,21p" "$0"; exit 0 ;;
+    -h|--help) sed -n "2,22p" "$0"; exit 0 ;;
     *) echo "build_bundle.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -47,10 +50,11 @@ done
 # CUDA users install the pip package into their own environment instead (README.md).
 # Override with TORCH_SPEC=... (e.g. a wheel path) and PIP_EXTRA_INDEX_URL for PyTorch's CPU index.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0+cpu}"
-# The versions the dev venv is tested with (pyproject gives lower bounds; a bundle must be exact).
-APP_REQS=(
-  "numpy==2.4.6" "SimpleITK==2.5.7" "safetensors==0.8.0" "pillow==13.0.0" "platformdirs==4.14.8"
-  "scipy==1.17.1" "napari==0.9.2" "PySide6-Essentials==6.12.0"
+# Core libraries at the versions the dev venv is tested with (pyproject gives lower bounds; a bundle
+# must be exact); napari and the Qt binding come from pyproject's [app] extra, so the bundle never
+# drifts from the pins the app is tested with (PySide6 6.12.0, for one, aborts the app: see pyproject).
+CORE_REQS=(
+  "numpy==2.4.6" "SimpleITK==2.5.7" "safetensors==0.8.0" "pillow==13.0.0" "platformdirs==4.14.8" "scipy==1.17.1"
 )
 BUILD_REQS=("pyinstaller==6.22.3" "pyinstaller-hooks-contrib==2026.9")
 
@@ -91,6 +95,9 @@ for m in "${EXTRA_MODELS[@]}"; do
   cp "$m" "$SRC/resources/models/"
   log "bundling the extra model $(basename "$m")"
 done
+read -r -a APP_EXTRA <<<"$("$(find_python)" -c 'import sys, tomllib
+print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["app"]))' "$SRC/pyproject.toml")"
+APP_REQS=("${CORE_REQS[@]}" "${APP_EXTRA[@]}")
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$SRC/pyproject.toml" | head -1)"
 ARCH="$(dpkg --print-architecture 2>/dev/null || echo amd64)"
 
@@ -98,11 +105,16 @@ ARCH="$(dpkg --print-architecture 2>/dev/null || echo amd64)"
 VENV="$ROOT/build/bundle-venv"
 STAMP="$VENV/.bundle-reqs"
 WANT="$TORCH_SPEC ${APP_REQS[*]} ${BUILD_REQS[*]}"
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+if [ "$FRESH_VENV" = 1 ] || [ ! -x "$VENV/bin/python" ]; then
   log "creating the build venv $VENV (CPU-only torch; a few minutes)"
   rm -rf "$VENV"
   "$(find_python)" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
+fi
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  # A changed pin updates the cached venv in place (pip swaps the changed packages); --fresh-venv
+  # starts from an empty one, as a release build should.
+  log "installing the pinned build requirements: $WANT"
   "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" "${APP_REQS[@]}" "${BUILD_REQS[@]}"
   echo "$WANT" >"$STAMP"
 fi
