@@ -116,11 +116,40 @@ def geometry_metadata(volume: Volume, **extra: Any) -> dict[str, Any]:
     return md
 
 
+#: Candidates for values the class list does not name, most preferred first.
+UNKNOWN_CANDIDATES: tuple[tuple[int, int, int], ...] = (
+    (255, 255, 0),
+    (0, 255, 255),
+    (255, 0, 255),
+    (255, 255, 255),
+    (255, 128, 0),
+)
+
+
+def unknown_class_color(classes: list[Any]) -> tuple[int, int, int]:
+    """The colour for label values the checkpoint does not know (a new class painted for fine-tuning).
+
+    They must be visible, and not mistaken for a known class: the candidate farthest (in RGB) from
+    every class colour.
+    """
+    known = np.array([[int(v) for v in c.color] for c in classes if int(c.value) != 0] or [[0, 0, 0]], float)
+
+    def distance(rgb: tuple[int, int, int]) -> float:
+        return float(np.min(np.linalg.norm(known - np.array(rgb, float), axis=1)))
+
+    return max(UNKNOWN_CANDIDATES, key=distance)
+
+
 def class_colormap(classes: list[Any]) -> Any:
-    """A napari label colormap from ``ClassInfo``/``LabelInfo``-like items (value, name, color)."""
+    """A napari label colormap from ``ClassInfo``/``LabelInfo``-like items (value, name, color).
+
+    Background 0 is transparent; any value not in ``classes`` gets ``unknown_class_color`` so
+    that voxels painted with a new class show up instead of vanishing.
+    """
     from napari.utils.colormaps import DirectLabelColormap
 
-    colors: dict[int | None, Any] = {None: np.zeros(4), 0: np.zeros(4)}
+    r, g, b = unknown_class_color(classes)
+    colors: dict[int | None, Any] = {None: np.array([r / 255, g / 255, b / 255, 1.0]), 0: np.zeros(4)}
     for c in classes:
         if int(c.value) == 0:
             continue

@@ -210,3 +210,25 @@ def test_napari_new_labels_layer_is_saved_in_the_oblique_scan_geometry(
     assert abs(scan.direction_matrix[2, 1]) > 0.1  # really oblique
     assert got.same_geometry(scan, atol=1e-4)
     np.testing.assert_array_equal(got.array, labels.data)
+
+
+def test_label_values_the_checkpoint_does_not_know_stay_visible(make_napari_viewer) -> None:
+    """A new class painted for fine-tuning (value absent from the class list) must show, in a colour
+    no known class uses; background stays transparent."""
+    from seg_studio.core.volume import LabelInfo
+    from seg_studio.ui.layers import class_colormap
+
+    classes = [LabelInfo(0, "background", (0, 0, 0)), LabelInfo(1, "liver", (255, 0, 0))]
+    classes.append(LabelInfo(2, "tumour", (255, 255, 0)))  # takes the first candidate colour
+    data = np.zeros((8, 8), np.uint8)
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(data, colormap=class_colormap(classes))
+    layer.paint((4, 4), 7)  # a value the checkpoint has no class for
+    assert layer.data[4, 4] == 7
+    known = {tuple(np.round(layer.colormap.map(c.value)[:3], 3)) for c in classes[1:]}
+    for value in (7, 3, 200):
+        rgba = np.asarray(layer.colormap.map(value)).ravel()
+        assert rgba[3] == 1.0, f"value {value} is invisible"
+        assert tuple(np.round(rgba[:3], 3)) not in known
+    assert np.asarray(layer.colormap.map(0)).ravel()[3] == 0.0
+    np.testing.assert_allclose(layer.colormap.map(1)[:3], (1, 0, 0), atol=1e-3)
