@@ -150,16 +150,32 @@ def make_demo_sample(out: Path) -> dict[str, Path]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """The headless job of ``installer/run.sh``: make the sample, then describe what was written.
+    """The headless job of ``installer/run.sh``: make the sample, describe it, segment it, score it.
 
-    Kept as small steps (``make_demo_sample``, then one step per stage) so a prediction step can be
-    added after the files exist.
+    The 2D sample goes through the bundled model exactly as ``seg-studio predict`` would take it
+    (checkpoint metadata decides normalisation and windows); the mask is written beside the scan in
+    its geometry and scored against the sample's own labels, so a broken install shows up as a low
+    Dice rather than passing silently.
     """
-    from .core import io
+    from .core import checkpoint, io, metrics
+    from .core.inference import PredictOptions, predict
+    from .selftest import find_bundled_checkpoint
 
     paths = make_demo_sample(args.out)
     print(f"seg_studio sample written to {args.out}/")
     for role, path in paths.items():
         print(f"\n[{role}]")
         print(format_summary(io.summary(io.read(path))))
+
+    ckpt = find_bundled_checkpoint(2)
+    model, meta = checkpoint.load(ckpt)
+    scan = io.read(paths["image_2d"])
+    pred = predict(scan, model, meta, PredictOptions(device="cpu"))
+    mask = io.write(pred.labels, paths["image_2d"].with_name("sample_2d_predicted.nii.gz"))
+    case = metrics.evaluate(io.read(mask), io.read(paths["labels_2d"]), name="sample_2d")
+    print(f"\n[predict] model {ckpt.name} ({meta.architecture}, {meta.spatial_dims}D) on {pred.device}")
+    print(f"mask:      {mask} ({pred.seconds:.2f} s)")
+    for value, d in sorted(case.dice.items()):
+        name = case.class_names.get(value, str(value))
+        print(f"dice:      {name:<12} {d:.4f}")
     return 0

@@ -334,6 +334,11 @@ def test_demo_writes_the_sample_and_describes_it(tmp_path: Path, capsys: pytest.
     img = io.read(tmp_path / "s" / "3d" / "sample_3d.nii.gz")
     lab = io.read(tmp_path / "s" / "3d" / "sample_3d_labels.nii.gz")
     assert lab.meta["kind"] == "labels" and lab.same_geometry(img) and lab.array.dtype == np.uint8
+    # ... then segments the 2D sample with the bundled model, in the scan's geometry, and scores it
+    mask = io.read(tmp_path / "s" / "2d" / "sample_2d_predicted.nii.gz")
+    assert mask.same_geometry(io.read(tmp_path / "s" / "2d" / "sample_2d.nii.gz"))
+    dices = [float(line.split()[-1]) for line in out.splitlines() if line.startswith("dice:")]
+    assert len(dices) == 3 and min(dices) > 0.8, out
 
 
 def test_align_to_undoes_axis_flips_and_permutations_exactly() -> None:
