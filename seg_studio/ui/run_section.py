@@ -80,7 +80,23 @@ def _predict_job(choice, scan, classes, options, cached, token):  # noqa: ANN001
         model, meta = cached
     token.raise_if_cancelled()
     pred = yield from iter_predict(scan, model, meta, PredictOptions(**options), cancel=token)
+    _warm_layer_imports()
     return pred, model, meta
+
+
+def _warm_layer_imports() -> None:
+    """Import here, in the worker, what napari would import lazily on the main thread.
+
+    A Labels layer with a ``features`` table imports pandas the first time (about 3 s of the
+    main-thread stall measured under load) and its default colormap imports skimage.color (~0.8 s);
+    importing them in the worker leaves only the layer work to the main thread.
+    """
+    try:
+        import pandas  # noqa: F401
+        import skimage.color  # noqa: F401
+        from napari.layers.utils import layer_utils  # noqa: F401
+    except ImportError:  # pragma: no cover - napari's own requirement
+        pass
 
 
 class RunSection(QGroupBox):
@@ -109,6 +125,9 @@ class RunSection(QGroupBox):
             lambda e: self._baselines.pop(getattr(e.value, "unique_id", None), None)
         )
         self._t0 = 0.0
+        #: output maps still to add, one per event-loop turn (see ``_add_next_map``)
+        self._pending_maps: list[tuple[str, Volume, str, Any]] = []
+        self._finish_when_drained = False
 
         self.predict_button = QPushButton("Predict")
         self.predict_button.setToolTip("segment the selected scan with the chosen model (in the background)")
@@ -131,7 +150,7 @@ class RunSection(QGroupBox):
 
     @property
     def busy(self) -> bool:
-        return self.job is not None and self.job.running
+        return (self.job is not None and self.job.running) or bool(self._pending_maps)
 
     # --- actions -----------------------------------------------------------------------------------
     def predict(self) -> bool:
@@ -228,6 +247,11 @@ class RunSection(QGroupBox):
         self.status.setText("cancelled; nothing was added")
 
     def _job_finished(self) -> None:
+        if self._pending_maps:
+            # the maps are still being added, one per event-loop turn: report the end after them
+            self._finish_when_drained = True
+            self.cancel_button.setEnabled(False)
+            return
         self.predict_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.finished.emit(self._outcome)
@@ -314,11 +338,45 @@ class RunSection(QGroupBox):
             maps.append(
                 (f"{prefix} attention level {n - k}", att, ATTENTION_COLORMAPS[k % len(ATTENTION_COLORMAPS)])
             )
-        for name, vol, cmap in maps:
-            arr = np.asarray(vol.array, dtype=np.float32)
-            hi = float(np.nanmax(arr)) if arr.size else 1.0
-            md = L.geometry_metadata(vol)
-            md[L.META_KEY].update(role=L.ROLE_OUTPUT, scan_layer=scan_layer.name)
+        self._pending_maps = [(name, vol, cmap, scan_layer) for name, vol, cmap in maps]
+        if self._pending_maps:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._add_next_map)
+
+    def _add_next_map(self) -> None:
+        """Add ONE queued output map, then yield to the event loop before the next.
+
+        Every napari layer costs its GL visual, its layer controls and list events on the main
+        thread (measured ~0.1-1.5 s each, by machine load); adding the maps one per turn keeps the
+        window responsive between them instead of freezing for their sum. The maps are hidden and
+        do not take the selection, so the mask stays the active layer.
+        """
+        from qtpy.QtCore import QTimer
+
+        if not self._pending_maps:
+            return
+        name, vol, cmap, scan_layer = self._pending_maps.pop(0)
+        if scan_layer in list(self.viewer.layers):
+            self._add_map(name, vol, cmap, scan_layer)
+        if self._pending_maps:
+            QTimer.singleShot(0, self._add_next_map)
+        elif self._finish_when_drained:
+            self._finish_when_drained = False
+            self._job_finished()
+
+    def _add_map(self, name: str, vol: Volume, cmap: str, scan_layer: Any) -> None:
+        arr = np.asarray(vol.array, dtype=np.float32)
+        hi = float(np.nanmax(arr)) if arr.size else 1.0
+        md = L.geometry_metadata(vol)
+        md[L.META_KEY].update(role=L.ROLE_OUTPUT, scan_layer=scan_layer.name)
+        layers = self.viewer.layers
+        active = layers.selection.active
+        # inserting selects the new layer (rebuilding the layer controls); keep the mask selected
+        keep = getattr(layers, "_activate_on_insert", None)
+        if keep is not None:
+            layers._activate_on_insert = False
+        try:
             self.viewer.add_image(
                 arr,
                 name=name,
@@ -330,3 +388,8 @@ class RunSection(QGroupBox):
                 metadata=md,
                 **L.layer_kwargs(vol, like=scan_layer),
             )
+        finally:
+            if keep is not None:
+                layers._activate_on_insert = keep
+        if active is not None and layers.selection.active is not active and active in layers:
+            layers.selection.active = active
