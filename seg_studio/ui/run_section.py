@@ -26,7 +26,11 @@ from .model_section import ModelChoice, ModelSection
 log = logging.getLogger(__name__)
 
 DEFAULT_CLASSES = [LabelInfo(0, "background", (0, 0, 0)), LabelInfo(1, "foreground", (255, 64, 64))]
-ATTENTION_COLORMAPS = ("inferno", "magma", "plasma", "viridis", "turbo")
+#: Additive overlays: colormaps that are black at 0, so low values add nothing (plasma, viridis and
+#: turbo start blue/purple and tinted the whole scan); levels alternate so two shown stay apart.
+ATTENTION_COLORMAPS = ("inferno", "magma")
+#: Opacity of the output maps: 0.7 washed the scan out where attention sits near 0.5.
+MAP_OPACITY = 0.5
 
 
 def format_progress(p: Progress) -> str:
@@ -383,7 +387,7 @@ class RunSection(QGroupBox):
                 colormap=cmap,
                 blending="additive",
                 visible=False,
-                opacity=0.7,
+                opacity=MAP_OPACITY,
                 contrast_limits=(0.0, max(hi, 1e-6) if "uncertainty" in name else 1.0),
                 metadata=md,
                 **L.layer_kwargs(vol, like=scan_layer),

@@ -139,6 +139,10 @@ def test_predict_adds_mask_and_maps_on_the_scan_grid(dims, tmp_path, make_panel,
     for ly in outputs:
         assert not ly.visible and ly.blending == "additive"
         np.testing.assert_allclose(np.array(ly.data.shape) * np.array(ly.scale), extent, rtol=1e-6)
+    for ly in attention:
+        # shown additively, a map must add nothing where attention is 0 and not wash the scan out
+        np.testing.assert_allclose(ly.colormap.map(np.array([0.0]))[0][:3], 0.0, atol=0.02)
+        assert tuple(ly.contrast_limits) == (0.0, 1.0) and ly.opacity <= 0.5
     np.testing.assert_array_equal(scan_layer.data, before)  # the scan is never modified
 
     # a re-run writes into the same mask as one undo step
