@@ -31,6 +31,12 @@ def add_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for runs and reports")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--title", default="", help="chart title")
+    p.add_argument(
+        "--report-only",
+        dest="report_only",
+        action="store_true",
+        help="train nothing: rebuild the tables from the runs in --out that finished",
+    )
     p.add_argument("--json", action="store_true", help="print the per-run results as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
@@ -70,7 +76,7 @@ def run_compare(args: argparse.Namespace) -> int:
         device=args.device,
         title=args.title,
     )
-    result = drive(iter_compare(cfg, CancelToken()), Bar(quiet=args.quiet))
+    result = drive(iter_compare(cfg, CancelToken(), train=not args.report_only), Bar(quiet=args.quiet))
     paths = write_reports(result, args.out, args.title)
     if args.json:
         sys.stdout.write(json.dumps(json.loads(paths["json"].read_text()), indent=1) + "\n")

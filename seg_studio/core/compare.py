@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SegStudioError, TrainingError
+from .errors import TrainingError
 from .progress import CancelToken, Progress
 
 log = logging.getLogger(__name__)
@@ -263,9 +263,13 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
 
 
 def iter_compare(
-    cfg: CompareConfig, cancel: CancelToken | None = None
+    cfg: CompareConfig, cancel: CancelToken | None = None, train: bool = True
 ) -> Generator[Progress, None, CompareResult]:
-    """Train and score every (variant, seed); yields the training progress of each run in turn."""
+    """Train and score every (variant, seed); yields the training progress of each run in turn.
+
+    ``train=False`` only collects runs that already finished (their ``result.json``), listing the
+    others as not run: the tables of an interrupted or partly finished comparison.
+    """
     from . import checkpoint
     from .models import count_parameters, list_models
     from .training import iter_fit
@@ -305,6 +309,9 @@ def iter_compare(
                     continue
             except (OSError, ValueError, KeyError, TypeError):
                 pass
+        if not train:
+            failed[f"{variant}/seed{seed}"] = "not run (no finished result with these settings)"
+            continue
         yield Progress(i, len(jobs), "compare", f"training {label}")
         fit_cfg = FitConfig.from_dict(fit_dict)
         try:
@@ -316,12 +323,12 @@ def iter_compare(
                     fit = stop.value
                     break
                 yield Progress(p.done, p.total, p.stage, f"{label}: {p.message}", p.eta_s, p.metrics)
-        except SegStudioError as exc:
-            if isinstance(exc, TrainingError) or "memory" in str(exc).lower():
-                log.warning("%s failed: %s", label, exc)
-                failed[f"{variant}/seed{seed}"] = str(exc)
-                continue
-            raise
+        except (TrainingError, RuntimeError) as exc:
+            # One variant that cannot train here (out of memory, a loss that diverged) is reported in
+            # the tables as failed; the others still run. Cancellation and other errors propagate.
+            log.warning("%s failed: %s", label, exc)
+            failed[f"{variant}/seed{seed}"] = str(exc).splitlines()[0][:300]
+            continue
         best = fit.best_path or fit.last_path
         if best is None:
             failed[f"{variant}/seed{seed}"] = "no checkpoint was written"

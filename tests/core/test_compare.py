@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -86,7 +87,7 @@ def test_compare_trains_each_variant_on_one_split_and_writes_reports(
     with Image.open(paths["png"]) as im:
         assert im.format == "PNG" and im.width >= 480 and im.height > 300
         # the chart is not blank: coloured bars were drawn
-        assert len(set(im.convert("RGB").getdata())) > 4
+        assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 4
 
     # a second call reuses the finished runs instead of training again
     msgs = []
@@ -99,6 +100,13 @@ def test_compare_trains_each_variant_on_one_split_and_writes_reports(
             break
     assert sum("reused" in m for m in msgs) == 2
     assert [r.eval.mean_dice for r in again.runs] == pytest.approx([r.eval.mean_dice for r in result.runs])
+
+    # report-only: finished runs are collected, a variant never trained is listed as not run
+    cfg.variants = ["unet", "res_unet"]
+    partial = run_to_end(iter_compare(cfg, train=False))
+    assert [r.variant for r in partial.runs] == ["unet"]
+    assert "not run" in partial.failed["res_unet/seed0"]
+    assert not (tmp_path / "cmp" / "res_unet").exists()
 
 
 def _run(variant: str, seed: int, dice: float) -> RunResult:
