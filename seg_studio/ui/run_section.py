@@ -361,8 +361,11 @@ class RunSection(QGroupBox):
         if not self._pending_maps:
             return
         name, vol, cmap, scan_layer = self._pending_maps.pop(0)
-        if scan_layer in list(self.viewer.layers):
-            self._add_map(name, vol, cmap, scan_layer)
+        try:
+            if scan_layer in list(self.viewer.layers):
+                self._add_map(name, vol, cmap, scan_layer)
+        except Exception:  # noqa: BLE001 - a map is optional; the queue and `finished` must go on
+            log.warning("could not add %s", name, exc_info=True)
         if self._pending_maps:
             QTimer.singleShot(0, self._add_next_map)
         elif self._finish_when_drained:

@@ -334,3 +334,27 @@ def test_prediction_maps_are_added_one_per_event_loop_turn(tmp_path, make_panel,
     qtbot.waitUntil(lambda: not panel.run.busy, timeout=JOB_TIMEOUT_MS)
     assert counts == list(range(1, n_maps + 1))
     assert viewer.layers.selection.active is mask and viewer.layers.selection == {mask}
+
+
+def test_a_map_that_fails_to_add_does_not_stall_the_queue(
+    tmp_path, make_panel, qtbot, _app_home, monkeypatch
+):
+    """One map failing (e.g. the window closing mid-queue) must not leave the run section busy forever."""
+    scan_path, image, labels = write_scan(tmp_path, 2)
+    ckpt = tiny_checkpoint(tmp_path / "models", 2, sample_classes(labels))
+    viewer, panel = make_panel(scan_path)
+    panel.open_checkpoint(ckpt)
+    real = panel.run._add_map
+    calls: list[str] = []
+
+    def first_fails(name, *args):  # noqa: ANN001, ANN202
+        calls.append(name)
+        if len(calls) == 1:
+            raise RuntimeError("the GL context went away")
+        return real(name, *args)
+
+    monkeypatch.setattr(panel.run, "_add_map", first_fails)
+    assert run_predict(panel, qtbot) == "done", panel.run.last_error
+    assert not panel.run.busy and len(calls) >= 3
+    names = [ly.name for ly in viewer.layers if L.role(ly) == L.ROLE_OUTPUT]
+    assert calls[0] not in names and names == calls[1:]
