@@ -115,8 +115,7 @@ def main() -> int:
     assert run_job(app, panel.rerun, panel.run.finished) == "done", panel.run.last_error
     att = [ly for ly in viewer.layers if "attention level 1" in ly.name]
     if att:
-        att[0].visible = True
-        att[0].opacity = 0.6
+        att[0].visible = True  # the panel's own opacity/colormap, as a user sees it
     panel.mask_layer().opacity = 0.45
     panel.verticalScrollBar().setValue(0)
     viewer.reset_view()
