@@ -30,7 +30,7 @@ from seg_studio.core.training.data import (
     parse_label_map,
     symmetric_axes,
 )
-from seg_studio.core.training.finetune import grow_head
+from seg_studio.core.training.finetune import LR_FROM_SCRATCH, LR_TRAINED, grow_head, parent_is_untrained
 from seg_studio.core.training.losses import DiceCELoss, deep_supervision_weights, supervised_loss
 
 TINY = {"features": 4, "depth": 2}
@@ -374,7 +374,25 @@ def test_finetune_from_gui_volumes_writes_a_new_child(parent_run, tmp_path: Path
     assert prov["dice_after"] == pytest.approx(r.dice_after, abs=1e-5)
     assert r.dice_on == "training pairs" and r.new_classes == ["pacemaker"]
     assert prov["dice_per_class_before"]["pacemaker"] == 0.0  # the parent cannot predict it
+    assert prov["settings"]["lr"] == LR_TRAINED  # a trained parent gets the gentle default
     assert any(p.stage == "fine-tune" and "loss" in p.metrics for p in progress)
+
+
+def test_finetune_from_an_untrained_parent_uses_the_from_scratch_rate(tmp_path: Path) -> None:
+    img, lab = make_sample_2d(seed=2)
+    n = len(np.unique(lab.array))
+    model = create_model("unet", 2, 1, n, **TINY)
+    meta = checkpoint.new_meta(model, "unet", TINY, patch_size=(64, 64))
+    assert parent_is_untrained(meta)
+    parent = checkpoint.save(tmp_path / "untrained.segmodel", model, meta)
+    r = run_to_end(iter_finetune(parent, [(img, lab)], tmp_path / "c1.segmodel", budget_s=300, steps=1))
+    child = checkpoint.read_meta(r.path)
+    assert child.provenance["settings"]["lr"] == LR_FROM_SCRATCH > LR_TRAINED
+    assert not parent_is_untrained(child)  # its child has been trained: the next fine-tune is gentle
+    r2 = run_to_end(
+        iter_finetune(parent, [(img, lab)], tmp_path / "c2.segmodel", budget_s=300, steps=1, lr=5e-4)
+    )
+    assert checkpoint.read_meta(r2.path).provenance["settings"]["lr"] == 5e-4
 
 
 def test_finetune_never_overwrites_the_parent_and_cancel_writes_nothing(parent_run, tmp_path: Path) -> None:  # noqa: ANN001

@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 #: Default total budgets (seconds), evaluation and saving included.
 DEFAULT_BUDGET_2D = 50.0
 DEFAULT_BUDGET_3D = 100.0
+#: Default learning rates (AdamW): an untrained parent learns from scratch and needs a large step to get
+#: anywhere in a 50 s budget; a trained parent must not be shaken out of what it knows.
+LR_FROM_SCRATCH = 3e-3
+LR_TRAINED = 1e-3
 
 
 @dataclass
@@ -76,10 +80,24 @@ class FinetuneResult:
     seconds: float = 0.0
     split_path: Path | None = None
     stop_reason: str = ""
+    lr: float = 0.0
 
 
 def default_budget(spatial_dims: int) -> float:
     return DEFAULT_BUDGET_3D if spatial_dims == 3 else DEFAULT_BUDGET_2D
+
+
+def parent_is_untrained(meta: Any) -> bool:
+    """True for a parent with random weights: the GUI's untrained variant (card ``untrained``), or a
+    checkpoint whose provenance records no training, fine-tune or import."""
+    if (meta.card or {}).get("untrained"):
+        return True
+    prov = meta.provenance or {}
+    return not any(k in prov for k in ("kind", "parent", "imported_from", "metrics", "data"))
+
+
+def default_lr(meta: Any) -> float:
+    return LR_FROM_SCRATCH if parent_is_untrained(meta) else LR_TRAINED
 
 
 def grow_head(
@@ -149,7 +167,7 @@ def iter_finetune(
     budget_s: float | None = None,
     *,
     steps: int | None = None,
-    lr: float = 1e-3,
+    lr: float | None = None,
     head_lr_mult: float = 5.0,
     freeze_encoder: bool = False,
     label_map: str | Mapping[Any, Any] | None = None,
@@ -193,6 +211,10 @@ def iter_finetune(
     if budget <= 0:
         raise TrainingError(f"the time budget must be positive, got {budget}")
     lmap = parse_label_map(label_map)
+    if lr is None:
+        lr = default_lr(meta)
+    elif lr <= 0:
+        raise TrainingError(f"the learning rate must be positive, got {lr}")
 
     # --- labels -> class indices, new classes appended ---
     value_to_index = {c.value: i for i, c in enumerate(meta.classes)}
@@ -472,6 +494,7 @@ def iter_finetune(
         seconds=seconds,
         split_path=split_path,
         stop_reason=state.stop_reason,
+        lr=lr,
     )
 
 
