@@ -364,3 +364,15 @@ def test_align_to_undoes_axis_flips_and_permutations_exactly() -> None:
     shifted = Volume(**{**other.__dict__, "origin": tuple(new_origin + 0.5)})
     with pytest.raises(ImageLoadError, match="other voxels"):
         io.align_to(shifted, scan)
+
+
+def test_folder_names_call_a_map_labels_only_when_the_whole_name_says_so(tmp_path: Path) -> None:
+    # an 8-bit scan with few grey values, in a user's folder that merely contains "seg" as a word
+    arr = np.random.default_rng(0).integers(0, 6, (6, 20, 20)).astype(np.uint8)
+    vol = Volume.from_array(arr, spacing=(0.8, 0.8, 2.0))
+    scan = io.write(vol, tmp_path / "seg-studio-work" / "scans" / "ct.nii.gz")
+    assert io.read(scan).meta["kind"] == "image"
+    mask = io.write(vol, tmp_path / "seg-studio-work" / "labelsTr" / "ct.nii.gz")
+    assert io.read(mask).meta["kind"] == "labels"
+    named = io.write(vol, tmp_path / "seg-studio-work" / "scans" / "ct_seg.nii.gz")
+    assert io.read(named).meta["kind"] == "labels"

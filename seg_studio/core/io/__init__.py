@@ -63,6 +63,13 @@ _LABEL_WORDS = re.compile(
     r"([^a-z]|$)",
     re.IGNORECASE,
 )
+#: A folder counts only when its whole name says labels (``labels/``, ``labelsTr/``, ``masks/``), so
+#: ``~/seg-studio/scans/ct.nii.gz`` or a ``segmentation_project/`` of scans stays an image.
+_LABEL_FOLDER = re.compile(
+    r"(labels?|labels?tr|labels?ts|labelmaps?|masks?|segs?|segmentations?|annotations?|gt|groundtruth|"
+    r"ground[ _-]?truth|manual\d*|\d+[ _-]?manual\d*)",
+    re.IGNORECASE,
+)
 _MAX_LABELS = 1000
 #: Header key under which NRRD and MetaImage label maps keep their names and colours (JSON).
 LABELS_KEY = "seg_studio_labels"
@@ -201,11 +208,15 @@ def guess_kind(vol: Volume, path: Path | None = None) -> str:
     too; values veto because a file called "seg_ct" can still be a scan."""
     if vol.channels != 1:
         return "image"
-    names = []
+    names = [str(vol.meta.get("series_description", ""))]
+    folders: list[str] = []
     if path is not None:
-        names += [split_suffix(path)[0], path.parent.name, path.parent.parent.name]
-    names.append(str(vol.meta.get("series_description", "")))
-    if not any(_LABEL_WORDS.search(n.replace("_", " ")) for n in names if n):
+        names.append(split_suffix(path)[0])
+        folders = [path.parent.name, path.parent.parent.name]
+    said = any(_LABEL_WORDS.search(n.replace("_", " ")) for n in names if n) or any(
+        _LABEL_FOLDER.fullmatch(f) for f in folders if f
+    )
+    if not said:
         return "image"
     a = vol.array
     if a.dtype.kind == "f":
