@@ -90,13 +90,21 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
         cli_io.add_convert,
         cli_io.run_convert,
     ),
-    "demo": ("write the synthetic sample and describe it (the headless job)", cli_io.add_demo, cli_io.run_demo),
+    "demo": (
+        "write the synthetic samples, describe them and segment the 2D one with the bundled model (the headless job)",
+        cli_io.add_demo,
+        cli_io.run_demo,
+    ),
     "predict": (
         "segment a scan, a DICOM folder or a folder of scans with a .segmodel",
         cli_predict.add_predict,
         cli_predict.run_predict,
     ),
-    "inspect": ("print a checkpoint's metadata (its model card)", cli_predict.add_inspect, cli_predict.run_inspect),
+    "inspect": (
+        "print a checkpoint's metadata (its model card)",
+        cli_predict.add_inspect,
+        cli_predict.run_inspect,
+    ),
     "train": (
         "train a variant on image/label pairs (recipe file and/or flags)",
         cli_train.add_train,
