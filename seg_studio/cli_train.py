@@ -252,7 +252,7 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore-value", dest="ignore_value", type=int, help="label value of untouched voxels")
     p.add_argument("--budget", type=float, help="time budget in seconds (default 50 in 2D, 100 in 3D)")
     p.add_argument("--steps", type=int, help="at most this many steps")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="default: 3e-3 from an untrained parent, else 1e-3")
     p.add_argument("--freeze-encoder", dest="freeze_encoder", action="store_true")
     p.add_argument(
         "--class-name",
