@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -393,6 +394,16 @@ def test_finetune_from_an_untrained_parent_uses_the_from_scratch_rate(tmp_path: 
         iter_finetune(parent, [(img, lab)], tmp_path / "c2.segmodel", budget_s=300, steps=1, lr=5e-4)
     )
     assert checkpoint.read_meta(r2.path).provenance["settings"]["lr"] == 5e-4
+    # the GUI's untrained variant says so on its card; its child must not inherit that label
+    flagged = checkpoint.save(
+        tmp_path / "flagged.segmodel",
+        model,
+        replace(meta, card={"title": "untrained unet", "untrained": True}),
+    )
+    r3 = run_to_end(iter_finetune(flagged, [(img, lab)], tmp_path / "c3.segmodel", budget_s=300, steps=1))
+    card = checkpoint.read_meta(r3.path).card
+    assert "untrained" not in card and "untrained" not in card["title"].split()[0]
+    assert not parent_is_untrained(checkpoint.read_meta(r3.path))
 
 
 def test_finetune_never_overwrites_the_parent_and_cancel_writes_nothing(parent_run, tmp_path: Path) -> None:  # noqa: ANN001

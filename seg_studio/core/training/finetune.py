@@ -87,6 +87,14 @@ def default_budget(spatial_dims: int) -> float:
     return DEFAULT_BUDGET_3D if spatial_dims == 3 else DEFAULT_BUDGET_2D
 
 
+def _child_card(meta: Any) -> dict[str, Any]:
+    """The parent's card for its child, minus what is no longer true: a fine-tuned child is trained."""
+    card = {k: v for k, v in (meta.card or {}).items() if k != "untrained"}
+    if (meta.card or {}).get("untrained"):
+        card["title"] = f"{meta.architecture} trained by fine-tuning from random weights"
+    return card
+
+
 def parent_is_untrained(meta: Any) -> bool:
     """True for a parent with random weights: the GUI's untrained variant (card ``untrained``), or a
     checkpoint whose provenance records no training, fine-tune or import."""
@@ -448,7 +456,7 @@ def iter_finetune(
         spacing=meta.spacing,
         patch_size=tuple(meta.patch_size),
         provenance=prov,
-        card=dict(meta.card),
+        card=_child_card(meta),
     )
     if stored_split is not None:
         split_path = out.with_name(out.name[: -len(ckpt.SUFFIX)] + ".split.json")
