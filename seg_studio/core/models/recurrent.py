@@ -10,6 +10,8 @@ units (``RRCNN_block``), RU-Net does not. The skeleton (up-conv decoder, optiona
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -70,136 +72,57 @@ def recurrent_block(
     return lambda cin, cout: RecurrentBlock(spatial_dims, cin, cout, t, norm, bias, residual)
 
 
-def _build(
-    spatial_dims: int,
-    in_channels: int,
-    out_channels: int,
-    *,
-    residual: bool,
-    attention: bool,
-    features: int,
-    depth: int,
-    norm: str | None,
-    dropout: float,
-    deep_supervision: bool,
-    bias: bool | None,
-    t: int,
-) -> GatedUNet:
-    return GatedUNet(
-        spatial_dims,
-        in_channels,
-        out_channels,
-        recurrent_block(spatial_dims, t, norm, bias, residual),
-        features=features,
-        depth=depth,
-        norm=norm,
-        dropout_p=dropout,
-        attention=attention,
-        deep_supervision=deep_supervision,
-        bias=bias,
-    )
+def _variant(residual: bool, attention: bool) -> Callable[..., GatedUNet]:
+    """A registry builder for one member of the family: the same U-Net, its blocks and gates chosen here."""
+
+    def build(
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: int = 16,
+        depth: int = 4,
+        norm: str | None = "batch",
+        dropout: float = 0.0,
+        deep_supervision: bool = False,
+        bias: bool | None = None,
+        t: int = 2,
+    ) -> GatedUNet:
+        return GatedUNet(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            recurrent_block(spatial_dims, t, norm, bias, residual),
+            features=features,
+            depth=depth,
+            norm=norm,
+            dropout_p=dropout,
+            attention=attention,
+            deep_supervision=deep_supervision,
+            bias=bias,
+        )
+
+    return build
 
 
 _REFERENCE = {"features": 64, "depth": 4, "norm": "batch", "bias": True, "t": 2}
 
-
-@register_model(
+register_model(
     "r2unet",
     description="R2U-Net: recurrent residual conv blocks (shared 3x3 conv unrolled t times) on every level",
     presets={"reference": dict(_REFERENCE)},
     paper="Alom et al. 2018, arXiv:1802.06955",
-)
-def build_r2unet(
-    spatial_dims: int,
-    in_channels: int,
-    out_channels: int,
-    features: int = 16,
-    depth: int = 4,
-    norm: str | None = "batch",
-    dropout: float = 0.0,
-    deep_supervision: bool = False,
-    bias: bool | None = None,
-    t: int = 2,
-) -> GatedUNet:
-    return _build(
-        spatial_dims,
-        in_channels,
-        out_channels,
-        residual=True,
-        attention=False,
-        features=features,
-        depth=depth,
-        norm=norm,
-        dropout=dropout,
-        deep_supervision=deep_supervision,
-        bias=bias,
-        t=t,
-    )
+)(_variant(residual=True, attention=False))
 
-
-@register_model(
+register_model(
     "recurrent_unet",
     description="Recurrent U-Net (RU-Net): recurrent conv blocks without the residual connection",
     presets={"reference": dict(_REFERENCE)},
     paper="Alom et al. 2018, arXiv:1802.06955",
-)
-def build_recurrent_unet(
-    spatial_dims: int,
-    in_channels: int,
-    out_channels: int,
-    features: int = 16,
-    depth: int = 4,
-    norm: str | None = "batch",
-    dropout: float = 0.0,
-    deep_supervision: bool = False,
-    bias: bool | None = None,
-    t: int = 2,
-) -> GatedUNet:
-    return _build(
-        spatial_dims,
-        in_channels,
-        out_channels,
-        residual=False,
-        attention=False,
-        features=features,
-        depth=depth,
-        norm=norm,
-        dropout=dropout,
-        deep_supervision=deep_supervision,
-        bias=bias,
-        t=t,
-    )
+)(_variant(residual=False, attention=False))
 
-
-@register_model(
+register_model(
     "r2_attention_unet",
     description="R2U-Net with attention gates on the skips (R2AttU-Net); gate maps in aux['attention']",
     presets={"reference": dict(_REFERENCE)},
     paper="Alom et al. 2018, arXiv:1802.06955; Oktay et al. 2018, arXiv:1804.03999",
-)
-def build_r2_attention_unet(
-    spatial_dims: int,
-    in_channels: int,
-    out_channels: int,
-    features: int = 16,
-    depth: int = 4,
-    norm: str | None = "batch",
-    dropout: float = 0.0,
-    deep_supervision: bool = False,
-    bias: bool | None = None,
-    t: int = 2,
-) -> GatedUNet:
-    return _build(
-        spatial_dims,
-        in_channels,
-        out_channels,
-        residual=True,
-        attention=True,
-        features=features,
-        depth=depth,
-        norm=norm,
-        dropout=dropout,
-        deep_supervision=deep_supervision,
-        bias=bias,
-        t=t,
-    )
+)(_variant(residual=True, attention=True))
