@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import SegStudioError
+from .io import case_name
 from .volume import Volume
 
 __all__ = [
@@ -254,34 +255,6 @@ def evaluate_paths(
     if not tmap:
         raise SegStudioError(f"no images found in {truth}")
     return [evaluate(read(pmap[n]), read_truth(tmap[n]), classes, ignore, name=n) for n in sorted(tmap)]
-
-
-_SUFFIXES = (
-    ".nii.gz",
-    ".nii",
-    ".nrrd",
-    ".mha",
-    ".mhd",
-    ".png",
-    ".tif",
-    ".tiff",
-    ".gif",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".dcm",
-    ".segmodel",
-)
-
-
-def case_name(path: Path) -> str:
-    """The case name of an image path: its file name without image suffixes (``a.nii.gz`` -> ``a``)."""
-    name = Path(path).name
-    low = name.lower()
-    for suf in _SUFFIXES:
-        if low.endswith(suf):
-            return name[: -len(suf)]
-    return Path(name).stem if Path(name).suffix and not Path(path).is_dir() else name
 
 
 def _entries(folder: Path) -> list[Path]:

@@ -49,6 +49,17 @@ def suffix_of(path: str | Path) -> str:
     return split_suffix(path)[1].lower()
 
 
+def case_name(path: str | Path) -> str:
+    """A case's name: the file name without a readable image suffix (``case_01.nii.gz`` -> ``case_01``).
+
+    Images and labels of a case share it, so training pairs and evaluation match files by it;
+    folders (DICOM series) and unknown suffixes keep their whole name.
+    """
+    name = Path(path).name
+    suffix = suffix_of(name)
+    return name[: -len(suffix)] if suffix in READ_FORMATS and len(name) > len(suffix) else name
+
+
 def has_dicom_preamble(path: Path) -> bool:
     """DICOM Part 10 files carry ``DICM`` at byte 128; files without an extension are checked so."""
     try:

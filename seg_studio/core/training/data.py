@@ -25,28 +25,13 @@ import numpy as np
 import torch
 
 from ..errors import TrainingError
+from ..io import case_name
 from ..volume import Volume
 
 log = logging.getLogger(__name__)
 
 #: Label value meaning "no supervision here" in the arrays training consumes.
 IGNORE_INDEX = -1
-
-_IMAGE_SUFFIXES = (
-    ".nii.gz",
-    ".nii",
-    ".nrrd",
-    ".mha",
-    ".mhd",
-    ".png",
-    ".tif",
-    ".tiff",
-    ".gif",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".dcm",
-)
 
 
 # --- where pairs come from -------------------------------------------------------------------------
@@ -61,24 +46,13 @@ class PairSource:
     labels: Path | Volume
 
 
-def case_stem(path: Path) -> str:
-    """File name without image suffixes (``case_01.nii.gz`` -> ``case_01``); folders keep their name."""
-    name = path.name
-    low = name.lower()
-    for suf in _IMAGE_SUFFIXES:
-        if low.endswith(suf):
-            return name[: -len(suf)]
-    return name
-
-
 def _entries(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise TrainingError(f"{folder}: no such folder")
     return [
         p
         for p in sorted(folder.iterdir())
-        if not p.name.startswith(".")
-        and (p.is_dir() or any(p.name.lower().endswith(s) for s in _IMAGE_SUFFIXES))
+        if not p.name.startswith(".") and (p.is_dir() or case_name(p) != p.name)
     ]
 
 
@@ -89,8 +63,8 @@ def pairs_from_folders(images: Path, labels: Path) -> list[PairSource]:
     unmatched are paired by their first ``_``-separated token when that is unique on both sides
     (DRIVE's ``22_training.tif`` <-> ``22_manual1.gif``). Unmatched images are reported, not skipped.
     """
-    imgs = {case_stem(p): p for p in _entries(Path(images))}
-    labs = {case_stem(p): p for p in _entries(Path(labels))}
+    imgs = {case_name(p): p for p in _entries(Path(images))}
+    labs = {case_name(p): p for p in _entries(Path(labels))}
     pairs = {n: PairSource(n, imgs[n], labs[n]) for n in imgs.keys() & labs.keys()}
     rest_i = {n: p for n, p in imgs.items() if n not in pairs}
     rest_l = {n: p for n, p in labs.items() if n not in pairs}
@@ -104,8 +78,8 @@ def pairs_from_folders(images: Path, labels: Path) -> list[PairSource]:
     ti, tl = by_token(rest_i), by_token(rest_l)
     for t in ti.keys() & tl.keys():
         pairs[t] = PairSource(t, ti[t], tl[t])
-        rest_i.pop(case_stem(ti[t]), None)
-        rest_l.pop(case_stem(tl[t]), None)
+        rest_i.pop(case_name(ti[t]), None)
+        rest_l.pop(case_name(tl[t]), None)
     if not pairs:
         raise TrainingError(f"no image in {images} has a label file of the same name in {labels}")
     if rest_i:
@@ -139,7 +113,7 @@ def pairs_from_dataset_json(path: Path) -> tuple[list[PairSource], DatasetInfo]:
             img, lab = root / it["image"], root / it["label"]
         except (KeyError, TypeError):
             raise TrainingError(f"{path}: a training entry lacks 'image' or 'label': {it!r}") from None
-        pairs.append(PairSource(case_stem(img), img, lab))
+        pairs.append(PairSource(case_name(img), img, lab))
     labels = {}
     for k, v in (d.get("labels") or {}).items():
         try:
@@ -159,9 +133,9 @@ def pairs_from_list(items: Iterable[tuple[Any, Any]]) -> list[PairSource]:
         if not isinstance(lab, Volume):
             lab = Path(lab)
         if isinstance(img, Path):
-            name = case_stem(img)
+            name = case_name(img)
         else:
-            name = case_stem(Path(img.source)) if img.source else f"case{i}"
+            name = case_name(Path(img.source)) if img.source else f"case{i}"
         out.append(PairSource(name, img, lab))
     if not out:
         raise TrainingError("no training pairs given")
