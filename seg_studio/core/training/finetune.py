@@ -51,7 +51,15 @@ from .data import (
     symmetric_axes,
 )
 from .distributed import pick_device, pick_precision
-from .loop import LoopSettings, LoopState, make_optimizer, train_loop, validate
+from .loop import (
+    LoopSettings,
+    LoopState,
+    default_channels_last,
+    make_optimizer,
+    memory_format,
+    train_loop,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +319,7 @@ def iter_finetune(
 
     dev = pick_device(device)
     dtype = pick_precision(dev, precision)
-    channels_last = dims == 2 and dev.type != "mps"
+    channels_last = default_channels_last(dims, dev)
     patch = (
         tuple(patch_size)
         if patch_size
@@ -325,8 +333,8 @@ def iter_finetune(
     model = model.to(dev)
     parent_model = parent_model.to(dev)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        parent_model = parent_model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=memory_format(dims, True))
+        parent_model = parent_model.to(memory_format=memory_format(dims, True))
 
     if freeze_encoder:
         frozen = set(encoder_parameter_names(model))

@@ -53,7 +53,7 @@ from .distributed import (
     setup,
     teardown,
 )
-from .loop import LoopSettings, LoopState, train_loop
+from .loop import LoopSettings, LoopState, default_channels_last, memory_format, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
     device = info.device
     dtype = pick_precision(device, cfg.precision)
     channels_last = (
-        cfg.channels_last if cfg.channels_last is not None else (spatial_dims == 2 and device.type != "mps")
+        cfg.channels_last if cfg.channels_last is not None else default_channels_last(spatial_dims, device)
     )
     patch = tuple(cfg.patch_size) if cfg.patch_size else default_patch(spatial_dims)
     if len(patch) != spatial_dims:
@@ -331,7 +331,7 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
         aug.flip_axes = symmetric_axes(train_cases)
     model = model.to(device)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last if spatial_dims == 2 else torch.channels_last_3d)
+        model = model.to(memory_format=memory_format(spatial_dims, True))
     settings = LoopSettings(
         patch=patch,
         batch_size=cfg.batch_size,

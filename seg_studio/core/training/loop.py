@@ -89,7 +89,7 @@ def predict_logits(
     """Logits ``(K, *spatial)`` of one case: whole image when small, else overlapping tiles averaged."""
     x = image.unsqueeze(0).to(device)
     spatial = tuple(image.shape[1:])
-    fmt = _memfmt(len(spatial), channels_last)
+    fmt = memory_format(len(spatial), channels_last)
     whole = math.prod(spatial) <= 4 * math.prod(patch)
     if whole:
         with autocast_ctx(device, dtype):
@@ -120,7 +120,20 @@ def predict_logits(
     return acc / cnt
 
 
-def _memfmt(nd: int, channels_last: bool) -> torch.memory_format:
+def default_channels_last(spatial_dims: int, device: torch.device) -> bool:
+    """Whether training uses channels-last tensors by default.
+
+    2D everywhere but MPS; 3D on the CPU too, where a 16-feature 3D U-Net step (2x40x56x40, one
+    thread, AVX2 EPYC) took 1.0 s in channels_last_3d against 1.5 s in NCDHW. On CUDA 3D stays NCDHW,
+    which has not been measured against it here.
+    """
+    if device.type == "mps":
+        return False
+    return spatial_dims == 2 or device.type == "cpu"
+
+
+def memory_format(nd: int, channels_last: bool) -> torch.memory_format:
+    """The tensor layout of an ``nd``-dimensional model: channels-last when asked, else contiguous."""
     if not channels_last:
         return torch.contiguous_format
     return torch.channels_last if nd == 2 else torch.channels_last_3d
@@ -206,7 +219,7 @@ def train_loop(
     st = state or LoopState()
     core = _unwrap(model)
     nd = core.spatial_dims
-    fmt = _memfmt(nd, s.channels_last)
+    fmt = memory_format(nd, s.channels_last)
     sampler = PatchSampler(train_cases, s.patch, s.fg_prob, seed=s.seed * 1000 + info.rank + st.step)
     g = torch.Generator().manual_seed(s.seed * 7919 + info.rank + st.step)
     loss_fn = DiceCELoss()
