@@ -1,15 +1,18 @@
 """Sliding-window inference: seg_studio's engine against MONAI's ``sliding_window_inference``.
 
-One process, the same weights, windows, overlap and Gaussian blending for both. The models are a
-3D and a 2D U-Net from our registry, trained for a few steps on synthetic blobs so that their
-label maps mean something (random weights give near-tie logits, where any rounding flips labels).
+The same weights, windows, overlap and Gaussian blending for both. The models are a 3D and a 2D
+U-Net from our registry, trained for a few steps on synthetic blobs so that their label maps mean
+something (random weights give near-tie logits, where any rounding flips labels). Each timed run is
+its own fresh Python process (the parent saves the weights and the image, the child loads them,
+warms the kernels on one window, then runs once), so no run inherits another's heap, page cache of
+freed buffers or allocator state, and the allocator behaves as it does for a user.
 
 Reported per case: wall time, peak memory above the pre-run baseline (RSS sampled every 5 ms),
 agreement of the label maps with MONAI's fp32 result (identical voxels, mean foreground Dice), and
 achieved GFLOP/s (model FLOPs per window x windows / time) against this CPU's measured matmul peak.
 A separate subprocess checks peak RSS for a 512x512x300 CT with 2 classes (the 4 GB target).
 
-    .venv/bin/python benchmarks/inference.py                  # full run (~15-25 min on 2 cores)
+    .venv/bin/python benchmarks/inference.py                  # full run (~4 min on an idle 2-core machine)
     .venv/bin/python benchmarks/inference.py --quick          # small sizes, a smoke run
     .venv/bin/python benchmarks/inference.py --memory-only    # just the 512x512x300 RSS check
 
@@ -47,23 +50,6 @@ from seg_studio.core.volume import Volume  # noqa: E402
 # --- measuring ---------------------------------------------------------------------------------------
 
 
-def fair_malloc() -> None:
-    """Make freed memory go back to the OS, so each run's RSS peak is its own.
-
-    glibc raises its mmap threshold after big frees, after which big buffers come from the heap and
-    stay resident: a later run would then look cheaper than the first. A fixed 128 KiB threshold
-    (and a trim before each run) keeps the comparison fair inside one process.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-        libc.malloc_trim(0)
-    except OSError:
-        pass
-
-
 def rss_bytes() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -73,7 +59,6 @@ class PeakRSS:
     """Samples RSS in a thread; ``peak`` is the highest value above the value at entry."""
 
     def __enter__(self) -> PeakRSS:
-        fair_malloc()
         self.base = rss_bytes()
         self.peak = 0
         self._stop = threading.Event()
@@ -198,91 +183,119 @@ def run_ours(model, meta, img: np.ndarray, opts: PredictOptions) -> np.ndarray:
     return predict(Volume.from_array(img), model, meta, opts).labels.array
 
 
+def run_spec(spec: dict[str, Any], model, meta, img: np.ndarray, batch: int) -> np.ndarray:  # noqa: ANN001
+    """One measured run as described by ``spec`` (an engine and its options)."""
+    if spec["engine"] == "monai":
+        return run_monai(model, img, tuple(meta.patch_size), spec["overlap"], batch, spec.get("bf16", False))
+    return run_ours(
+        model, meta, img, PredictOptions(overlap=spec["overlap"], batch_size=batch, **spec["opts"])
+    )
+
+
+def child(workdir: Path, index: int) -> None:
+    """``--child``: load what the parent saved, warm up on one window, time one run, save its labels."""
+    job = json.loads((workdir / "job.json").read_text())
+    spec = job["runs"][index]
+    model = create_model("unet", spatial_dims=job["dims"], in_channels=1, out_channels=2, **job["arch_args"])
+    model.load_state_dict(torch.load(workdir / "model.pt", weights_only=True))
+    model.eval()
+    meta = ckpt.new_meta(model, "unet", job["arch_args"], patch_size=tuple(job["roi"]),
+                         normalization={"mode": "none"})  # fmt: skip
+    img = np.load(workdir / "image.npy")
+    # warm-up: the same engine on one window's worth of the image (imports, kernels, first allocations)
+    run_spec(
+        spec, model, meta, np.ascontiguousarray(img[tuple(slice(0, r) for r in job["roi"])]), job["batch"]
+    )
+    with PeakRSS() as mem:
+        t, c = time.perf_counter(), time.process_time()
+        labels = run_spec(spec, model, meta, img, job["batch"])
+        secs, cpu = time.perf_counter() - t, time.process_time() - c
+    np.save(workdir / f"labels_{index}.npy", np.asarray(labels, dtype=np.uint8))
+    print(json.dumps({"seconds": secs, "cpu_seconds": cpu, "peak": mem.peak}))
+
+
 def case(
     name: str, dims: int, size: int, roi: int, features: int, depth: int, steps: int, crop: int, batch: int
 ) -> list[dict[str, Any]]:
+    import tempfile
+
     torch.manual_seed(0)
-    model = create_model(
-        "unet", spatial_dims=dims, in_channels=1, out_channels=2, features=features, depth=depth
-    )
+    arch_args = {"features": features, "depth": depth}
+    model = create_model("unet", spatial_dims=dims, in_channels=1, out_channels=2, **arch_args)
     t = time.perf_counter()
     loss = quick_train(model, dims, steps, crop)
     print(
         f"[{name}] trained {steps} steps in {time.perf_counter() - t:.0f} s, loss {loss:.3f}", file=sys.stderr
     )
     rois = (roi,) * dims
-    meta = ckpt.new_meta(model, "unet", {"features": features, "depth": depth}, patch_size=rois,
-                         normalization={"mode": "none"})  # fmt: skip
     img, truth = blobs((size,) * dims, seed=7, n=60 if dims == 3 else 40)
     flops = window_flops(model, rois)
     n_win = {o: len(W.window_starts((size,) * dims, rois, o)) for o in (0.5, 0.25)}
-    with torch.inference_mode():  # warm the kernels for both
-        model(torch.from_numpy(img[tuple(slice(0, r) for r in rois)])[None, None])
 
-    runs: list[tuple[str, Any, float]] = [
-        ("MONAI fp32, overlap 0.5", lambda: run_monai(model, img, rois, 0.5, batch), 0.5),
-        (
-            "ours fp32, overlap 0.5",
-            lambda: run_ours(
-                model, meta, img, PredictOptions(precision="fp32", overlap=0.5, batch_size=batch)
-            ),
-            0.5,
-        ),  # fmt: skip
+    monai = {"engine": "monai", "overlap": 0.5}
+    runs: list[tuple[str, dict[str, Any]]] = [
+        ("MONAI fp32, overlap 0.5", monai),
+        ("ours fp32, overlap 0.5", {"engine": "ours", "overlap": 0.5, "opts": {"precision": "fp32"}}),
         (
             "ours fp32, NCDHW/NCHW, no BN folding, overlap 0.5",
-            lambda: run_ours(
-                model,
-                meta,
-                img,
-                PredictOptions(
-                    precision="fp32", overlap=0.5, batch_size=batch, channels_last=False, fuse_bn=False
-                ),
-            ),
-            0.5,
+            {
+                "engine": "ours",
+                "overlap": 0.5,
+                "opts": {"precision": "fp32", "channels_last": False, "fuse_bn": False},
+            },
         ),  # fmt: skip
         (
-            "ours default" + ("" if cpu_has_fast_bf16() else " (fp32 here)") + ", overlap 0.25",
-            lambda: run_ours(model, meta, img, PredictOptions(overlap=0.25, batch_size=batch)),
-            0.25,
-        ),  # fmt: skip
+            "ours default" + ("" if cpu_has_fast_bf16() else " (= fp32 on this CPU)") + ", overlap 0.5",
+            {"engine": "ours", "overlap": 0.5, "opts": {}},
+        ),
+        ("ours default, overlap 0.25", {"engine": "ours", "overlap": 0.25, "opts": {}}),
     ]
-    if cpu_has_fast_bf16():  # otherwise the default is the fp32 path above
-        runs.insert(3, ("ours default (bf16 autocast), overlap 0.5", lambda: run_ours(model, meta, img, PredictOptions(
-            overlap=0.5, batch_size=batch)), 0.5))  # fmt: skip
-        runs.insert(
-            1,
-            ("MONAI bf16 autocast, overlap 0.5", lambda: run_monai(model, img, rois, 0.5, batch, True), 0.5),
-        )
+    if cpu_has_fast_bf16():
+        runs.insert(1, ("MONAI bf16 autocast, overlap 0.5", {**monai, "bf16": True}))
     # MONAI once more at the end: the spread between its two times shows how much the load on the
     # machine drifted during the case (ratios use the first).
-    runs.append(("MONAI fp32, overlap 0.5 (again, drift check)", runs[0][1], 0.5))
+    runs.append(("MONAI fp32, overlap 0.5 (again, drift check)", monai))
     rows = []
     ref = None
-    ref_t = ref_c = ref_m = None
-    for label, fn, ov in runs:
-        with PeakRSS() as mem:
-            t, c = time.perf_counter(), time.process_time()
-            labels = fn()
-            secs, cpu = time.perf_counter() - t, time.process_time() - c
-        if ref is None:
-            ref, ref_t, ref_c, ref_m = labels, secs, cpu, mem.peak
-        row = {
-            "case": name,
-            "run": label,
-            "seconds": round(secs, 2),
-            "time_ratio": round(secs / ref_t, 3),
-            "cpu_seconds": round(cpu, 1),
-            "cpu_ratio": round(cpu / ref_c, 3),
-            "peak_mb": round(mem.peak / 2**20),
-            "mem_ratio": round(mem.peak / max(1, ref_m), 3),
-            "identical_voxels": float(np.mean(labels == ref)),
-            "dice_vs_monai": round(dice_fg(labels, ref), 5),
-            "dice_vs_truth": round(dice_fg(labels, truth), 4),
-            "windows": n_win[ov],
-            "gflops": round(flops * n_win[ov] / secs / 1e9, 1),
-        }
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr)
+    ref_t = ref_c = ref_m = 0.0
+    with tempfile.TemporaryDirectory(prefix="seg-bench-") as tmp:
+        work = Path(tmp)
+        torch.save(model.state_dict(), work / "model.pt")
+        np.save(work / "image.npy", img)
+        job = {"dims": dims, "arch_args": arch_args, "roi": list(rois), "batch": batch,
+               "runs": [spec for _, spec in runs]}  # fmt: skip
+        (work / "job.json").write_text(json.dumps(job))
+        for i, (label, spec) in enumerate(runs):
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(work), str(i)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if out.returncode != 0:
+                raise RuntimeError(f"{name} / {label} failed:\n{out.stderr[-3000:]}")
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            labels = np.load(work / f"labels_{i}.npy")
+            secs, cpu, peak = res["seconds"], res["cpu_seconds"], res["peak"]
+            if ref is None:
+                ref, ref_t, ref_c, ref_m = labels, secs, cpu, peak
+            row = {
+                "case": name,
+                "run": label,
+                "seconds": round(secs, 2),
+                "time_ratio": round(secs / ref_t, 3),
+                "cpu_seconds": round(cpu, 1),
+                "cpu_ratio": round(cpu / ref_c, 3),
+                "peak_mb": round(peak / 2**20),
+                "mem_ratio": round(peak / max(1, ref_m), 3),
+                "identical_voxels": float(np.mean(labels == ref)),
+                "dice_vs_monai": round(dice_fg(labels, ref), 5),
+                "dice_vs_truth": round(dice_fg(labels, truth), 4),
+                "windows": n_win[spec["overlap"]],
+                "gflops": round(flops * n_win[spec["overlap"]] / secs / 1e9, 1),
+            }
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
     return rows
 
 
@@ -356,7 +369,11 @@ def main() -> int:
     ap.add_argument("--features2d", type=int, default=16)
     ap.add_argument("--steps", type=int, default=25, help="quick-training steps per model")
     ap.add_argument("--json", type=Path, help="write the raw numbers here")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        child(Path(args.child[0]), int(args.child[1]))
+        return 0
     if args.quick:
         args.size3d, args.roi3d, args.features3d = 64, 32, 4
         args.size2d, args.roi2d, args.features2d, args.steps = 256, 64, 4, 10
@@ -393,14 +410,16 @@ def main() -> int:
     print(f"load average at start {info['load_avg_start']}, at end {info['load_avg_end']}\n")
     if rows:
         print("| case | run | windows | wall s | wall vs MONAI | CPU s | CPU vs MONAI | peak MB | memory vs MONAI | "
-              "identical voxels | Dice vs MONAI | Dice vs truth | GFLOP/s (wall) |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "identical voxels | Dice vs MONAI | Dice vs truth | GFLOP/s (wall) | of fp32 matmul peak |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        peak = info.get("matmul_fp32_gflops") or float("nan")
         for r in rows:
             print(
                 f"| {r['case']} | {r['run']} | {r['windows']} | {r['seconds']} | {r['time_ratio']:.2f}x | "
                 f"{r['cpu_seconds']} | {r['cpu_ratio']:.2f}x | "
                 f"{r['peak_mb']} | {r['mem_ratio']:.2f}x | {100 * r['identical_voxels']:.4f}% | "
-                f"{r['dice_vs_monai']:.4f} | {r['dice_vs_truth']:.3f} | {r['gflops']} |"
+                f"{r['dice_vs_monai']:.4f} | {r['dice_vs_truth']:.3f} | {r['gflops']} | "
+                f"{100 * r['gflops'] / peak:.0f}% |"
             )
     for m in mem:
         print(f"\n512x512x300 int16 CT, 2 classes: {m}")
