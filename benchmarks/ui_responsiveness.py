@@ -15,26 +15,66 @@ sample drawn, and when the model list is ready (torch imported in the worker).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TICK_MS = 5
 
 
+class StackSampler:
+    """Samples the main thread's Python stack every few ms from a side thread (``--trace``).
+
+    A stall is then explained by the frames seen during it: the sampler needs the GIL, so C code
+    that holds the GIL shows as the Python line that called it.
+    """
+
+    def __init__(self, interval_s: float = 0.004) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            frame = sys._current_frames().get(self._main)  # noqa: SLF001 - a profiler's job
+            if frame is None:
+                continue
+            stack = tuple(
+                f"{Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno} {f.name}"
+                for f in traceback.extract_stack(frame)[-14:]
+            )
+            self.samples.append((time.perf_counter(), stack))
+
+    def explain(self, t0: float, t1: float, top: int = 3) -> list[tuple[int, tuple[str, ...]]]:
+        """The most frequent stacks sampled between ``t0`` and ``t1``, with their counts."""
+        counts = collections.Counter(s for t, s in self.samples if t0 <= t <= t1)
+        return [(n, s) for s, n in counts.most_common(top)]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class StallMeter:
     """Records the gaps between ticks of a fast main-thread timer."""
 
-    def __init__(self) -> None:
+    def __init__(self, sampler: StackSampler | None = None) -> None:
         from qtpy.QtCore import QTimer
 
         self.gaps: list[float] = []
+        self.sampler = sampler
+        self.stalls: list[tuple[float, float]] = []
         self._last = time.perf_counter()
         self.timer = QTimer()
         self.timer.setInterval(TICK_MS)
@@ -42,11 +82,26 @@ class StallMeter:
 
     def _tick(self) -> None:
         now = time.perf_counter()
-        self.gaps.append((now - self._last) * 1000 - TICK_MS)
+        gap = (now - self._last) * 1000 - TICK_MS
+        self.gaps.append(gap)
+        if gap > 100:
+            self.stalls.append((self._last, now))
         self._last = now
+
+    def report_stalls(self, label: str) -> None:
+        """Print what the main thread was doing in each stall over 100 ms (``--trace``)."""
+        if self.sampler is None:
+            return
+        for t0, t1 in self.stalls:
+            print(f"--- {label}: stall of {(t1 - t0) * 1000:.0f} ms", file=sys.stderr)
+            for n, stack in self.sampler.explain(t0, t1):
+                print(f"  {n} samples:", file=sys.stderr)
+                for line in stack:
+                    print(f"    {line}", file=sys.stderr)
 
     def start(self) -> None:
         self.gaps.clear()
+        self.stalls.clear()
         self._last = time.perf_counter()
         self.timer.start()
 
@@ -71,7 +126,7 @@ def wait_until(app, cond, timeout_s: float) -> None:  # noqa: ANN001
             raise TimeoutError("timed out")
 
 
-def measure_stalls(dims: int, budget_s: float, features: int) -> dict[str, object]:
+def measure_stalls(dims: int, budget_s: float, features: int, trace: bool = False) -> dict[str, object]:
     from qtpy.QtWidgets import QApplication
 
     from seg_studio.core import checkpoint
@@ -101,7 +156,7 @@ def measure_stalls(dims: int, budget_s: float, features: int) -> dict[str, objec
     app = QApplication.instance()
     wait_until(app, lambda: bool(panel.models.variants()), 120)
     panel.open_checkpoint(ckpt)
-    meter = StallMeter()
+    meter = StallMeter(StackSampler() if trace else None)
     out: dict[str, object] = {"dims": dims, "features": features, "shape": list(image.spatial_shape)}
 
     meter.start()
@@ -118,6 +173,7 @@ def measure_stalls(dims: int, budget_s: float, features: int) -> dict[str, objec
     panel.predict()
     wait_until(app, lambda: bool(done), 600)
     out["predict"] = {**meter.stop(), "seconds": round(time.perf_counter() - t0, 2), "outcome": done[0]}
+    meter.report_stalls("predict")
 
     mask = panel.mask_layer()
     truth = labels.array.astype(mask.data.dtype)
@@ -133,6 +189,7 @@ def measure_stalls(dims: int, budget_s: float, features: int) -> dict[str, objec
     panel.finetune(budget_s=budget_s, only_changed=False)
     wait_until(app, lambda: bool(done), 600)
     out["finetune"] = {**meter.stop(), "seconds": round(time.perf_counter() - t0, 2), "outcome": done[0]}
+    meter.report_stalls("finetune")
     panel.shutdown()
     viewer.close()
     return out
@@ -193,6 +250,7 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=8)
     ap.add_argument("--budget", type=float, default=20.0, help="fine-tune budget in seconds")
     ap.add_argument("--launch-runs", type=int, default=3)
+    ap.add_argument("--trace", action="store_true", help="print the main thread's stack in each stall")
     ap.add_argument("--launch-child", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
@@ -203,7 +261,7 @@ def main() -> None:
         sys.exit("needs a display: run it under xvfb-run (see the docstring)")
     load_before = os.getloadavg()
     launch = measure_launch(args.launch_runs) if args.launch_runs > 0 else []
-    stalls = measure_stalls(args.dims, args.budget, args.features)
+    stalls = measure_stalls(args.dims, args.budget, args.features, args.trace)
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpu_count": os.cpu_count(),
