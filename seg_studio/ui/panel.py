@@ -75,7 +75,22 @@ class SegStudioPanel(QScrollArea):
         self.scan_combo.currentIndexChanged.connect(lambda _: self.correct.refresh_classes())
         self.run.finished.connect(lambda _: self.correct.refresh_classes())
         self._layers_changed()
+        self._warm_job: Any = None
+        self.models.probed.connect(self._warm_up)
         self.models.start_probe()
+
+    def _warm_up(self) -> None:
+        """Once, after the model list is in: import what the first run needs (see ``warmup``)."""
+        if self._warm_job is not None:
+            return
+        from .warmup import warm_imports
+        from .workers import Job
+
+        self._warm_job = Job(lambda token: warm_imports(), name="warm-up imports")
+
+    def warmed_up(self) -> bool:
+        """True once the start-up imports are done: the first run then stalls the UI no more than later ones."""
+        return self._warm_job is not None and not self._warm_job.running
 
     # --- which layers -------------------------------------------------------------------------------
     def scan_layer(self) -> Any:

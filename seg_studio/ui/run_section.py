@@ -84,23 +84,7 @@ def _predict_job(choice, scan, classes, options, cached, token):  # noqa: ANN001
         model, meta = cached
     token.raise_if_cancelled()
     pred = yield from iter_predict(scan, model, meta, PredictOptions(**options), cancel=token)
-    _warm_layer_imports()
     return pred, model, meta
-
-
-def _warm_layer_imports() -> None:
-    """Import here, in the worker, what napari would import lazily on the main thread.
-
-    A Labels layer with a ``features`` table imports pandas the first time (about 3 s of the
-    main-thread stall measured under load) and its default colormap imports skimage.color (~0.8 s);
-    importing them in the worker leaves only the layer work to the main thread.
-    """
-    try:
-        import pandas  # noqa: F401
-        import skimage.color  # noqa: F401
-        from napari.layers.utils import layer_utils  # noqa: F401
-    except ImportError:  # pragma: no cover - napari's own requirement
-        pass
 
 
 class RunSection(QGroupBox):

@@ -11,6 +11,8 @@ dropped, so a cancelled prediction never lands.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 import traceback
 from collections.abc import Callable, Generator
@@ -24,7 +26,33 @@ log = logging.getLogger(__name__)
 #: Minimum time between two forwarded progress records without metrics (keeps the queue short).
 PROGRESS_INTERVAL_S = 0.05
 
+#: How much lower than the UI thread a worker thread runs (Linux ``nice`` steps, per thread).
+WORKER_NICE = 10
+
 GenFactory = Callable[[CancelToken], Generator[Progress, None, Any]]
+
+
+def lower_thread_priority(step: int = WORKER_NICE) -> int | None:
+    """Run the calling thread, and the OpenMP threads it starts later, ``step`` nice levels below the
+    process's main thread; return the new nice value (None where the OS has no per-thread priority).
+
+    On a 2-core machine torch's threads otherwise take both cores from the UI thread: the event loop
+    then stalls for hundreds of ms while a prediction runs. Linux gives each thread its own nice value
+    and new threads inherit it, so torch's thread team, created on the worker's first parallel op,
+    runs below the UI too. The value is absolute (process nice + step), so a reused pool thread
+    does not sink further with each job. Elsewhere this is a no-op.
+    """
+    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return None
+    try:
+        target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + step)
+        tid = threading.get_native_id()
+        if os.getpriority(os.PRIO_PROCESS, tid) < target:
+            os.setpriority(os.PRIO_PROCESS, tid, target)
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError as exc:  # macOS: PRIO_PROCESS takes a process, not a thread
+        log.debug("could not lower the worker thread's priority: %s", exc)
+        return None
 
 
 def user_message(exc: BaseException) -> str:
@@ -43,6 +71,8 @@ def user_message(exc: BaseException) -> str:
 
 def _drive(factory: GenFactory, token: CancelToken) -> Generator[Progress, None, Any]:
     """Runs in the worker thread: builds the core generator and forwards throttled progress."""
+    if threading.current_thread() is not threading.main_thread():
+        lower_thread_priority()
     gen = factory(token)
     last = 0.0
     while True:

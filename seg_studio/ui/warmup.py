@@ -1,0 +1,65 @@
+"""Import, in a worker right after start-up, what the first prediction and fine-tune would import.
+
+Why: an import runs Python bytecode while holding the GIL, and with PySide6 loaded every import also
+runs shiboken's ``feature_imported`` hook, which reads the new module's source. Measured with
+``benchmarks/ui_responsiveness.py --trace``: the first prediction's imports (scipy.linalg, the
+training package, pandas for the Labels features table, skimage.color for its colormap) stalled the
+event loop for 185-650 ms at a time, even from a worker thread. Done once while the user looks at
+the freshly opened window, they cost nothing later.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Generator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: What prediction, fine-tuning and landing their results import lazily, in the order they need it.
+MODULES = (
+    "seg_studio.core.inference",
+    "seg_studio.core.postprocess",
+    "scipy.ndimage",
+    "scipy.linalg",
+    "pandas",
+    "skimage.color",
+    "napari.layers.utils.layer_utils",
+    "seg_studio.core.training",
+    "seg_studio.core.training.finetune",
+)
+
+
+def _exercise_lazy_paths() -> None:
+    """Run once what imports on first *use* rather than on import.
+
+    napari's first Labels layer draws random label colours through skimage.color, which loads its
+    submodules on first attribute access (on the main thread). torch builds its first optimizer
+    under ``_disable_dynamo``, which imports torch._dynamo: ~3 s of GIL held by the fine-tune worker
+    (py-spy --gil), during which the event loop stood still for up to 700 ms at a time.
+    """
+    import torch
+    from napari.utils.colormaps import label_colormap
+
+    label_colormap(8)
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+
+
+def warm_imports(modules: tuple[str, ...] = MODULES) -> Generator[Any, None, list[str]]:
+    """Import ``modules`` (a generator for ``Job``); returns those that could not be imported."""
+    t0 = time.perf_counter()
+    missing: list[str] = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    try:
+        _exercise_lazy_paths()
+    except Exception:  # noqa: BLE001 - a warm-up only; the real call will report any problem
+        log.debug("warm-up of lazily imported paths failed", exc_info=True)
+    log.debug("warm-up imports took %.2f s", time.perf_counter() - t0)
+    return missing
+    yield  # pragma: no cover - makes this a generator
