@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+import faulthandler
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,28 +35,47 @@ TICK_MS = 5
 class StackSampler:
     """Samples the main thread's Python stack every few ms from a side thread (``--trace``).
 
-    A stall is then explained by the frames seen during it: the sampler needs the GIL, so C code
-    that holds the GIL shows as the Python line that called it.
+    It uses ``faulthandler.dump_traceback``, which writes every thread's stack as text without making
+    frame objects: holding the main thread's frames from another thread keeps their locals alive, and
+    a QPainter that then dies in the sampler thread crashes Qt (seen: a segfault after "Cannot destroy
+    paint device that is being painted"). The sampler needs the GIL, so C code that holds the GIL
+    shows as the Python line that called it.
     """
 
     def __init__(self, interval_s: float = 0.004) -> None:
         self.interval_s = interval_s
         self.samples: list[tuple[float, tuple[str, ...]]] = []
-        self._main = threading.main_thread().ident
+        self._main = f"Thread 0x{threading.main_thread().ident:016x}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            frame = sys._current_frames().get(self._main)  # noqa: SLF001 - a profiler's job
-            if frame is None:
+        with tempfile.TemporaryFile("w+") as fh:
+            while not self._stop.wait(self.interval_s):
+                fh.seek(0)
+                fh.truncate()
+                faulthandler.dump_traceback(fh, all_threads=True)
+                fh.flush()
+                fh.seek(0)
+                stack = self._main_stack(fh.read())
+                if stack:
+                    self.samples.append((time.perf_counter(), stack))
+
+    def _main_stack(self, text: str) -> tuple[str, ...]:
+        """The main thread's frames, outermost first, from a ``dump_traceback`` text."""
+        frames: list[str] = []
+        inside = False
+        for line in text.splitlines():
+            if line.startswith(("Thread 0x", "Current thread 0x")):
+                inside = self._main in line
                 continue
-            stack = tuple(
-                f"{Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno} {f.name}"
-                for f in traceback.extract_stack(frame)[-14:]
-            )
-            self.samples.append((time.perf_counter(), stack))
+            if inside and line.strip().startswith("File "):
+                m = re.match(r'\s*File "(.*)", line (\d+) in (.*)', line)
+                if m:
+                    path = Path(m.group(1))
+                    frames.append(f"{path.parent.name}/{path.name}:{m.group(2)} {m.group(3)}")
+        return tuple(reversed(frames))[-14:]
 
     def explain(self, t0: float, t1: float, top: int = 3) -> list[tuple[int, tuple[str, ...]]]:
         """The most frequent stacks sampled between ``t0`` and ``t1``, with their counts."""
@@ -73,9 +93,10 @@ class StallMeter:
         from qtpy.QtCore import QTimer
 
         self.gaps: list[float] = []
+        self.ticks: list[float] = []
         self.sampler = sampler
         self.stalls: list[tuple[float, float]] = []
-        self._last = time.perf_counter()
+        self._last = self.started = time.perf_counter()
         self.timer = QTimer()
         self.timer.setInterval(TICK_MS)
         self.timer.timeout.connect(self._tick)
@@ -84,6 +105,7 @@ class StallMeter:
         now = time.perf_counter()
         gap = (now - self._last) * 1000 - TICK_MS
         self.gaps.append(gap)
+        self.ticks.append(now)
         if gap > 100:
             self.stalls.append((self._last, now))
         self._last = now
@@ -93,7 +115,8 @@ class StallMeter:
         if self.sampler is None:
             return
         for t0, t1 in self.stalls:
-            print(f"--- {label}: stall of {(t1 - t0) * 1000:.0f} ms", file=sys.stderr)
+            at = (t0 - self.started) * 1000
+            print(f"--- {label}: stall of {(t1 - t0) * 1000:.0f} ms at +{at:.0f} ms", file=sys.stderr)
             for n, stack in self.sampler.explain(t0, t1):
                 print(f"  {n} samples:", file=sys.stderr)
                 for line in stack:
@@ -101,13 +124,27 @@ class StallMeter:
 
     def start(self) -> None:
         self.gaps.clear()
+        self.ticks.clear()
         self.stalls.clear()
-        self._last = time.perf_counter()
+        self._last = self.started = time.perf_counter()
         self.timer.start()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self, landed_at: float | None = None) -> dict[str, float]:
+        """Summary of the gaps; with ``landed_at``, also split at that moment (result handed to the UI)."""
         self.timer.stop()
-        g = sorted(self.gaps) or [0.0]
+        out = self._summary(self.gaps)
+        if landed_at is not None:
+            # a gap that ends after the result arrived holds landing work (the result's handler runs
+            # between two ticks), so split by where each gap ends
+            before = [g for g, t in zip(self.gaps, self.ticks, strict=True) if t < landed_at]
+            after = self.gaps[len(before) :]
+            out["while_computing"] = self._summary(before)
+            out["landing"] = self._summary(after)
+        return out
+
+    @staticmethod
+    def _summary(gaps: list[float]) -> dict[str, float]:
+        g = sorted(gaps) or [0.0]
         return {
             "max_stall_ms": round(max(g), 1),
             "p99_stall_ms": round(g[min(len(g) - 1, int(0.99 * len(g)))], 1),
@@ -115,6 +152,20 @@ class StallMeter:
             "ticks": len(g),
             "stalls_over_100ms": sum(1 for x in g if x > 100),
         }
+
+
+def mark_landing(section) -> list[float]:  # noqa: ANN001
+    """Record when ``section``'s worker result reaches the main thread (its ``_done`` handler runs):
+    before it, the UI waits on a worker; after it, the UI turns the result into layers."""
+    times: list[float] = []
+    handler = section._done
+
+    def wrapped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        times.append(time.perf_counter())
+        return handler(*args, **kwargs)
+
+    section._done = wrapped
+    return times
 
 
 def wait_until(app, cond, timeout_s: float) -> None:  # noqa: ANN001
@@ -155,6 +206,7 @@ def measure_stalls(dims: int, budget_s: float, features: int, trace: bool = Fals
     viewer, panel = build_window(scan)
     app = QApplication.instance()
     wait_until(app, lambda: bool(panel.models.variants()), 120)
+    wait_until(app, panel.warmed_up, 120)  # a user clicks Run seconds after the window opens
     panel.open_checkpoint(ckpt)
     meter = StallMeter(StackSampler() if trace else None)
     out: dict[str, object] = {"dims": dims, "features": features, "shape": list(image.spatial_shape)}
@@ -167,12 +219,17 @@ def measure_stalls(dims: int, budget_s: float, features: int, trace: bool = Fals
     out["idle"] = meter.stop()
 
     done: list[str] = []
+    landed = mark_landing(panel.run)
     panel.run.finished.connect(done.append)
     meter.start()
     t0 = time.perf_counter()
     panel.predict()
     wait_until(app, lambda: bool(done), 600)
-    out["predict"] = {**meter.stop(), "seconds": round(time.perf_counter() - t0, 2), "outcome": done[0]}
+    out["predict"] = {
+        **meter.stop(landed[0] if landed else None),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "outcome": done[0],
+    }
     meter.report_stalls("predict")
 
     mask = panel.mask_layer()
@@ -183,12 +240,17 @@ def measure_stalls(dims: int, budget_s: float, features: int, trace: bool = Fals
     with mask.block_history():
         mask.data_setitem(idx, truth[idx])
     done.clear()
+    landed = mark_landing(panel.finetune_section)
     panel.finetune_section.finished.connect(done.append)
     meter.start()
     t0 = time.perf_counter()
     panel.finetune(budget_s=budget_s, only_changed=False)
     wait_until(app, lambda: bool(done), 600)
-    out["finetune"] = {**meter.stop(), "seconds": round(time.perf_counter() - t0, 2), "outcome": done[0]}
+    out["finetune"] = {
+        **meter.stop(landed[0] if landed else None),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "outcome": done[0],
+    }
     meter.report_stalls("finetune")
     panel.shutdown()
     viewer.close()
@@ -211,12 +273,15 @@ def launch_child(t_start: float) -> None:
     t_window = time.time()
     wait_until(app, lambda: bool(panel.models.variants()), 120)
     t_models = time.time()
+    wait_until(app, panel.warmed_up, 120)
+    t_warm = time.time()
     print(
         json.dumps(
             {
                 "python_start_to_app_code_s": round(t_import - t_start, 2),
                 "launch_to_window_s": round(t_window - t_start, 2),
                 "launch_to_models_listed_s": round(t_models - t_start, 2),
+                "launch_to_warmed_up_s": round(t_warm - t_start, 2),
             }
         )
     )
