@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
@@ -40,9 +41,10 @@ def lower_thread_priority(step: int = WORKER_NICE) -> int | None:
     then stalls for hundreds of ms while a prediction runs. Linux gives each thread its own nice value
     and new threads inherit it, so torch's thread team, created on the worker's first parallel op,
     runs below the UI too. The value is absolute (process nice + step), so a reused pool thread
-    does not sink further with each job. Elsewhere this is a no-op.
+    does not sink further with each job. Elsewhere this is a no-op: on macOS and the BSDs the call
+    takes a process id, and a thread id that happened to be one would renice another program.
     """
-    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+    if not sys.platform.startswith("linux"):
         return None
     try:
         target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + step)
@@ -50,7 +52,7 @@ def lower_thread_priority(step: int = WORKER_NICE) -> int | None:
         if os.getpriority(os.PRIO_PROCESS, tid) < target:
             os.setpriority(os.PRIO_PROCESS, tid, target)
         return os.getpriority(os.PRIO_PROCESS, tid)
-    except OSError as exc:  # macOS: PRIO_PROCESS takes a process, not a thread
+    except OSError as exc:  # e.g. a sandbox that forbids setpriority
         log.debug("could not lower the worker thread's priority: %s", exc)
         return None
 
