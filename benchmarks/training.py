@@ -207,12 +207,12 @@ def plain_loop(
     return model.eval(), steps
 
 
-def _predict_all(model: torch.nn.Module, meta, tests: list) -> list[np.ndarray]:  # noqa: ANN001
+def _predict_all(model: torch.nn.Module, meta, tests: list, post: dict | None = None) -> list[np.ndarray]:  # noqa: ANN001
+    """Labels of every test image; ``post``: post-processing as the panel's Correct buttons do it."""
     from seg_studio.core.inference import PredictOptions, predict
 
-    return [
-        np.asarray(predict(img, model, meta, PredictOptions(device="cpu")).labels.array) for img, _ in tests
-    ]
+    opts = PredictOptions(device="cpu", postprocess=post)
+    return [np.asarray(predict(img, model, meta, opts).labels.array) for img, _ in tests]
 
 
 def jsrt(
@@ -255,7 +255,10 @@ def jsrt(
     # CPU seconds (all threads) stand in for the idle-machine cost when the wall clock is shared.
     out["ours"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "steps": res.steps,
                    "lr": res.lr, "train_dice": res.per_class_after, "budget_s": budget or "default",
-                   "dice": _dice_report(_predict_all(model, meta, tests), truths), "load": load()}  # fmt: skip
+                   "dice": _dice_report(_predict_all(model, meta, tests), truths),
+                   "dice_keep_largest": _dice_report(_predict_all(model, meta, tests, {"largest_component": True}),
+                                                     truths),
+                   "load": load()}  # fmt: skip
     if parent is not None and tag == "jsrt" and baseline:
         t1, c1 = time.perf_counter(), time.process_time()
         base_model, base_steps = plain_loop(train, 1e6 if steps else 50.0, features, steps)
@@ -301,6 +304,9 @@ def main() -> int:
     )
     ap.add_argument("--lr", type=float, help="jsrt: fine-tune learning rate (default: the product default)")
     ap.add_argument("--augment", type=json.loads, help='jsrt: fine-tune augmentation, e.g. {"elastic_p": 0}')
+    ap.add_argument(
+        "--batch-size", type=int, help="jsrt: fine-tune batch size (default: the product default)"
+    )
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="jsrt: skip the plain loop")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -312,7 +318,8 @@ def main() -> int:
         results["throughput"] = throughput(features=args.features)
         print(json.dumps(results["throughput"], indent=1), flush=True)
     if "jsrt" in args.only:
-        opts = {k: v for k, v in (("lr", args.lr), ("augment", args.augment)) if v is not None}
+        given = (("lr", args.lr), ("augment", args.augment), ("batch_size", args.batch_size))
+        opts = {k: v for k, v in given if v is not None}
         results["jsrt"] = jsrt(args.budget, args.features, steps=args.steps, ft_options=opts,
                                baseline=args.baseline)  # fmt: skip
         print(json.dumps(results["jsrt"], indent=1), flush=True)
