@@ -98,7 +98,7 @@ done
 read -r -a APP_EXTRA <<<"$("$(find_python)" -c 'import sys, tomllib
 print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["app"]))' "$SRC/pyproject.toml")"
 APP_REQS=("${CORE_REQS[@]}" "${APP_EXTRA[@]}")
-VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$SRC/pyproject.toml" | head -1)"
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$SRC/pyproject.toml" | sed -n '1p')"
 ARCH="$(dpkg --print-architecture 2>/dev/null || echo amd64)"
 
 # --- 2. build venv --------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ FREEZE_S=$(( $(date +%s) - T_FREEZE ))
 
 # --- 4. contents and size -------------------------------------------------------------------------
 CUDA_LIBS="$(find "$BUNDLE" \( -name 'libcud*' -o -name 'libnccl*' -o -name 'libcublas*' -o -name 'libtorch_cuda*' \
-  -o -name 'libnv*' \) -print | head -5)"
+  -o -name 'libnv*' \) -print | sed -n '1,5p')"
 [ -z "$CUDA_LIBS" ] || die "CUDA libraries in a CPU-only bundle: $CUDA_LIBS"
 for must in seg_studio/resources/icons/seg-studio.png seg_studio/napari.yaml; do
   [ -e "$BUNDLE/_internal/$must" ] || die "missing from the bundle: _internal/$must"
@@ -152,7 +152,9 @@ GLIBC_MIN="$(find "$BUNDLE" -type f \( -name '*.so*' -o -name seg-studio \) -pri
 log "the bundle needs glibc >= ${GLIBC_MIN:-?}"
 SIZE_MIB=$(( $(du -sb "$BUNDLE" | cut -f1) / 1048576 ))
 log "bundle: $BUNDLE = $SIZE_MIB MiB (budget $BUDGET_MIB MiB)"
-du -sm "$BUNDLE"/_internal/* 2>/dev/null | sort -rn | head -12 >"$WORK/largest.txt"
+# sed, not head: head exits after 12 lines, sort can then die of SIGPIPE mid-write, and with
+# pipefail + set -e the script stopped here without a word (seen once on 2026-11-25)
+du -sm "$BUNDLE"/_internal/* 2>/dev/null | sort -rn | sed -n '1,12p' >"$WORK/largest.txt"
 [ "$SIZE_MIB" -le "$BUDGET_MIB" ] || { cat "$WORK/largest.txt" >&2; die "bundle is $SIZE_MIB MiB, over the $BUDGET_MIB MiB budget"; }
 
 # --- 5. frozen self-test --------------------------------------------------------------------------
