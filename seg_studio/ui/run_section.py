@@ -300,10 +300,6 @@ class RunSection(QGroupBox):
     def _add_maps(self, pred: Any, classes: list[Any], scan_layer: Any) -> None:
         """Probability / uncertainty / attention maps: hidden, additive, colormapped, on the scan grid."""
         prefix = f"{scan_layer.name}:"
-        for ly in [
-            ly for ly in self.viewer.layers if L.role(ly) == L.ROLE_OUTPUT and ly.name.startswith(prefix)
-        ]:
-            self.viewer.layers.remove(ly)
         maps: list[tuple[str, Volume, str]] = []
         if pred.probabilities is not None:
             probs = pred.probabilities
@@ -326,6 +322,13 @@ class RunSection(QGroupBox):
             maps.append(
                 (f"{prefix} attention level {n - k}", att, ATTENTION_COLORMAPS[k % len(ATTENTION_COLORMAPS)])
             )
+        # maps of an earlier run that this one does not make go now; the others are updated in place
+        wanted = {name for name, _, _ in maps}
+        for ly in [
+            ly for ly in self.viewer.layers if L.role(ly) == L.ROLE_OUTPUT and ly.name.startswith(prefix)
+        ]:
+            if ly.name not in wanted:
+                self.viewer.layers.remove(ly)
         self._pending_maps = [(name, vol, cmap, scan_layer) for name, vol, cmap in maps]
         if self._pending_maps:
             from qtpy.QtCore import QTimer
@@ -359,9 +362,27 @@ class RunSection(QGroupBox):
     def _add_map(self, name: str, vol: Volume, cmap: str, scan_layer: Any) -> None:
         arr = np.asarray(vol.array, dtype=np.float32)
         hi = float(np.nanmax(arr)) if arr.size else 1.0
+        limits = (0.0, max(hi, 1e-6) if "uncertainty" in name else 1.0)
         md = L.geometry_metadata(vol)
         md[L.META_KEY].update(role=L.ROLE_OUTPUT, scan_layer=scan_layer.name)
         layers = self.viewer.layers
+        old = next((ly for ly in layers if ly.name == name and L.role(ly) == L.ROLE_OUTPUT), None)
+        place = L.layer_kwargs(vol, like=scan_layer)
+        same_grid = (
+            old is not None
+            and old.data.shape == arr.shape
+            and np.allclose(old.scale, place["scale"])
+            and np.allclose(old.translate, place["translate"])
+        )
+        if same_grid:
+            # a re-run (e.g. after a fine-tune): new data in the same layer keeps the user's visibility,
+            # colormap and opacity, and costs a refresh instead of a new GL visual and layer controls
+            old.data = arr
+            old.contrast_limits = limits
+            old.metadata = {**old.metadata, **md}
+            return
+        if old is not None:
+            layers.remove(old)
         active = layers.selection.active
         # inserting selects the new layer (rebuilding the layer controls); keep the mask selected
         keep = getattr(layers, "_activate_on_insert", None)
@@ -375,9 +396,9 @@ class RunSection(QGroupBox):
                 blending="additive",
                 visible=False,
                 opacity=MAP_OPACITY,
-                contrast_limits=(0.0, max(hi, 1e-6) if "uncertainty" in name else 1.0),
+                contrast_limits=limits,
                 metadata=md,
-                **L.layer_kwargs(vol, like=scan_layer),
+                **place,
             )
         finally:
             if keep is not None:
