@@ -121,6 +121,14 @@ def _mean(values: Any) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
+def _hardware(settings: dict[str, Any]) -> str:
+    """How the run trained, from its own provenance (precision as the training loop resolved it)."""
+    return (
+        f"device {settings.get('device') or '?'}, precision {settings.get('precision') or '?'}; this zoo "
+        "is trained on the 2-core development CPU (AMD EPYC, AVX2), no GPU"
+    )
+
+
 def package(name: str) -> Path:
     info = ZOO[name]
     recipe_path = RECIPES / f"{name}.toml"
@@ -187,7 +195,7 @@ def package(name: str) -> Path:
             "best_step": pm.get("best_step"),
             "steps": history[-1]["step"] if history else None,
             "seconds": _r(train_s, 0),
-            "hardware": "2 CPU cores shared with other jobs (no GPU); bf16 autocast",
+            "hardware": _hardware(prov.get("settings", {})),
             "date": prov.get("date"),
         },
         "storage": "float16 weights (safetensors)",
