@@ -175,6 +175,35 @@ def test_tta_probabilities_and_uncertainty() -> None:
     np.testing.assert_array_equal(pred.labels.array, p.argmax(0))
 
 
+def _probs(model, meta, img, **kw) -> tuple[np.ndarray, list[str]]:
+    pred = predict(Volume.from_array(img), model, meta, PredictOptions(probabilities=True, **kw))
+    return pred.probabilities.array, pred.notes
+
+
+def test_tta_flips_only_along_the_axes_the_model_was_trained_to_mirror() -> None:
+    """A model trained with flip="auto" on lateralised classes (hippocampus head/tail, left/right
+    lung) records no flip axis; flip TTA over every axis swapped its classes (Dice 0.876 -> 0.09)."""
+    img = np.random.default_rng(3).normal(size=(24, 20)).astype(np.float32)
+    model = _tiny_unet(2)
+    meta = _meta(model, (16, 16))
+    plain, _ = _probs(model, meta, img)
+    all_axes, _ = _probs(model, meta, img, tta=True)  # nothing recorded: every axis
+    assert not np.allclose(all_axes, plain, atol=1e-4)
+
+    meta.provenance = {"settings": {"flip_axes": []}}
+    none, notes = _probs(model, meta, img, tta=True)
+    np.testing.assert_allclose(none, plain, atol=1e-5)  # TTA averages softmaxes, not logits
+    assert any("no test-time flips" in n for n in notes)
+
+    meta.provenance = {"settings": {"flip_axes": [1]}}
+    one, notes = _probs(model, meta, img, tta=True)
+    # the mean of the plain and the x-mirrored passes, by hand
+    mirrored = predict(Volume.from_array(np.ascontiguousarray(img[:, ::-1])), model, meta,
+                       PredictOptions(probabilities=True)).probabilities.array[:, :, ::-1]  # fmt: skip
+    np.testing.assert_allclose(one, (plain + mirrored) / 2, atol=1e-5)
+    assert any("only along array axes [1]" in n for n in notes)
+
+
 def test_single_logit_model_thresholds() -> None:
     torch.manual_seed(0)
     model = create_model("unet", spatial_dims=2, in_channels=1, out_channels=1, features=4, depth=2).eval()

@@ -128,12 +128,36 @@ def _has_own_uncertainty(model: SegModel) -> bool:
         model.train(was_training)
 
 
+def tta_flip_axes(meta: ModelMeta) -> list[int] | None:
+    """The spatial axes (0-based, array order) the model was trained to be mirror-invariant along.
+
+    Training records them (``provenance.settings.flip_axes``): ``flip="auto"`` leaves out every axis
+    along which a class is lateralised (JSRT's left/right lungs, MSD hippocampus head/tail). Test-time
+    flips along any other axis swap those classes: on the shipped hippocampus model, flip TTA over all
+    three axes dropped the validation Dice from 0.876 to 0.09. None: not recorded (imported weights,
+    or trained with every axis), so every axis is used.
+    """
+    settings = (meta.provenance or {}).get("settings") or {}
+    axes = settings.get("flip_axes")
+    if axes is None:
+        return None
+    return sorted({int(a) for a in axes if 0 <= int(a) < meta.spatial_dims})
+
+
 class _Runner:
     """Runs batches of windows on one device; knows slice mode, TTA and attention."""
 
-    def __init__(self, model: SegModel, device: torch.device, opts: PredictOptions, slice_mode: bool) -> None:
+    def __init__(
+        self,
+        model: SegModel,
+        device: torch.device,
+        opts: PredictOptions,
+        slice_mode: bool,
+        flip_axes: list[int] | None = None,
+    ) -> None:
         self.source_model = model
         self.opts = opts
+        self.flip_axes = flip_axes
         self.slice_mode = slice_mode
         self.spatial_dims = model.spatial_dims
         self.want = frozenset(
@@ -157,9 +181,11 @@ class _Runner:
         self.model = model
 
     def flips(self) -> list[tuple[int, ...]]:
-        axes = list(range(2, 2 + self.spatial_dims))
+        """Every combination of the allowed flip axes, as tensor dims (N, C, *spatial)."""
         if not self.opts.tta:
             return [()]
+        allowed = range(self.spatial_dims) if self.flip_axes is None else self.flip_axes
+        axes = [2 + a for a in allowed]
         return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
     @torch.inference_mode()
@@ -331,7 +357,19 @@ def iter_predict(
     spread_acc = np.zeros(work_shape, dtype=np.float32) if opts.uncertainty else None
     gate_acc: list[np.ndarray] | None = None
 
-    runner = _Runner(model, device, opts, slice_mode)
+    flip_axes = tta_flip_axes(meta)
+    runner = _Runner(model, device, opts, slice_mode, flip_axes)
+    if opts.tta and flip_axes is not None and len(flip_axes) < model.spatial_dims:
+        if flip_axes:
+            notes.append(
+                f"test-time flips only along array axes {flip_axes}: the model was trained to mirror only there"
+            )
+        else:
+            notes.append(
+                "no test-time flips: the model was trained without mirroring (its classes are lateralised), "
+                "so flipped inputs would swap them"
+            )
+        log.info(notes[-1])
     batch = max(1, int(opts.batch_size))
     if device.type == "cpu":
         batch = max(1, min(batch, CPU_BATCH_VOXELS // math.prod(roi)))
