@@ -157,6 +157,10 @@ class ModelSection(QGroupBox):
         self._variant_config: dict[str, dict[str, Any]] = {}
         self._jobs: list[Any] = []
         self._cache: tuple[tuple[Any, ...], Any, Any] | None = None
+        #: dimensionality of the scan in view, and whether the user chose a model themselves: until
+        #: they do, the default checkpoint follows the scan (a 3D sample gets a 3D model)
+        self._scan_dims: int | None = None
+        self._user_picked = False
 
         self.variant = QComboBox()
         self.variant.addItem(ANY_VARIANT)
@@ -202,6 +206,9 @@ class ModelSection(QGroupBox):
 
         self.variant.currentIndexChanged.connect(self._variant_changed)
         self.checkpoint.currentIndexChanged.connect(self._checkpoint_changed)
+        # ``activated`` fires for a user's choice only, never for a programmatic one
+        self.checkpoint.activated.connect(lambda _: self._mark_user_picked())
+        self.variant.activated.connect(lambda _: self._mark_user_picked())
         self.open_button.clicked.connect(self._open_dialog)
 
     # --- probing -----------------------------------------------------------------------------------
@@ -305,11 +312,14 @@ class ModelSection(QGroupBox):
         self._infos[path] = info
         if path not in self._extra:
             self._extra.append(path)
+        if select:
+            self._user_picked = True
         self._refill_checkpoints(select=path if select else None)
         return info
 
     def select_checkpoint(self, path: Path) -> None:
         path = Path(path).expanduser().resolve()
+        self._user_picked = True
         if path not in self._infos:
             info = self.add_checkpoint(path)
             if info.error:
@@ -322,6 +332,7 @@ class ModelSection(QGroupBox):
     def select_variant(self, name: str, untrained: bool = False, **config: Any) -> None:
         """Filter to ``name``; ``untrained=True`` also picks the untrained entry of that variant,
         built with ``config`` (e.g. ``features=8``) instead of the registry's defaults."""
+        self._user_picked = True
         if config:
             self._variant_config[name] = dict(config)
         idx = self.variant.findText(name)
@@ -359,9 +370,42 @@ class ModelSection(QGroupBox):
         if self.checkpoint.count() == 0:
             self.checkpoint.addItem("(no checkpoint: pick a variant or open one)", "")
         idx = self.checkpoint.findData(str(keep)) if keep is not None else -1
+        if idx < 0 or (select is None and not self._user_picked and not self._suits_scan(idx)):
+            idx = self._first_suiting(default=idx)
         self.checkpoint.setCurrentIndex(max(0, idx))
         self.checkpoint.blockSignals(False)
         self._checkpoint_changed()
+
+    def _mark_user_picked(self) -> None:
+        self._user_picked = True
+
+    def suit_scan(self, ndim: int | None) -> None:
+        """The scan in view has ``ndim`` spatial dims: until the user picks a model, select the first
+        listed checkpoint made for such scans (the 2D demo model on a 3D sample would segment each
+        slice into lungs and heart)."""
+        self._scan_dims = ndim
+        if self._user_picked or self.checkpoint.count() == 0:
+            return
+        if not self._suits_scan(self.checkpoint.currentIndex()):
+            idx = self._first_suiting(default=-1)
+            if idx >= 0:
+                self.checkpoint.setCurrentIndex(idx)
+
+    def _suits_scan(self, idx: int) -> bool:
+        if self._scan_dims is None or idx < 0:
+            return True
+        data = self.checkpoint.itemData(idx)
+        if not isinstance(data, str) or not data or data.startswith("variant:"):
+            return True
+        info = self._infos.get(Path(data))
+        return info is None or getattr(info.meta, "spatial_dims", None) in (None, self._scan_dims)
+
+    def _first_suiting(self, default: int) -> int:
+        for i in range(self.checkpoint.count()):
+            data = self.checkpoint.itemData(i)
+            if isinstance(data, str) and data and not data.startswith("variant:") and self._suits_scan(i):
+                return i
+        return default
 
     def _has_path_data(self) -> bool:
         data = self.checkpoint.currentData()

@@ -26,6 +26,9 @@ from .view_section import ViewSection
 
 log = logging.getLogger(__name__)
 
+#: How long closing the window waits for running workers (the start-up warm-up) to end.
+WARM_UP_WAIT_MS = 10_000
+
 
 class SegStudioPanel(QScrollArea):
     """Pick a model, predict in the background, look, correct, fine-tune, save."""
@@ -73,6 +76,7 @@ class SegStudioPanel(QScrollArea):
         self.viewer.layers.events.inserted.connect(self._layers_changed)
         self.viewer.layers.events.removed.connect(self._layers_changed)
         self.scan_combo.currentIndexChanged.connect(lambda _: self.correct.refresh_classes())
+        self.scan_combo.currentIndexChanged.connect(lambda _: self._suit_model_to_scan())
         self.run.finished.connect(lambda _: self.correct.refresh_classes())
         self._layers_changed()
         self._warm_job: Any = None
@@ -120,6 +124,16 @@ class SegStudioPanel(QScrollArea):
         self.scan_combo.setCurrentIndex(names.index(current) if current in names else len(names) - 1)
         self.scan_combo.blockSignals(False)
         self.correct.refresh_classes()
+        self._suit_model_to_scan()
+
+    def _suit_model_to_scan(self) -> None:
+        """Tell the model section the dimensionality of the scan in view (see ``suit_scan``)."""
+        scan = self.scan_layer()
+        try:
+            ndim = L.layer_volume(scan).ndim if scan is not None else None
+        except ValueError:  # not 2D or 3D: the run section will say so when asked to predict
+            ndim = None
+        self.models.suit_scan(ndim)
 
     # --- the actions (buttons call these) -----------------------------------------------------------
     def predict(self) -> bool:
@@ -189,6 +203,14 @@ class SegStudioPanel(QScrollArea):
         """Before the window closes: stop jobs and write a last autosave of unsaved edits."""
         self.cancel()
         self.autosaver.stop()
+        if self._warm_job is not None and self._warm_job.running:
+            # imports cannot be interrupted; let the warm-up end rather than emit into a dead window
+            from napari.qt.threading import GeneratorWorker
+
+            try:
+                GeneratorWorker.await_workers(msecs=WARM_UP_WAIT_MS)
+            except RuntimeError:
+                log.warning("a worker was still running when the window closed")
         if self.autosaver.dirty:
             try:
                 self.autosaver.autosave_now()

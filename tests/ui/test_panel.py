@@ -80,6 +80,8 @@ def make_panel(make_napari_viewer, qtbot):
         panel = SegStudioPanel(viewer)
         viewer.window.add_dock_widget(panel, name="seg_studio", area="right")
         qtbot.waitUntil(lambda: bool(panel.models.variants()), timeout=60_000)
+        # the start-up warm-up job must not outlive the viewer the fixture tears down
+        qtbot.waitUntil(panel.warmed_up, timeout=60_000)
         if scan is not None:
             viewer.open(str(scan), plugin="seg-studio")
         return viewer, panel
@@ -393,3 +395,22 @@ def test_a_map_that_fails_to_add_does_not_stall_the_queue(
     assert not panel.run.busy and len(calls) >= 3
     names = [ly.name for ly in viewer.layers if L.role(ly) == L.ROLE_OUTPUT]
     assert calls[0] not in names and names == calls[1:]
+
+
+def test_the_default_model_follows_the_scan_until_the_user_picks_one(tmp_path, make_panel, qtbot):
+    """The first listed model is the 2D demo model; on a 3D scan it would segment each slice into
+    lungs and heart. Until the user chooses, the default follows the scan's dimensionality."""
+    scan3, image3, labels3 = write_scan(tmp_path / "a", 3)
+    scan2, _, _ = write_scan(tmp_path / "b", 2)
+    viewer, panel = make_panel(scan3)
+    dims = lambda: panel.models.current_choice().meta.spatial_dims  # noqa: E731
+    assert dims() == 3
+    viewer.open(str(scan2), plugin="seg-studio")  # the newest scan becomes the current one
+    assert panel.scan_layer().ndim == 2 and dims() == 2
+
+    chosen = tiny_checkpoint(tmp_path / "models", 3, sample_classes(labels3))
+    panel.open_checkpoint(chosen)  # the user's choice stands, whatever scan is in view
+    panel.scan_combo.setCurrentIndex(0)
+    assert panel.scan_layer().ndim == 3
+    panel.scan_combo.setCurrentIndex(1)
+    assert panel.models.current_choice().checkpoint == chosen.resolve()
