@@ -44,21 +44,6 @@ def open_sample(viewer: Any, dims: int = 2) -> list[Any]:
     return [viewer.add_image(data, **kwargs)] if kind == "image" else []
 
 
-def select_bundled_model(panel: Any, dims: int) -> None:
-    """Once the models are probed, select a bundled checkpoint of the scan's dimensionality if any."""
-    from .model_section import bundled_model_dirs
-
-    def pick() -> None:
-        bundled = [d.resolve() for d in bundled_model_dirs()]
-        for path in panel.models.checkpoints():
-            info = panel.models.info(path)
-            if any(path.is_relative_to(d) for d in bundled) and getattr(info.meta, "spatial_dims", 0) == dims:
-                panel.models.select_checkpoint(path)
-                return
-
-    panel.models.probed.connect(pick)
-
-
 def prefer_reader() -> None:
     """Let File > Open (and later plain ``napari scan.nii.gz``) use our reader without a choice dialog.
 
@@ -90,20 +75,18 @@ def build_window(scan: Path | None = None, show: bool = True) -> tuple[Any, Any]
     viewer.window.add_dock_widget(panel, name=TITLE, area="right")
     if show:
         viewer.window.resize(1400, 900)  # room for the canvas beside the panel
-    layers = open_scan(viewer, scan) if scan is not None else open_sample(viewer, 2)
-    dims = 3 if any(ly.ndim >= 3 and not getattr(ly, "rgb", False) for ly in layers) else 2
-    select_bundled_model(panel, dims)
+    # the panel picks the first bundled model of the scan's dimensionality (``ModelSection.suit_scan``)
+    if scan is not None:
+        open_scan(viewer, scan)
+    else:
+        open_sample(viewer, 2)
     return viewer, panel
 
 
 def run_app(scan: Path | None = None) -> int:
     """Open the app and run until the window closes; returns the Qt exit code."""
     import napari
-    from qtpy.QtWidgets import QApplication
 
-    viewer, panel = build_window(scan)
-    app = QApplication.instance()
-    if app is not None:
-        app.aboutToQuit.connect(panel.shutdown)
+    build_window(scan)  # the panel itself writes its last autosave when the application quits
     napari.run()
     return 0

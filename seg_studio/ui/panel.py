@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFormLayout, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QApplication, QComboBox, QFormLayout, QScrollArea, QVBoxLayout, QWidget
 
 from . import layers as L
 from .autosave import Autosaver
@@ -81,6 +81,9 @@ class SegStudioPanel(QScrollArea):
         self._layers_changed()
         self._warm_job: Any = None
         self.models.probed.connect(self._warm_up)
+        app = QApplication.instance()
+        if app is not None:  # standalone app and napari plugin alike: a last autosave on quit
+            app.aboutToQuit.connect(self.shutdown)
         self.models.start_probe()
 
     def _warm_up(self) -> None:

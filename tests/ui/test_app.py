@@ -175,7 +175,12 @@ def test_thousands_of_progress_signals_do_not_drain_true(qtbot):
     ("bool_dealloc: deallocating True"). seg_studio does not patch counts; the pinned binding is sound."""
     import sys
 
+    from napari.qt.threading import GeneratorWorker
+
     from seg_studio.ui.workers import Job
+
+    # an earlier test's start-up warm-up (imports) may still run, and imports add references to True
+    GeneratorWorker.await_workers(msecs=120_000)
 
     def run(n: int) -> int:
         finished: list[int] = []
