@@ -46,7 +46,10 @@ def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path: Path) ->
 
 def test_the_zoo_ships_the_promised_models() -> None:
     names = {p.stem for p in MODELS}
-    assert {"demo2d_unet"} <= names, f"the app's first-run model is missing from resources/models: {names}"
+    # the app's first-run models: the panel's default for the 2D and the 3D sample
+    assert {"demo2d_unet", "demo3d_unet"} <= names, (
+        f"a first-run model is missing from resources/models: {names}"
+    )
     for p in MODELS:
         assert p.stat().st_size < 6e6, (
             f"{p.name} is {p.stat().st_size / 1e6:.1f} MB; keep bundled models small"
