@@ -177,10 +177,11 @@ def write_md(a: argparse.Namespace, r: dict) -> None:
             f"| {c['case']} | {c['f1']:.4f} | {c['sensitivity']:.4f} | {c['auc']:.4f} | {c['infer_s']:.2f} |"
         )
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     text = f"""# DRIVE retinal vessels: accuracy against the papers
 
 A benchmark, not a shipped model: DRIVE's terms forbid redistribution, so the weights stay in the
-run folder. Measured {when} on {platform.machine()} ({os.cpu_count()} CPU cores, shared with other jobs)
+run folder. Measured {when} on {platform.machine()} ({os.cpu_count()} CPU cores, load average {load:.1f})
 with:
 
 ```
