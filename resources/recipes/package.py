@@ -280,8 +280,8 @@ are shipped; DRIVE, JSRT and TCIA are used for tests and benchmarks only.
 
 "Validation Dice" is the stored file segmenting the run's held-back cases (20 % of the dev data,
 fixed by image hash) through the app's own inference; `tests/core/test_zoo.py` re-checks one of
-those cases for every checkpoint. Training ran on 2 CPU cores shared with other jobs, so the step
-counts are small; the same recipe on a GPU (set `max_steps`/`time_budget_s`) trains further.
+those cases for every checkpoint. Training ran on the 2 CPU cores of the development machine, so
+the step counts are small; the same recipe on a GPU (raise `max_steps`) trains further.
 
 | file | model | size | validation mean Dice (per class) | cases | training | terms | command |
 |---|---|---|---|---:|---|---|---|

@@ -8,13 +8,15 @@ now: time budget, early stopping, cancel) are taken on rank 0 and broadcast.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+# the same native-bf16 rule as inference (AVX512-BF16, AMX or Apple silicon), so both pick alike
+from ..inference.devices import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +48,6 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX); otherwise bf16 is emulated
-    and slower than fp32 (measured: 10x slower on an AVX2-only EPYC), so we stay in fp32."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 def pick_precision(device: torch.device, requested: str = "auto") -> torch.dtype | None:
