@@ -302,3 +302,28 @@ def test_callers_model_is_left_alone() -> None:
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_bf16_labels_agree_with_fp32_on_the_bundled_model() -> None:
+    """``precision="auto"`` runs bf16 on CPUs with native bf16 (and on GPUs): its labels must agree
+    with fp32's (Dice >= 0.99 per class, the speed issue's bar). Forced here, so the check runs on any
+    CPU (emulated bf16 is slow, hence the small bundled 2D model and its 128^2 sample)."""
+    from pathlib import Path
+
+    from seg_studio.core.metrics import dice
+    from seg_studio.core.samples import make_sample_2d
+
+    path = Path(__file__).resolve().parents[2] / "resources" / "models" / "demo2d_unet.segmodel"
+    model, meta = ckpt.load(path)
+    img = make_sample_2d()[0]
+    runs = {
+        prec: predict(img, model, meta, PredictOptions(device="cpu", precision=prec, probabilities=True))
+        for prec in ("fp32", "bf16")
+    }
+    fp32, bf16 = (np.asarray(runs[p].labels.array) for p in ("fp32", "bf16"))
+    # bf16 really ran: its probabilities carry bf16's rounding
+    assert not np.allclose(runs["bf16"].probabilities.array, runs["fp32"].probabilities.array, atol=1e-4)
+    classes = [c.value for c in meta.classes[1:]]
+    assert set(np.unique(fp32)) == {0, *classes}  # every class present, so the Dice means something
+    scores = dice(bf16, fp32, classes=classes)
+    assert min(scores.values()) >= 0.99, scores
