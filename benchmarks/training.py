@@ -298,7 +298,12 @@ def main() -> int:
     ap.add_argument(
         "--budget", type=float, default=None, help="fine-tune budget (default: the product default)"
     )
-    ap.add_argument("--features", type=int, default=16)
+    ap.add_argument(
+        "--features",
+        type=int,
+        help="base width (default: 16 for throughput; 8 for jsrt and transfer, the width the app builds an "
+        "untrained variant with, seg_studio.ui.model_section.UNTRAINED_CONFIG)",
+    )
     ap.add_argument(
         "--steps", type=int, help="jsrt: the same number of steps for both instead of a time budget"
     )
@@ -307,6 +312,7 @@ def main() -> int:
     ap.add_argument(
         "--batch-size", type=int, help="jsrt: fine-tune batch size (default: the product default)"
     )
+    ap.add_argument("--seed", type=int, help="jsrt: fine-tune seed (patch sampling, augmentation; default 0)")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="jsrt: skip the plain loop")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -315,16 +321,21 @@ def main() -> int:
     results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_name()}
     print(f"{load()}; {results['cpu']}; torch {torch.__version__}; {results['threads']} threads", flush=True)
     if "throughput" in args.only:
-        results["throughput"] = throughput(features=args.features)
+        results["throughput"] = throughput(features=args.features or 16)
         print(json.dumps(results["throughput"], indent=1), flush=True)
     if "jsrt" in args.only:
-        given = (("lr", args.lr), ("augment", args.augment), ("batch_size", args.batch_size))
+        given = (
+            ("lr", args.lr),
+            ("augment", args.augment),
+            ("batch_size", args.batch_size),
+            ("seed", args.seed),
+        )
         opts = {k: v for k, v in given if v is not None}
-        results["jsrt"] = jsrt(args.budget, args.features, steps=args.steps, ft_options=opts,
+        results["jsrt"] = jsrt(args.budget, args.features or 8, steps=args.steps, ft_options=opts,
                                baseline=args.baseline)  # fmt: skip
         print(json.dumps(results["jsrt"], indent=1), flush=True)
     if "transfer" in args.only:
-        results["transfer"] = transfer(features=args.features)
+        results["transfer"] = transfer(features=args.features or 8)
         print(json.dumps(results["transfer"], indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -68,6 +68,13 @@ class CheckpointInfo:
         return getattr(self.meta, "architecture", "?") if self.meta is not None else "?"
 
 
+#: How the app builds an untrained variant: it exists to be fine-tuned on a few corrected scans within the
+#: one-click budget (50 s in 2D, 100 s in 3D), and a narrow network learns more in that time on a CPU (JSRT,
+#: 50 s from scratch on two X-rays: lungs 0.912 at width 16, 78 steps; 0.947 at width 8, 161 steps;
+#: benchmarks/training.py). ``select_variant(..., features=N)`` overrides it.
+UNTRAINED_CONFIG: dict[str, Any] = {"features": 8}
+
+
 @dataclass
 class ModelChoice:
     """What predict/fine-tune will use: a checkpoint file, or an untrained registry variant."""
@@ -96,12 +103,17 @@ def read_checkpoint_meta(path: Path) -> Any:
     return checkpoint.load(path, device="cpu")[1]
 
 
+def _args(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(config.items()))
+
+
 def card_html(info: CheckpointInfo | None, choice: ModelChoice | None) -> str:
     """The model card as compact rich text: classes with their colours, dims, spacing, Dice, parent."""
     if choice is not None and choice.untrained:
         return (
             f"<b>{choice.variant}</b> &mdash; <span style='color:#f0a030'><b>untrained</b>: random weights, "
             "the mask will be noise until you fine-tune it on corrected labels</span>"
+            + (f" (built with {_args(choice.config)})" if choice.config else "")
         )
     if info is None:
         return "<i>no model selected</i>"
@@ -279,7 +291,7 @@ class ModelSection(QGroupBox):
         data = self.checkpoint.currentData()
         if isinstance(data, str) and data.startswith("variant:"):
             name = data.split(":", 1)[1]
-            return ModelChoice(variant=name, config=dict(self._variant_config.get(name, {})))
+            return ModelChoice(variant=name, config=dict(self._variant_config.get(name, UNTRAINED_CONFIG)))
         if isinstance(data, str) and data:
             info = self._infos.get(Path(data))
             if info is None or info.error:

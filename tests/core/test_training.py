@@ -466,3 +466,30 @@ def test_recipe_json_and_toml(tmp_path: Path) -> None:
     assert FitConfig.from_recipe(tmp_path / "r.json", max_steps=3).max_steps == 3
     cfg = FitConfig(**load_recipe(tmp_path / "r.toml"))
     assert cfg.max_steps == 9 and cfg.arch_args == {"features": 8}
+
+
+def test_finetune_augments_intensity_more_and_records_what_it_used(tmp_path: Path) -> None:
+    """A fine-tune's next scan differs from its one or two pairs mostly in exposure and contrast: its
+    default augmentation applies gamma/contrast/noise more often than training does; a caller's
+    settings go on top, and the provenance says what ran."""
+    from seg_studio.core.training.finetune import FINETUNE_AUGMENT
+
+    img, lab = make_sample_2d(seed=2)
+    model = create_model("unet", 2, 1, len(np.unique(lab.array)), **TINY)
+    parent = checkpoint.save(
+        tmp_path / "p.segmodel", model, checkpoint.new_meta(model, "unet", TINY, patch_size=(64, 64))
+    )
+    training = AugmentConfig()
+    for key, value in FINETUNE_AUGMENT.items():
+        assert value > getattr(training, key), key
+    r = run_to_end(iter_finetune(parent, [(img, lab)], tmp_path / "a.segmodel", budget_s=300, steps=1))
+    used = checkpoint.read_meta(r.path).provenance["settings"]["augment"]
+    assert {k: used[k] for k in FINETUNE_AUGMENT} == FINETUNE_AUGMENT
+    assert used["rotate_p"] == training.rotate_p  # the rest as in training
+    r = run_to_end(
+        iter_finetune(
+            parent, [(img, lab)], tmp_path / "b.segmodel", budget_s=300, steps=1, augment={"noise_p": 0.0}
+        )
+    )
+    used = checkpoint.read_meta(r.path).provenance["settings"]["augment"]
+    assert used["noise_p"] == 0.0 and used["gamma_p"] == FINETUNE_AUGMENT["gamma_p"]

@@ -414,3 +414,22 @@ def test_the_default_model_follows_the_scan_until_the_user_picks_one(tmp_path, m
     assert panel.scan_layer().ndim == 3
     panel.scan_combo.setCurrentIndex(1)
     assert panel.models.current_choice().checkpoint == chosen.resolve()
+
+
+def test_an_untrained_variant_is_built_narrow_for_the_one_click_budget(tmp_path, make_panel):
+    """Picking a variant without a checkpoint builds it at width 8 (it is there to be fine-tuned within a
+    minute; a narrow network learns more in that time on a CPU), unless the caller asks otherwise."""
+    from seg_studio.ui.run_section import build_untrained
+
+    scan, image, labels = write_scan(tmp_path, 2)
+    viewer, panel = make_panel(scan)
+    panel.models.select_variant("attention_unet", untrained=True)
+    choice = panel.models.current_choice()
+    assert choice.untrained and choice.config == {"features": 8}
+    assert "features=8" in panel.models.card.text()
+    model, meta = build_untrained(choice, image, sample_classes(labels))
+    assert meta.arch_args == {"features": 8} and meta.card["untrained"]
+    wide = create_model("attention_unet", 2, 1, len(sample_classes(labels)))  # the registry's width 16
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in wide.parameters()) / 3
+    panel.models.select_variant("attention_unet", untrained=True, features=12)
+    assert panel.models.current_choice().config == {"features": 12}
