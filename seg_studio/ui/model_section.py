@@ -70,8 +70,8 @@ class CheckpointInfo:
 
 #: How the app builds an untrained variant: it exists to be fine-tuned on a few corrected scans within the
 #: one-click budget (50 s in 2D, 100 s in 3D), and a narrow network learns more in that time on a CPU (JSRT,
-#: 50 s from scratch on two X-rays: lungs 0.912 at width 16, 78 steps; 0.947 at width 8, 161 steps;
-#: benchmarks/training.py). ``select_variant(..., features=N)`` overrides it.
+#: 50 s from scratch on two X-rays, training augmentation: lungs 0.912 at width 16, 78 steps; 0.947 at width 8,
+#: 161 steps; benchmarks/training.py). ``select_variant(..., features=N)`` overrides it.
 UNTRAINED_CONFIG: dict[str, Any] = {"features": 8}
 
 
