@@ -300,10 +300,8 @@ class ModelSection(QGroupBox):
         return None
 
     def current_info(self) -> CheckpointInfo | None:
-        data = self.checkpoint.currentData()
-        if isinstance(data, str) and data and not data.startswith("variant:"):
-            return self._infos.get(Path(data))
-        return None
+        path = self._item_path(self.checkpoint.currentIndex())
+        return self._infos.get(path) if path is not None else None
 
     def add_checkpoint(self, path: Path, select: bool = True) -> CheckpointInfo:
         """Read a checkpoint's card, list it and (by default) select it; errors become a red card."""
@@ -368,7 +366,7 @@ class ModelSection(QGroupBox):
             self.variant.setCurrentIndex(0)
             self.variant.blockSignals(False)
             variant = ANY_VARIANT
-        keep = select or (Path(self.checkpoint.currentData()) if self._has_path_data() else None)
+        keep = select or self._item_path(self.checkpoint.currentIndex())
         self.checkpoint.blockSignals(True)
         self.checkpoint.clear()
         for path, info in self._infos.items():
@@ -403,25 +401,25 @@ class ModelSection(QGroupBox):
             if idx >= 0:
                 self.checkpoint.setCurrentIndex(idx)
 
+    def _item_path(self, idx: int) -> Path | None:
+        """The checkpoint file behind list entry ``idx``; None for an untrained variant or the placeholder."""
+        data = self.checkpoint.itemData(idx) if idx >= 0 else None
+        if isinstance(data, str) and data and not data.startswith("variant:"):
+            return Path(data)
+        return None
+
     def _suits_scan(self, idx: int) -> bool:
-        if self._scan_dims is None or idx < 0:
+        path = self._item_path(idx)
+        if self._scan_dims is None or path is None:
             return True
-        data = self.checkpoint.itemData(idx)
-        if not isinstance(data, str) or not data or data.startswith("variant:"):
-            return True
-        info = self._infos.get(Path(data))
+        info = self._infos.get(path)
         return info is None or getattr(info.meta, "spatial_dims", None) in (None, self._scan_dims)
 
     def _first_suiting(self, default: int) -> int:
         for i in range(self.checkpoint.count()):
-            data = self.checkpoint.itemData(i)
-            if isinstance(data, str) and data and not data.startswith("variant:") and self._suits_scan(i):
+            if self._item_path(i) is not None and self._suits_scan(i):
                 return i
         return default
-
-    def _has_path_data(self) -> bool:
-        data = self.checkpoint.currentData()
-        return isinstance(data, str) and bool(data) and not data.startswith("variant:")
 
     def _checkpoint_changed(self) -> None:
         choice = self.current_choice()
