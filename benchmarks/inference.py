@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -42,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from seg_studio.core import checkpoint as ckpt  # noqa: E402
-from seg_studio.core.inference import PredictOptions, cpu_has_fast_bf16, predict  # noqa: E402
+from seg_studio.core.inference import PredictOptions, cpu_has_fast_bf16, describe_hardware, predict  # noqa: E402
 from seg_studio.core.inference import windows as W  # noqa: E402
 from seg_studio.core.models import create_model  # noqa: E402
 from seg_studio.core.volume import Volume  # noqa: E402
@@ -346,16 +345,6 @@ def memory_check(
 # --- main ---------------------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not for the docs)")
@@ -379,7 +368,7 @@ def main() -> int:
         args.size2d, args.roi2d, args.features2d, args.steps = 256, 64, 4, 10
 
     info = {
-        "cpu": cpu_name(),
+        "cpu": describe_hardware(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "native_bf16": cpu_has_fast_bf16(),

@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from seg_studio.core.inference import cpu_has_fast_bf16, describe_hardware  # noqa: E402
 from seg_studio.core.models import count_parameters, create_model, get_spec, list_models  # noqa: E402
 
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
@@ -100,15 +101,6 @@ def affordable_latency(
     return latency(model, x, mode, repeats), chosen
 
 
-def native_bf16() -> bool:
-    """AVX512-BF16 or AMX on this CPU; without them oneDNN emulates bf16, far slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _fmt_s(s: float | None) -> str:
     return "–" if s is None else (f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s" if s < 10 else f"{s:.0f} s")
 
@@ -120,7 +112,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> str:
     ladders = {2: sorted({s2 // 4, s2 // 2, s2}), 3: sorted({s3 // 3, (2 * s3) // 3, s3})}
     bf16_models = (
         set(names)
-        if (args.bf16 == "all" or (args.bf16 == "auto" and native_bf16()))
+        if (args.bf16 == "all" or (args.bf16 == "auto" and cpu_has_fast_bf16()))
         else set(args.bf16_models)
     )
     loads = [os.getloadavg()[0]]
@@ -191,12 +183,12 @@ def _markdown(
 ) -> str:
     s2, s3 = args.size2d, args.size3d
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    native = native_bf16()
+    native = cpu_has_fast_bf16()
     lines = [
         START,
         "",
-        f"Measured {when} on {_cpu_name()} ({os.cpu_count()} cores, torch CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native else 'no'}), torch "
+        f"Measured {when} on {describe_hardware()} (torch CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}), torch "
         f"{torch.__version__}, `torch.set_num_threads({args.threads})`, Python {platform.python_version()}:",
         "",
         "```bash",
@@ -259,16 +251,6 @@ def _markdown(
         END,
     ]
     return "\n".join(lines)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write_block(path: Path, block: str) -> None:

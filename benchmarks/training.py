@@ -32,6 +32,8 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from seg_studio.core.inference import describe_hardware  # noqa: E402
+
 DATA = Path(os.environ.get("SEG_STUDIO_DATA", REPO.parent / "shared" / "data"))
 JSRT = DATA / "jsrt_chest_xray_heart_lungs"
 JSRT_MAP = {250: 1, 200: 2, 150: 3}
@@ -313,12 +315,19 @@ def main() -> int:
         "--batch-size", type=int, help="jsrt: fine-tune batch size (default: the product default)"
     )
     ap.add_argument("--seed", type=int, help="jsrt: fine-tune seed (patch sampling, augmentation; default 0)")
+    ap.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], help="jsrt: fine-tune precision (default auto)"
+    )
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="jsrt: skip the plain loop")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     # OMP_NUM_THREADS=1 on a crowded CPU: OpenMP barriers crawl when other jobs hold the cores.
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
-    results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_name()}
+    results: dict = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": describe_hardware(),
+    }
     print(f"{load()}; {results['cpu']}; torch {torch.__version__}; {results['threads']} threads", flush=True)
     if "throughput" in args.only:
         results["throughput"] = throughput(features=args.features or 16)
@@ -329,6 +338,7 @@ def main() -> int:
             ("augment", args.augment),
             ("batch_size", args.batch_size),
             ("seed", args.seed),
+            ("precision", args.precision),
         )
         opts = {k: v for k, v in given if v is not None}
         results["jsrt"] = jsrt(args.budget, args.features or 8, steps=args.steps, ft_options=opts,
@@ -340,16 +350,6 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -122,11 +122,17 @@ def _mean(values: Any) -> float:
 
 
 def _hardware(settings: dict[str, Any]) -> str:
-    """How the run trained, from its own provenance (precision as the training loop resolved it)."""
-    return (
-        f"device {settings.get('device') or '?'}, precision {settings.get('precision') or '?'}; this zoo "
-        "is trained on the 2-core development CPU (AMD EPYC, AVX2), no GPU"
-    )
+    """How the run trained, from its own provenance (precision as the training loop resolved it).
+
+    Runs from before provenance named the hardware trained on the 2-core development CPU; under
+    ``precision = "auto"`` a bf16 CPU run means that CPU had native bf16 (auto picks it only then).
+    """
+    precision = settings.get("precision") or "?"
+    hardware = settings.get("hardware")
+    if not hardware:
+        native = "native bf16" if precision == "torch.bfloat16" else "fp32 only"
+        hardware = f"the 2-core development CPU (AMD EPYC, {native}), no GPU"
+    return f"device {settings.get('device') or '?'}, precision {precision}; {hardware}"
 
 
 def package(name: str) -> Path:

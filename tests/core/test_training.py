@@ -18,6 +18,7 @@ import torch
 
 from seg_studio.core import checkpoint
 from seg_studio.core.errors import Cancelled, TrainingError
+from seg_studio.core.inference import cpu_has_fast_bf16, describe_hardware
 from seg_studio.core.io import write
 from seg_studio.core.models import create_model
 from seg_studio.core.progress import CancelToken, run_to_end
@@ -235,6 +236,10 @@ def test_fit_writes_best_and_last_with_provenance_and_split(parent_run) -> None:
     assert [c.name for c in meta.classes][1:] == ["right lung", "left lung", "heart"]
     assert meta.provenance["split"]["val"] == split.val
     assert meta.provenance["kind"] == "train" and "val_dice_per_class" in meta.provenance["metrics"]
+    # the card names the machine: precision and speed (and so the weights) depend on it
+    hw = meta.provenance["settings"]["hardware"]
+    assert hw == describe_hardware(torch.device("cpu")) and "cores" in hw
+    assert ("native bf16" in hw and "no native" not in hw) == cpu_has_fast_bf16()
     steps = [p for p in progress if p.stage == "train"]
     assert [p.metrics["step"] for p in steps] == [1, 2, 3, 4]
     assert all(math.isfinite(p.metrics["loss"]) for p in steps)
@@ -376,6 +381,7 @@ def test_finetune_from_gui_volumes_writes_a_new_child(parent_run, tmp_path: Path
     assert r.dice_on == "training pairs" and r.new_classes == ["pacemaker"]
     assert prov["dice_per_class_before"]["pacemaker"] == 0.0  # the parent cannot predict it
     assert prov["settings"]["lr"] == LR_TRAINED  # a trained parent gets the gentle default
+    assert prov["settings"]["hardware"] == describe_hardware(torch.device("cpu"))
     assert any(p.stage == "fine-tune" and "loss" in p.metrics for p in progress)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import platform
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,27 @@ def cpu_has_fast_bf16() -> bool:
         flags = cpuinfo.read_text(errors="ignore")
         return "avx512_bf16" in flags or "amx_bf16" in flags
     return platform.machine().lower() in ("arm64", "aarch64")
+
+
+def describe_hardware(device: torch.device | None = None) -> str:
+    """One line naming what ran: the GPU, or the CPU with its core count and whether it has native bf16.
+
+    Model cards and benchmark reports carry it, since speed, precision and so the trained weights
+    depend on it.
+    """
+    if device is not None and device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    if device is not None and device.type == "mps":
+        return "Apple GPU (MPS)"
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="ignore").splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    bf16 = "native bf16" if cpu_has_fast_bf16() else "no native bf16"
+    return f"{name}, {os.cpu_count()} cores, {bf16}"
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import Cancelled, TrainingError
+from ..inference.devices import describe_hardware
 from ..models import SegModel, create_model
 from ..progress import CancelToken, Progress
 from ..volume import Volume
@@ -454,6 +455,7 @@ def iter_finetune(
             "augment": {k: v for k, v in dataclasses.asdict(aug).items() if k not in ("flip_axes", "extra")},
             "seed": seed,
             "device": str(dev),
+            "hardware": describe_hardware(dev),
         },
     }
     if stored_split is not None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import Cancelled, TrainingError
+from ..inference.devices import describe_hardware
 from ..models import create_model, get_spec
 from ..progress import CancelToken, Progress
 from .adversarial import AdversarialConfig
@@ -386,6 +387,7 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
             **cfg.to_json(),
             "patch_size": list(patch),
             "precision": str(dtype or "fp32"),
+            "hardware": describe_hardware(device),
             "flip_axes": aug.flip_axes,
             "world_size": info.world_size,
         },
