@@ -90,9 +90,9 @@ def test_blending_matches_plain_reference(dims: int) -> None:
     img = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     ref = _reference_blend(model, img, roi, 0.5)
     refp = np.exp(ref - ref.max(0)) / np.exp(ref - ref.max(0)).sum(0)
-    pred = predict(
-        Volume.from_array(img), model, _meta(model, roi), PredictOptions(probabilities=True, batch_size=3)
-    )
+    # fp32: the blending is checked to 2e-5; "auto" would run bf16 on a CPU with native bf16
+    opts = PredictOptions(probabilities=True, batch_size=3, precision="fp32")
+    pred = predict(Volume.from_array(img), model, _meta(model, roi), opts)
     assert pred.probabilities is not None
     np.testing.assert_allclose(pred.probabilities.array, refp, atol=2e-5)
     agree = np.mean(pred.labels.array == refp.argmax(0))
@@ -211,8 +211,9 @@ def test_single_logit_model_thresholds() -> None:
     meta = _meta(model, (32, 32))
     with torch.no_grad():
         logit = model(torch.from_numpy(img)[None, None]).logits[0, 0].numpy()
-    for t in (0.3, 0.5, 0.7):
-        pred = predict(Volume.from_array(img), model, meta, PredictOptions(threshold=t, probabilities=True))
+    for t in (0.3, 0.5, 0.7):  # fp32: compared to the plain forward at 1e-5 (auto is bf16 on some CPUs)
+        opts = PredictOptions(threshold=t, probabilities=True, precision="fp32")
+        pred = predict(Volume.from_array(img), model, meta, opts)
         np.testing.assert_array_equal(pred.labels.array, (1 / (1 + np.exp(-logit)) > t).astype(np.uint8))
         np.testing.assert_allclose(pred.probabilities.array, 1 / (1 + np.exp(-logit)), atol=1e-5)
 
