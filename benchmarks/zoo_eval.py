@@ -1,0 +1,92 @@
+"""Score checkpoints on a zoo recipe's held-back split: one file, or several as an ensemble.
+
+The zoo's targets are mean Dice on the split that training held back (``split.json`` in the run
+folder, fixed by image hash). This scores any candidate the same way ``package.py`` scores a shipped
+model, through the app's inference, so alternatives (another run, an ensemble of runs, test-time
+flips, a membrane threshold) can be weighed before one is shipped.
+
+    .venv/bin/python benchmarks/zoo_eval.py hippocampus_unet resources/models/hippocampus_unet.segmodel
+    .venv/bin/python benchmarks/zoo_eval.py hippocampus_unet A.segmodel B.segmodel     # mean of A and B
+    .venv/bin/python benchmarks/zoo_eval.py isbi2012_unet M.segmodel --thresholds 0.3 0.4 0.5
+
+``--run`` names the run folder whose ``split.json`` to use (default: the recipe's ``out``); a fresh
+clone has none until the recipe is trained once, but every run of a recipe writes the same split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from seg_studio.core import checkpoint, metrics  # noqa: E402
+from seg_studio.core.compare import held_out_pairs  # noqa: E402
+from seg_studio.core.inference import PredictOptions, describe_hardware, predict  # noqa: E402
+from seg_studio.core.models.ensemble import Ensemble  # noqa: E402
+from seg_studio.core.training import load_recipe, pairs_from_folders  # noqa: E402
+from seg_studio.core.training.data import apply_label_map, parse_label_map, read_pair  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("recipe", help="a recipe name in resources/recipes (e.g. hippocampus_unet)")
+    ap.add_argument("checkpoints", nargs="+", type=Path, help="one .segmodel, or several for an ensemble")
+    ap.add_argument("--run", type=Path, help="run folder with split.json (default: the recipe's out)")
+    ap.add_argument("--tta", action="store_true", help="test-time flips (along the axes trained mirrored)")
+    ap.add_argument(
+        "--thresholds", nargs="*", type=float, help="2-class models: foreground Dice at these thresholds"
+    )
+    args = ap.parse_args()
+
+    recipe = load_recipe(REPO / "resources" / "recipes" / f"{args.recipe}.toml")
+    run = args.run or REPO / recipe["out"]
+    if not (run / "split.json").exists():
+        sys.exit(f"{run / 'split.json'} does not exist: train the recipe once, or pass --run")
+    pairs = held_out_pairs(
+        pairs_from_folders(REPO / recipe["images"], REPO / recipe["labels"]), run / "split.json"
+    )
+    paths = [str(p) for p in args.checkpoints]
+    model, meta = checkpoint.load(paths[0]) if len(paths) == 1 else Ensemble.from_checkpoints(paths)
+    model.eval()
+    lmap = parse_label_map(recipe.get("label_map"))
+    classes = [c.value for c in meta.classes if c.value != 0]
+    thresholds = args.thresholds or []
+    if thresholds and len(classes) != 1:
+        sys.exit("--thresholds needs a model with one foreground class")
+    opts = PredictOptions(device="cpu", tta=args.tta, probabilities=bool(thresholds))
+    dice_rows, by_threshold = [], {t: [] for t in thresholds}
+    for src in pairs:
+        image, labels = read_pair(src)
+        truth = apply_label_map(labels.array, lmap, recipe.get("ignore_value"))
+        pred = predict(image, model, meta, opts)
+        d = metrics.dice(np.asarray(pred.labels.array), truth, classes=classes)
+        dice_rows.append([d[c] for c in classes])
+        if thresholds:
+            fg = np.asarray(pred.probabilities.array)[1]
+            for t in thresholds:
+                by_threshold[t].append(metrics.dice((fg > t).astype(np.uint8), truth, classes=[1])[1])
+    per_class = np.mean(dice_rows, axis=0)
+    names = {c.value: c.name for c in meta.classes}
+    out = {
+        "checkpoints": [p.name for p in args.checkpoints],
+        "cases": len(pairs),
+        "tta": args.tta,
+        "dice": {names[c]: round(float(v), 4) for c, v in zip(classes, per_class, strict=True)},
+        "mean_dice": round(float(np.mean(per_class)), 4),
+        "hardware": describe_hardware(torch.device("cpu")),
+    }
+    if thresholds:
+        out["dice_at_threshold"] = {str(t): round(float(np.mean(v)), 4) for t, v in by_threshold.items()}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
