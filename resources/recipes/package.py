@@ -297,6 +297,9 @@ To reproduce one: `seg-studio train resources/recipes/NAME.toml`, then
 `python resources/recipes/package.py NAME` (float16, re-score, card, Markdown) and
 `python resources/recipes/package.py --index` (this page). The demo models need their data first:
 `python resources/recipes/make_demo_data.py --out runs/data/demo`.
+
+What was tried to lift the hippocampus and ISBI models towards their targets (longer runs, mirroring,
+instance norm, ensembles, thresholds), with figures and commands: [zoo_experiments.md](zoo_experiments.md).
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
