@@ -130,7 +130,7 @@ def _hardware(settings: dict[str, Any]) -> str:
     precision = settings.get("precision") or "?"
     hardware = settings.get("hardware")
     if not hardware:
-        native = "native bf16" if precision == "torch.bfloat16" else "fp32 only"
+        native = "native bf16" if precision == "torch.bfloat16" else "no native bf16"
         hardware = f"the 2-core development CPU (AMD EPYC, {native}), no GPU"
     return f"device {settings.get('device') or '?'}, precision {precision}; {hardware}"
 
