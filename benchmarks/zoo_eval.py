@@ -31,7 +31,12 @@ from seg_studio.core.compare import held_out_pairs  # noqa: E402
 from seg_studio.core.inference import PredictOptions, describe_hardware, predict  # noqa: E402
 from seg_studio.core.models.ensemble import Ensemble  # noqa: E402
 from seg_studio.core.training import load_recipe, pairs_from_folders  # noqa: E402
-from seg_studio.core.training.data import apply_label_map, parse_label_map, read_pair  # noqa: E402
+from seg_studio.core.training.data import (  # noqa: E402
+    IGNORE_INDEX,
+    apply_label_map,
+    parse_label_map,
+    read_pair,
+)
 
 
 def main() -> int:
@@ -66,12 +71,13 @@ def main() -> int:
         image, labels = read_pair(src)
         truth = apply_label_map(labels.array, lmap, recipe.get("ignore_value"))
         pred = predict(image, model, meta, opts)
-        d = metrics.dice(np.asarray(pred.labels.array), truth, classes=classes)
+        d = metrics.dice(np.asarray(pred.labels.array), truth, classes=classes, ignore=IGNORE_INDEX)
         dice_rows.append([d[c] for c in classes])
         if thresholds:
             fg = np.asarray(pred.probabilities.array)[1]
             for t in thresholds:
-                by_threshold[t].append(metrics.dice((fg > t).astype(np.uint8), truth, classes=[1])[1])
+                cut = (fg > t).astype(np.uint8)
+                by_threshold[t].append(metrics.dice(cut, truth, classes=[1], ignore=IGNORE_INDEX)[1])
     per_class = np.mean(dice_rows, axis=0)
     names = {c.value: c.name for c in meta.classes}
     out = {
