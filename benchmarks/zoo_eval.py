@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from seg_studio.core import checkpoint, metrics  # noqa: E402
-from seg_studio.core.compare import held_out_pairs  # noqa: E402
+from seg_studio.core.compare import evaluate_checkpoint, held_out_pairs  # noqa: E402
 from seg_studio.core.inference import PredictOptions, describe_hardware, predict  # noqa: E402
 from seg_studio.core.models.ensemble import Ensemble  # noqa: E402
 from seg_studio.core.training import load_recipe, pairs_from_folders  # noqa: E402
@@ -37,6 +37,24 @@ from seg_studio.core.training.data import (  # noqa: E402
     parse_label_map,
     read_pair,
 )
+
+
+def threshold_sweep(paths: list[str], pairs: list, recipe: dict, thresholds: list[float]) -> dict[str, float]:
+    """Foreground Dice of a one-class model at each probability cut (the app cuts at the argmax, 0.5)."""
+    model, meta = checkpoint.load(paths[0]) if len(paths) == 1 else Ensemble.from_checkpoints(paths)
+    if len(meta.classes) != 2:
+        sys.exit("--thresholds needs a model with one foreground class")
+    lmap = parse_label_map(recipe.get("label_map"))
+    scores: dict[float, list[float]] = {t: [] for t in thresholds}
+    for src in pairs:
+        image, labels = read_pair(src)
+        truth = apply_label_map(labels.array, lmap, recipe.get("ignore_value"))
+        fg = np.asarray(predict(image, model, meta, PredictOptions(device="cpu", probabilities=True))
+                        .probabilities.array)[1]  # fmt: skip
+        for t in thresholds:
+            cut = (fg > t).astype(np.uint8)
+            scores[t].append(metrics.dice(cut, truth, classes=[1], ignore=IGNORE_INDEX)[1])
+    return {str(t): round(float(np.mean(v)), 4) for t, v in scores.items()}
 
 
 def main() -> int:
@@ -58,38 +76,19 @@ def main() -> int:
         pairs_from_folders(REPO / recipe["images"], REPO / recipe["labels"]), run / "split.json"
     )
     paths = [str(p) for p in args.checkpoints]
-    model, meta = checkpoint.load(paths[0]) if len(paths) == 1 else Ensemble.from_checkpoints(paths)
-    model.eval()
-    lmap = parse_label_map(recipe.get("label_map"))
-    classes = [c.value for c in meta.classes if c.value != 0]
-    thresholds = args.thresholds or []
-    if thresholds and len(classes) != 1:
-        sys.exit("--thresholds needs a model with one foreground class")
-    opts = PredictOptions(device="cpu", tta=args.tta, probabilities=bool(thresholds))
-    dice_rows, by_threshold = [], {t: [] for t in thresholds}
-    for src in pairs:
-        image, labels = read_pair(src)
-        truth = apply_label_map(labels.array, lmap, recipe.get("ignore_value"))
-        pred = predict(image, model, meta, opts)
-        d = metrics.dice(np.asarray(pred.labels.array), truth, classes=classes, ignore=IGNORE_INDEX)
-        dice_rows.append([d[c] for c in classes])
-        if thresholds:
-            fg = np.asarray(pred.probabilities.array)[1]
-            for t in thresholds:
-                cut = (fg > t).astype(np.uint8)
-                by_threshold[t].append(metrics.dice(cut, truth, classes=[1], ignore=IGNORE_INDEX)[1])
-    per_class = np.mean(dice_rows, axis=0)
-    names = {c.value: c.name for c in meta.classes}
+    ev = evaluate_checkpoint(
+        paths, pairs, recipe.get("label_map"), recipe.get("ignore_value"), device="cpu", tta=args.tta
+    )
     out = {
         "checkpoints": [p.name for p in args.checkpoints],
-        "cases": len(pairs),
+        "cases": len(ev.cases),
         "tta": args.tta,
-        "dice": {names[c]: round(float(v), 4) for c, v in zip(classes, per_class, strict=True)},
-        "mean_dice": round(float(np.mean(per_class)), 4),
+        "dice": {k: round(float(v), 4) for k, v in ev.dice.items()},
+        "mean_dice": round(float(ev.mean_dice), 4),
         "hardware": describe_hardware(torch.device("cpu")),
     }
-    if thresholds:
-        out["dice_at_threshold"] = {str(t): round(float(np.mean(v)), 4) for t, v in by_threshold.items()}
+    if args.thresholds:
+        out["dice_at_threshold"] = threshold_sweep(paths, pairs, recipe, args.thresholds)
     print(json.dumps(out))
     return 0
 

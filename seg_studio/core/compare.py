@@ -70,25 +70,34 @@ def held_out_pairs(sources: Sequence[Any], split_path: str | Path) -> list[Any]:
 
 
 def evaluate_checkpoint(
-    checkpoint_path: str | Path,
+    checkpoint_path: str | Path | Sequence[str | Path],
     pairs: Sequence[Any],
     label_map: str | Mapping[Any, Any] | None = None,
     ignore_value: int | None = None,
     device: str = "auto",
     masks: Mapping[str, np.ndarray] | None = None,
     cancel: CancelToken | None = None,
+    tta: bool = False,
 ) -> EvalResult:
     """Segment every pair's image with the checkpoint (the app's inference path) and score it.
 
-    ``label_map`` maps the truth's values to class values, as in training. ``masks`` (case name ->
-    boolean array) restricts scoring to a region, e.g. DRIVE's field of view. HD95 uses the truth's
-    spacing (mm). The inference time is wall time per case, model already loaded.
+    Several checkpoint paths are scored as one ensemble (the mean of their probabilities), so a
+    candidate ensemble is measured exactly as a shipped model is. ``label_map`` maps the truth's
+    values to class values, as in training. ``masks`` (case name -> boolean array) restricts scoring
+    to a region, e.g. DRIVE's field of view. HD95 uses the truth's spacing (mm). The inference time is
+    wall time per case, model already loaded.
     """
     from . import checkpoint, metrics
     from .inference import PredictOptions, predict
+    from .models.ensemble import Ensemble
     from .training.data import IGNORE_INDEX, apply_label_map, parse_label_map, read_pair
 
-    model, meta = checkpoint.load(checkpoint_path)
+    if isinstance(checkpoint_path, str | Path):
+        model, meta = checkpoint.load(checkpoint_path)
+    elif len(checkpoint_path) == 1:
+        model, meta = checkpoint.load(checkpoint_path[0])
+    else:
+        model, meta = Ensemble.from_checkpoints(list(checkpoint_path))
     lmap = parse_label_map(label_map)
     names = {c.value: c.name for c in meta.classes}
     classes = [c.value for c in meta.classes if c.value != 0]
@@ -101,7 +110,7 @@ def evaluate_checkpoint(
         image, labels = read_pair(src)
         truth = apply_label_map(labels.array, lmap, ignore_value)
         t0 = time.perf_counter()
-        pred = predict(image, model, meta, PredictOptions(device=device), cancel)
+        pred = predict(image, model, meta, PredictOptions(device=device, tta=tta), cancel)
         seconds.append(time.perf_counter() - t0)
         used_device = pred.device
         p = np.asarray(pred.labels.array).astype(np.int64)

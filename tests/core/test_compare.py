@@ -76,6 +76,11 @@ def test_compare_trains_each_variant_on_one_split_and_writes_reports(
     assert len(pairs) == 2
     again = evaluate_checkpoint(result.runs[0].checkpoint, pairs, device="cpu")
     assert again.dice == pytest.approx(result.runs[0].eval.dice)
+    # several paths are one ensemble: a checkpoint averaged with itself scores as it does alone
+    ckpt = result.runs[0].checkpoint
+    assert evaluate_checkpoint([ckpt, ckpt], pairs, device="cpu").dice == pytest.approx(again.dice, abs=1e-3)
+    both = evaluate_checkpoint([ckpt, result.runs[1].checkpoint], pairs, device="cpu")
+    assert set(both.dice) == set(again.dice) and 0.0 <= both.mean_dice <= 1.0
 
     paths = write_reports(result, title="tiny")
     md = paths["md"].read_text()
