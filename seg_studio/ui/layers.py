@@ -8,6 +8,7 @@ the sections call them on the main thread.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -107,10 +108,31 @@ def layer_kwargs(volume: Volume, like: Any | None = None) -> dict[str, Any]:
     return {"scale": scale, "translate": tuple(volume.origin_zyx)}
 
 
+def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
+    """Layer metadata must survive copying and session saving: plain JSON values only."""
+    try:
+        return json.loads(json.dumps(meta, default=str))
+    except (TypeError, ValueError):
+        return {k: str(v) for k, v in meta.items()}
+
+
+def layer_metadata(volume: Volume) -> dict[str, Any]:
+    """``metadata["seg_studio"]``: geometry (SimpleITK x,y,z order), source, channels, labels, meta."""
+    g = volume.geometry()
+    g.update(
+        source=str(volume.source) if volume.source else None,
+        channels=volume.channels,
+        labels=[
+            {"value": int(li.value), "name": li.name, "color": [int(c) for c in li.color]}
+            for li in sorted(volume.labels.values(), key=lambda li: li.value)
+        ],
+        meta=_jsonable(volume.meta),
+    )
+    return {META_KEY: g}
+
+
 def geometry_metadata(volume: Volume, **extra: Any) -> dict[str, Any]:
     """``metadata["seg_studio"]`` exactly as the reader writes it (so the writer can rebuild the Volume)."""
-    from .reader import layer_metadata
-
     md = layer_metadata(volume)
     md[META_KEY].update(extra)
     return md

@@ -15,7 +15,6 @@ stays out of the reading path.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,34 +23,11 @@ from typing import Any
 import numpy as np
 
 from ..core.volume import Volume
+from .layers import class_colormap, class_features, layer_metadata
 
 log = logging.getLogger(__name__)
 
-META_KEY = "seg_studio"
 LayerData = tuple[Any, dict[str, Any], str]
-
-
-def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
-    """Layer metadata must survive copying and session saving: plain JSON values only."""
-    try:
-        return json.loads(json.dumps(meta, default=str))
-    except (TypeError, ValueError):
-        return {k: str(v) for k, v in meta.items()}
-
-
-def layer_metadata(volume: Volume) -> dict[str, Any]:
-    """``metadata["seg_studio"]``: geometry (SimpleITK x,y,z order), source, channels, labels, meta."""
-    g = volume.geometry()
-    g.update(
-        source=str(volume.source) if volume.source else None,
-        channels=volume.channels,
-        labels=[
-            {"value": int(li.value), "name": li.name, "color": [int(c) for c in li.color]}
-            for li in sorted(volume.labels.values(), key=lambda li: li.value)
-        ],
-        meta=_jsonable(volume.meta),
-    )
-    return {META_KEY: g}
 
 
 def _layer_name(volume: Volume, name: str | None) -> str:
@@ -87,8 +63,6 @@ def volume_layer_data(volume: Volume, name: str | None = None, kind: str | None 
             data = data.astype(smallest_int_dtype(np.round(data)))
         named = [li for li in volume.labels.values()]
         if named and len(named) <= 512:
-            from .layers import class_colormap, class_features
-
             kwargs["colormap"] = class_colormap(named)
             kwargs["features"] = class_features(sorted(named, key=lambda li: li.value))
     elif volume.channels > 1 and nd == 2 and volume.meta.get("rgb"):

@@ -42,7 +42,7 @@ def test_importing_core_and_the_reader_loads_no_gui_and_no_torch() -> None:
     napari starts fast with the plugin installed."""
     mods = _loaded_after(
         "import seg_studio.core, seg_studio.core.io, seg_studio.core.atomic, seg_studio.core.samples, "
-        "seg_studio.ui.reader, seg_studio.ui.writer, seg_studio.ui.sample_data, seg_studio.cli_io\n"
+        "seg_studio.ui.reader, seg_studio.ui.writer, seg_studio.ui.sample_data, seg_studio.cli.scans\n"
         "from seg_studio.core import io\n"
         "io.summary(io.read(io.write(seg_studio.core.samples.make_sample_2d()[0], "
         "__import__('tempfile').mkdtemp() + '/s.nii.gz')))"

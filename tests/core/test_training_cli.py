@@ -91,7 +91,7 @@ def test_cli_train_from_recipe_then_finetune_into_a_new_file(
 
 def test_every_setting_is_reachable_from_flags(tmp_path: Path) -> None:
     from seg_studio.cli import build_parser
-    from seg_studio.cli_train import train_config
+    from seg_studio.cli.train import train_config
     from seg_studio.core.errors import TrainingError
 
     recipe = tmp_path / "r.toml"

@@ -57,7 +57,7 @@ def test_app_reports_a_bad_scan_and_stays_open(qtbot, tmp_path):
 
 
 def test_cli_opens_the_app_for_a_bare_scan_argument(tmp_path):
-    from seg_studio.cli import _gui_shortcut
+    from seg_studio.cli.main import _gui_shortcut
 
     scan = tmp_path / "x.nii.gz"
     scan.write_bytes(b"")

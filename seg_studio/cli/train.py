@@ -18,8 +18,8 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from .core.errors import SegStudioError, TrainingError
-from .core.progress import CancelToken, Progress
+from ..core.errors import SegStudioError, TrainingError
+from ..core.progress import CancelToken, Progress
 
 # --- progress ----------------------------------------------------------------------------------------
 
@@ -140,7 +140,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace) -> Any:
-    from .core.training import FitConfig
+    from ..core.training import FitConfig
 
     o: dict[str, Any] = {}
     for k in (
@@ -214,7 +214,7 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .core.training import iter_fit
+    from ..core.training import iter_fit
 
     cfg = train_config(args)
     token = CancelToken()
@@ -273,7 +273,7 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
 
 
 def _pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
-    from .core.training import pairs_from_folders
+    from ..core.training import pairs_from_folders
 
     if images.is_file() or labels.is_file():
         if not (images.is_file() and labels.is_file()):
@@ -283,7 +283,7 @@ def _pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from .core.training import iter_finetune
+    from ..core.training import iter_finetune
 
     names: dict[int, str] = {}
     for item in args.class_name:
@@ -361,7 +361,7 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .core.metrics import evaluate_paths, summarise
+    from ..core.metrics import evaluate_paths, summarise
 
     classes = None
     if args.classes:

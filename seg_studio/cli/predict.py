@@ -1,6 +1,6 @@
 """CLI commands around checkpoints and inference: ``inspect``, ``import-weights``, ``predict``.
 
-Kept apart from ``cli.py`` (which only registers them in ``COMMANDS``) so the commands that several
+Kept apart from ``cli.main`` (which only registers them in ``COMMANDS``) so the commands that several
 people edit do not collide. Heavy imports (torch) happen inside the run functions.
 """
 
@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .core.errors import CheckpointError, SegStudioError
+from ..core.errors import CheckpointError, SegStudioError
 
 
 def say(text: str) -> None:
@@ -53,7 +53,7 @@ def add_inspect(p: argparse.ArgumentParser) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from .core import checkpoint as ckpt
+    from ..core import checkpoint as ckpt
 
     meta = ckpt.read_meta(args.checkpoint)
     if args.json:
@@ -100,7 +100,7 @@ def add_import_weights(p: argparse.ArgumentParser) -> None:
 
 
 def run_import_weights(args: argparse.Namespace) -> int:
-    from .core import checkpoint as ckpt
+    from ..core import checkpoint as ckpt
 
     if args.classes.strip().isdigit():
         n = int(args.classes)
@@ -203,7 +203,7 @@ class _Bar:
 
 
 def _is_dicom_folder(path: Path) -> bool:
-    from .core.io import list_series
+    from ..core.io import list_series
 
     try:
         return bool(list_series(path))
@@ -213,8 +213,8 @@ def _is_dicom_folder(path: Path) -> bool:
 
 def _gather(folder: Path) -> list[Path]:
     """Scans directly in ``folder``: readable files, and subfolders that hold a DICOM series."""
-    from .core.io import READ_FORMATS
-    from .core.io._formats import has_dicom_preamble, suffix_of
+    from ..core.io import READ_FORMATS
+    from ..core.io._formats import has_dicom_preamble, suffix_of
 
     scans = []
     for entry in sorted(folder.iterdir()):
@@ -228,8 +228,8 @@ def _gather(folder: Path) -> list[Path]:
 
 
 def _out_name(scan: Path, ext: str | None) -> str:
-    from .core.atomic import split_suffix
-    from .core.io import WRITE_FORMATS
+    from ..core.atomic import split_suffix
+    from ..core.io import WRITE_FORMATS
 
     if scan.is_dir():
         return scan.name + (ext or ".nii.gz")
@@ -244,7 +244,7 @@ def _float_name(base: Path, stem: str) -> Path:
 
 
 def _with_tag(path: Path, tag: str) -> Path:
-    from .core.atomic import split_suffix
+    from ..core.atomic import split_suffix
 
     stem, suffix = split_suffix(path)
     return path.with_name(f"{stem}{tag}{suffix or _FLOAT_EXT}")
@@ -254,8 +254,8 @@ def _predict_one(
     scan: Path, out: Path, model, meta, opts, extras: dict[str, Path | None], args
 ) -> list[Path]:  # noqa: ANN001
     """Read, predict, then write everything (nothing is written unless the prediction finished)."""
-    from .core import io
-    from .core.inference import iter_predict
+    from ..core import io
+    from ..core.inference import iter_predict
 
     vol = io.read(scan, series=args.series)
     bar = _Bar(scan.name)
@@ -294,9 +294,9 @@ def _dist_env() -> tuple[int, int, int]:
 def run_predict(args: argparse.Namespace) -> int:
     import time
 
-    from .core import checkpoint as ckpt
-    from .core.errors import InferenceError
-    from .core.inference import PredictOptions, pick_device
+    from ..core import checkpoint as ckpt
+    from ..core.errors import InferenceError
+    from ..core.inference import PredictOptions, pick_device
 
     rank, world, local_rank = _dist_env()
     device = pick_device(args.device)
@@ -355,7 +355,7 @@ def run_predict(args: argparse.Namespace) -> int:
         name = _out_name(scan, args.ext)
         if name in names:
             names[name] += 1
-            from .core.atomic import split_suffix
+            from ..core.atomic import split_suffix
 
             stem, suffix = split_suffix(name)
             name = f"{stem}_{names[name]}{suffix}"
@@ -365,7 +365,7 @@ def run_predict(args: argparse.Namespace) -> int:
     results: list[tuple[str, str, str]] = []  # (scan, status, detail)
     t0 = time.perf_counter()
     for scan, name in mine:
-        from .core.atomic import split_suffix
+        from ..core.atomic import split_suffix
 
         stem = split_suffix(name)[0]
         extras = {

@@ -15,8 +15,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import cli_compare, cli_io, cli_predict, cli_train, selftest
-from .core.errors import SegStudioError
+from .. import selftest
+from ..core.errors import SegStudioError
+from . import compare, predict, scans, train
 
 Runner = Callable[[argparse.Namespace], int]
 log = logging.getLogger("seg_studio")
@@ -30,7 +31,7 @@ def _add_models(p: argparse.ArgumentParser) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from .core.models import count_parameters, create_model, get_spec, list_models
+    from ..core.models import count_parameters, create_model, get_spec, list_models
 
     rows = []
     for name in list_models():
@@ -67,9 +68,9 @@ def _add_gui(p: argparse.ArgumentParser) -> None:
 
 
 def _run_gui(args: argparse.Namespace) -> int:
-    from .__main__ import launch_app
+    from ..ui.app import run_app
 
-    return launch_app(args.scan)
+    return run_app(args.scan)
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner]] = {
@@ -82,53 +83,53 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
     "gui": ("open the napari app", _add_gui, _run_gui),
     "info": (
         "print a scan's size, spacing, origin, direction, type and range (or a DICOM folder's series)",
-        cli_io.add_info,
-        cli_io.run_info,
+        scans.add_info,
+        scans.run_info,
     ),
     "convert": (
         "convert a scan or DICOM series to another format (e.g. DICOM -> NIfTI)",
-        cli_io.add_convert,
-        cli_io.run_convert,
+        scans.add_convert,
+        scans.run_convert,
     ),
     "demo": (
         "write the synthetic samples, describe them and segment the 2D one with the bundled model (the headless job)",
-        cli_io.add_demo,
-        cli_io.run_demo,
+        scans.add_demo,
+        scans.run_demo,
     ),
     "predict": (
         "segment a scan, a DICOM folder or a folder of scans with a .segmodel",
-        cli_predict.add_predict,
-        cli_predict.run_predict,
+        predict.add_predict,
+        predict.run_predict,
     ),
     "inspect": (
         "print a checkpoint's metadata (its model card)",
-        cli_predict.add_inspect,
-        cli_predict.run_inspect,
+        predict.add_inspect,
+        predict.run_inspect,
     ),
     "train": (
         "train a variant on image/label pairs (recipe file and/or flags)",
-        cli_train.add_train,
-        cli_train.run_train,
+        train.add_train,
+        train.run_train,
     ),
     "finetune": (
         "fine-tune a checkpoint on corrected labels into a NEW checkpoint",
-        cli_train.add_finetune,
-        cli_train.run_finetune,
+        train.add_finetune,
+        train.run_finetune,
     ),
     "evaluate": (
         "Dice, IoU and HD95 (mm) per class: files or folders",
-        cli_train.add_evaluate,
-        cli_train.run_evaluate,
+        train.add_evaluate,
+        train.run_evaluate,
     ),
     "compare": (
         "train and score several variants on the same data, split and budget (tables + chart)",
-        cli_compare.add_compare,
-        cli_compare.run_compare,
+        compare.add_compare,
+        compare.run_compare,
     ),
     "import-weights": (
         "turn a plain PyTorch state dict into a .segmodel (never unpickles code)",
-        cli_predict.add_import_weights,
-        cli_predict.run_import_weights,
+        predict.add_import_weights,
+        predict.run_import_weights,
     ),
 }
 
@@ -137,7 +138,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="seg-studio", description="Segment 2D/3D medical images with the U-Net family."

@@ -65,7 +65,7 @@ def add_info(p: argparse.ArgumentParser) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from .core import io
+    from ..core import io
 
     path: Path = args.path
     series_list = None
@@ -109,7 +109,7 @@ def add_convert(p: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from .core import io
+    from ..core import io
 
     vol = io.read(args.input, series=args.series, allow_nonuniform=args.allow_nonuniform)
     if args.labels:
@@ -133,9 +133,9 @@ def add_demo(p: argparse.ArgumentParser) -> None:
 
 def make_demo_sample(out: Path) -> dict[str, Path]:
     """Write the synthetic 2D and 3D samples (scan + labels) as NIfTI; returns their paths by role."""
-    from .core import io
-    from .core.atomic import atomic_write
-    from .core.samples import make_sample_2d, make_sample_3d
+    from ..core import io
+    from ..core.atomic import atomic_write
+    from ..core.samples import make_sample_2d, make_sample_3d
 
     paths: dict[str, Path] = {}
     for dims, make in ((3, make_sample_3d), (2, make_sample_2d)):
@@ -157,9 +157,9 @@ def run_demo(args: argparse.Namespace) -> int:
     its geometry and scored against the sample's own labels, so a broken install shows up as a low
     Dice rather than passing silently.
     """
-    from .core import checkpoint, io, metrics
-    from .core.inference import PredictOptions, predict
-    from .selftest import find_bundled_checkpoint
+    from ..core import checkpoint, io, metrics
+    from ..core.inference import PredictOptions, predict
+    from ..selftest import find_bundled_checkpoint
 
     paths = make_demo_sample(args.out)
     print(f"seg_studio sample written to {args.out}/")

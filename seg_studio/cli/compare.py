@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .core.errors import TrainingError
+from ..core.errors import TrainingError
 
 
 def add_compare(p: argparse.ArgumentParser) -> None:
@@ -42,11 +42,11 @@ def add_compare(p: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from .cli_train import Bar, drive
-    from .core.compare import NOT_TRAINABLE, CompareConfig, iter_compare, markdown_table, write_reports
-    from .core.models import list_models
-    from .core.progress import CancelToken
-    from .core.training import load_recipe
+    from ..core.compare import NOT_TRAINABLE, CompareConfig, iter_compare, markdown_table, write_reports
+    from ..core.models import list_models
+    from ..core.progress import CancelToken
+    from ..core.training import load_recipe
+    from .train import Bar, drive
 
     base = load_recipe(args.recipe)
     if args.features is not None:
