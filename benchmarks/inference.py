@@ -342,6 +342,60 @@ def memory_check(
     return res
 
 
+_CLI_WRAPPER = r"""
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+secs = time.perf_counter() - t
+print(json.dumps({"rc": proc.returncode, "seconds": round(secs, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+                  "tail": (proc.stdout + proc.stderr).strip().splitlines()[-1:]}))
+"""
+
+
+def cli_memory_check(slices: int = 400, features: int = 4) -> list[dict[str, Any]]:
+    """Peak RSS of the real ``seg-studio predict`` on a 512x512xN int16 CT (written as NIfTI), with and
+    without ``--save-probabilities``: the whole command (read, predict, write, verify), each in a fresh
+    process measured by a wrapper of its own (``ru_maxrss`` of its only child)."""
+    import tempfile
+
+    from seg_studio.core import io as sio
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="seg-mem-") as tmp:
+        work = Path(tmp)
+        rng = np.random.default_rng(0)
+        ct = rng.integers(-1000, 1500, size=(slices, 512, 512), dtype=np.int16)
+        scan = sio.write(Volume.from_array(ct, spacing=(0.7, 0.7, 2.5)), work / "ct.nii.gz")
+        del ct
+        torch.manual_seed(0)
+        model = create_model(
+            "unet", spatial_dims=3, in_channels=1, out_channels=2, features=features, depth=3
+        )
+        meta = ckpt.new_meta(model, "unet", {"features": features, "depth": 3}, patch_size=(64, 128, 128),
+                             normalization={"mode": "ct_window", "low": -160, "high": 240})  # fmt: skip
+        model_path = ckpt.save(work / "m.segmodel", model, meta)
+        for probs in (False, True):
+            cmd = [sys.executable, "-m", "seg_studio", "predict", str(scan), "--model", str(model_path),
+                   "--out", str(work / "mask.nii.gz"), "--overlap", "0.25"]  # fmt: skip
+            if probs:
+                cmd += ["--save-probabilities", str(work / "probs.nii.gz")]
+            env = {**os.environ, "PYTHONPATH": str(REPO)}
+            res = subprocess.run([sys.executable, "-c", _CLI_WRAPPER, *cmd], capture_output=True, text=True,
+                                 env=env, check=False)  # fmt: skip
+            row = (
+                json.loads(res.stdout.strip().splitlines()[-1])
+                if res.returncode == 0
+                else {"error": res.stderr}
+            )
+            row.update(
+                {"slices": slices, "probabilities": probs, "scan_mb": round(scan.stat().st_size / 2**20)}
+            )
+            print(json.dumps(row), file=sys.stderr)
+            out.append(row)
+    return out
+
+
 # --- main ---------------------------------------------------------------------------------------------------
 
 
@@ -357,6 +411,7 @@ def main() -> int:
     ap.add_argument("--roi2d", type=int, default=256)
     ap.add_argument("--features2d", type=int, default=16)
     ap.add_argument("--steps", type=int, default=25, help="quick-training steps per model")
+    ap.add_argument("--cli-slices", type=int, default=400, help="slices of the CT for the CLI memory check")
     ap.add_argument("--json", type=Path, help="write the raw numbers here")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -383,9 +438,11 @@ def main() -> int:
         )
         rows += case("3D", 3, args.size3d, args.roi3d, args.features3d, 4, args.steps, 32, 2)
     mem = []
+    cli_mem: list[dict[str, Any]] = []
     if not args.skip_memory:
         mem.append(memory_check(4, (64, 128, 128), 0.25, False))
         mem.append(memory_check(4, (64, 128, 128), 0.25, True))
+        cli_mem = cli_memory_check(args.cli_slices)
     info["load_avg_end"] = os.getloadavg()
     info["peak_rss_this_process_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
@@ -412,8 +469,12 @@ def main() -> int:
             )
     for m in mem:
         print(f"\n512x512x300 int16 CT, 2 classes: {m}")
+    for m in cli_mem:
+        print(f"\nseg-studio predict, 512x512x{m.get('slices')} int16 CT, 2 classes: {m}")
     if args.json:
-        args.json.write_text(json.dumps({"info": info, "rows": rows, "memory": mem}, indent=2))
+        args.json.write_text(
+            json.dumps({"info": info, "rows": rows, "memory": mem, "cli_memory": cli_mem}, indent=2)
+        )
     return 0
 
 
