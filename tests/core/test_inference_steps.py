@@ -128,13 +128,13 @@ def test_run_windows_blends_like_a_plain_loop() -> None:
     np.testing.assert_allclose(out.scores, expect, atol=1e-4)
 
 
-def test_recover_from_oom_halves_then_gives_one_line() -> None:
+def test_recover_halves_on_oom_then_gives_one_line() -> None:
     r = _runner(Affine(2))
-    assert blend.recover_from_oom(torch.OutOfMemoryError("CUDA out of memory"), r, 4)[0] == 2
+    assert blend.recover(torch.OutOfMemoryError("CUDA out of memory"), r, 4)[0] == 2
     with pytest.raises(InferenceError, match="out of memory on the CPU with one window"):
-        blend.recover_from_oom(RuntimeError("out of memory"), r, 1)
+        blend.recover(RuntimeError("out of memory"), r, 1)
     with pytest.raises(ValueError, match="not memory"):
-        blend.recover_from_oom(ValueError("not memory"), r, 4)
+        blend.recover(ValueError("not memory"), r, 4)
     assert blend.batch_size_for(8, torch.device("cpu"), (96, 96, 96)) == 2
     assert blend.batch_size_for(8, torch.device("cuda"), (96, 96, 96)) == 8
 

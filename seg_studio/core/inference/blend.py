@@ -3,7 +3,8 @@
 Batches of windows go through a ``WindowRunner`` on the device; their weighted scores are added
 into float32 numpy buffers on the CPU, so the full volume never sits on the GPU and the peak grows
 with the volume, not with volume x windows. Between batches the loop yields ``Progress`` and checks
-the cancel token; out of memory halves the batch, then moves a GPU run to the CPU.
+the cancel token; out of memory halves the batch, then moves a GPU run to the CPU; a compiled
+backend that fails mid-run hands over to torch.
 """
 
 from __future__ import annotations
@@ -86,9 +87,15 @@ def batch_size_for(requested: int, device: torch.device, roi: Sequence[int]) -> 
     return batch
 
 
-def recover_from_oom(exc: BaseException, runner: WindowRunner, batch: int) -> tuple[int, str]:
-    """After an out-of-memory error: halve the batch, else move a GPU run to the CPU, else give up
-    with one clear line. Any other error propagates. Returns the new batch size and what was done."""
+def recover(exc: BaseException, runner: WindowRunner, batch: int) -> tuple[int, str]:
+    """After a failed batch: a compiled backend that failed goes back to torch; out of memory halves
+    the batch, else moves a GPU run to the CPU, else gives up with one clear line. Any other error
+    propagates. Returns the new batch size and what was done."""
+    from .backends import BackendError
+
+    if isinstance(exc, BackendError):
+        runner.move_to(runner.device)
+        return batch, f"{exc}; continuing with torch"
     if not is_out_of_memory(exc):
         raise exc
     device = runner.device
@@ -127,8 +134,8 @@ def run_windows(
         windows, xb = window_batch(prep.image, prep.starts[done : done + batch], prep.roi)
         try:
             scores, spread, gates = runner(xb, weight)
-        except Exception as exc:  # noqa: BLE001 - recover_from_oom re-raises anything but out-of-memory
-            batch, msg = recover_from_oom(exc, runner, batch)
+        except Exception as exc:  # noqa: BLE001 - recover re-raises what it cannot handle
+            batch, msg = recover(exc, runner, batch)
             log.warning(msg)
             blend.notes.append(msg)
             yield Progress(done, total, "predict", msg, clock.eta(done))

@@ -32,10 +32,11 @@ from ..checkpoint import ModelMeta
 from ..models.base import AUX_ATTENTION, AUX_UNCERTAINTY, SegModel
 from ..progress import CancelToken, Progress
 from ..volume import Volume
+from .backends import choose_backend, try_compiled
 from .blend import batch_size_for, empty_blend, run_windows
-from .devices import pick_device
+from .devices import pick_device, resolve_precision
 from .finish import finish
-from .prepare import check_pairing, prepare
+from .prepare import Prepared, check_pairing, prepare
 from .runner import TorchForward, WindowRunner, fuse_conv_bn, has_own_uncertainty, tta_flip_axes, tta_notes
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class PredictOptions:
     fuse_bn: bool = True
     #: channels-last memory format (faster convolutions on CPU and on tensor cores)
     channels_last: bool = True
+    #: "auto" (OpenVINO or ONNX Runtime on the CPU when installed, else torch), "torch", "openvino",
+    #: "onnxruntime"; GPUs always run torch (see ``backends``)
+    backend: str = "auto"
 
 
 @dataclass
@@ -81,6 +85,8 @@ class Prediction:
     device: str = "cpu"
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: what ran the network ("openvino bf16", "torch bfloat16", ...)
+    backend: str = "torch"
 
 
 # --- the engine: prepare -> window loop -> finish ----------------------------------------------------
@@ -97,9 +103,10 @@ def resolve_options(options: PredictOptions | None, model: SegModel) -> PredictO
 
 
 def make_runner(
-    model: SegModel, meta: ModelMeta, device: torch.device, opts: PredictOptions, slice_mode: bool
-) -> WindowRunner:
-    """The window runner for this prediction: torch on ``device``, with flip TTA and the asked maps."""
+    model: SegModel, meta: ModelMeta, device: torch.device, opts: PredictOptions, prep: Prepared
+) -> Generator[Progress, None, WindowRunner]:
+    """The window runner for this prediction: a compiled backend where one is chosen and compiles,
+    else torch on ``device``; flip TTA and the asked maps either way."""
     want = frozenset(
         ({AUX_ATTENTION} if opts.attention else set()) | ({AUX_UNCERTAINTY} if opts.uncertainty else set())
     )
@@ -107,10 +114,16 @@ def make_runner(
     def torch_forward(dev: torch.device) -> TorchForward:
         return TorchForward(model, dev, opts.precision, opts.fuse_bn, opts.channels_last)
 
+    dtype = resolve_precision(opts.precision, device)
+    backend = choose_backend(opts.backend, device, dtype)
+    forward = None
+    if backend != "torch":
+        net_roi = prep.roi[1:] if prep.slice_mode else prep.roi
+        forward = yield from try_compiled(backend, model, meta, net_roi, want, dtype)
     return WindowRunner(
-        torch_forward(device),
+        forward or torch_forward(device),
         model.spatial_dims,
-        slice_mode,
+        prep.slice_mode,
         opts.tta,
         want,
         tta_flip_axes(meta),
@@ -138,7 +151,7 @@ def iter_predict(
     prep = prepare(volume, meta, opts.overlap, slice_mode)
     cancel.raise_if_cancelled()
 
-    runner = make_runner(model, meta, device, opts, slice_mode)
+    runner = yield from make_runner(model, meta, device, opts, prep)
     notes = tta_notes(opts.tta, tta_flip_axes(meta), model.spatial_dims)
     for note in notes:
         log.info(note)
@@ -154,8 +167,9 @@ def iter_predict(
     yield Progress(total, total, "finalise", "labels")
     labels, probs, unc, att = finish(prep, blend, volume, meta, opts)
     seconds = time.perf_counter() - t0
-    log.info("predicted %s in %.1f s on %s", prep.src_shape, seconds, runner.device)
-    return Prediction(labels, probs, att, unc, str(runner.device), seconds, notes)
+    label = runner.forward.label
+    log.info("predicted %s in %.1f s on %s (%s)", prep.src_shape, seconds, runner.device, label)
+    return Prediction(labels, probs, att, unc, str(runner.device), seconds, notes, label)
 
 
 def predict(
