@@ -12,7 +12,7 @@ from torch import nn
 
 from seg_studio.core import checkpoint as ckpt
 from seg_studio.core.errors import InferenceError
-from seg_studio.core.inference import PredictOptions, blend, finish, prepare, runner
+from seg_studio.core.inference import PredictOptions, blend, finish, predict, prepare, runner
 from seg_studio.core.inference import windows as W
 from seg_studio.core.models import SegModel, SegOutput, create_model
 from seg_studio.core.transforms import resample_to_shape
@@ -209,3 +209,25 @@ def test_inference_functions_are_short() -> None:
             ):
                 long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno} lines)")
     assert not long, long
+
+
+def test_uint8_probabilities_are_the_float_ones_to_within_half_a_step() -> None:
+    model = Affine(3)
+    img = np.random.default_rng(4).normal(size=(12, 20, 16)).astype(np.float32)
+    vol = Volume.from_array(img, spacing=(0.5, 0.5, 2.0))
+    meta = _meta(model, (8, 16, 16), spacing=(1.0, 1.0, 1.0))  # resampled there and back
+    f32 = predict(vol, model, meta, PredictOptions(probabilities=True, precision="fp32", backend="torch"))
+    u8 = predict(
+        vol,
+        model,
+        meta,
+        PredictOptions(probabilities=True, precision="fp32", backend="torch", probability_dtype="uint8"),
+    )
+    p8 = u8.probabilities
+    assert p8.array.dtype == np.uint8 and p8.channels == 2 and p8.meta["scale"] == 1 / 255
+    assert p8.same_geometry(vol) and p8.array.shape == f32.probabilities.array.shape
+    err = np.abs(p8.array * p8.meta["scale"] - f32.probabilities.array).max()
+    assert err <= 0.5 / 255 + 1e-6, err
+    np.testing.assert_array_equal(u8.labels.array, f32.labels.array)
+    with pytest.raises(InferenceError, match="uint8"):
+        predict(vol, model, meta, PredictOptions(probabilities=True, probability_dtype="float16"))

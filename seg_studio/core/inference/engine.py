@@ -29,13 +29,14 @@ import numpy as np
 import torch
 
 from ..checkpoint import ModelMeta
+from ..errors import InferenceError
 from ..models.base import AUX_ATTENTION, AUX_UNCERTAINTY, SegModel
 from ..progress import CancelToken, Progress
 from ..volume import Volume
 from .backends import choose_backend, try_compiled
 from .blend import batch_size_for, empty_blend, run_windows
 from .devices import pick_device, resolve_precision
-from .finish import finish
+from .finish import PROBABILITY_DTYPES, finish
 from .prepare import Prepared, check_pairing, prepare
 from .runner import TorchForward, WindowRunner, fuse_conv_bn, has_own_uncertainty, tta_flip_axes, tta_notes
 
@@ -69,6 +70,8 @@ class PredictOptions:
     fuse_bn: bool = True
     #: channels-last memory format (faster convolutions on CPU and on tensor cores)
     channels_last: bool = True
+    #: "float32", or "uint8" (round(p * 255), a quarter of the memory; ``meta["scale"]`` = 1/255)
+    probability_dtype: str = "float32"
     #: "auto" (OpenVINO or ONNX Runtime on the CPU when installed, else torch), "torch", "openvino",
     #: "onnxruntime"; GPUs always run torch (see ``backends``)
     backend: str = "auto"
@@ -96,6 +99,10 @@ def resolve_options(options: PredictOptions | None, model: SegModel) -> PredictO
     """A private copy of the options; an uncertainty request turns flip TTA on unless the model
     reports its own spread (an ensemble) and no TTA was asked for."""
     opts = copy.copy(options or PredictOptions())
+    if opts.probability_dtype not in PROBABILITY_DTYPES:
+        raise InferenceError(
+            f"probabilities can be {' or '.join(PROBABILITY_DTYPES)}, not {opts.probability_dtype!r}"
+        )
     model_spread = opts.uncertainty and not opts.tta and has_own_uncertainty(model)
     if opts.uncertainty and not model_spread:
         opts.tta = True  # the spread over flips is the uncertainty
