@@ -240,6 +240,8 @@ def _compile(backend: str, path: Path, dtype: torch.dtype | None, threads: int) 
             "INFERENCE_PRECISION_HINT": "bf16" if dtype == torch.bfloat16 else "f32",
             "INFERENCE_NUM_THREADS": int(threads),
             "PERFORMANCE_HINT": "LATENCY",
+            # no pinning: on a shared machine (and beside a GUI thread) pinned workers wait for busy cores
+            "ENABLE_CPU_PINNING": False,
         }
         return core.compile_model(core.read_model(str(path)), "CPU", config)
     import onnxruntime as ort
