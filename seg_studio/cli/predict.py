@@ -149,6 +149,13 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per batch (halved on out-of-memory)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "torch", "openvino", "onnxruntime"),
+        help="auto: OpenVINO on the CPU when installed (pip install 'seg-studio[fast]'), else torch; "
+        "GPUs always run torch",
+    )
     p.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
     p.add_argument(
         "--save-probabilities",
@@ -333,6 +340,7 @@ def run_predict(args: argparse.Namespace) -> int:
         precision=args.precision,
         probabilities=args.save_probabilities is not None,
         probability_dtype=args.probabilities_dtype,
+        backend=args.backend,
         attention=args.save_attention is not None,
         uncertainty=args.save_uncertainty is not None,
         postprocess=post or None,

@@ -65,9 +65,12 @@ class BackendError(RuntimeError):
 
 
 def installed(name: str) -> bool:
-    """Whether the backend's package is importable (without importing it)."""
-    module = {"openvino": "openvino", "onnxruntime": "onnxruntime"}.get(name)
-    return name == "torch" or (module is not None and importlib.util.find_spec(module) is not None)
+    """Whether the backend's package and ``onnx`` (the exporter needs it) are importable (not imported)."""
+    if name == "torch":
+        return True
+    if name not in ("openvino", "onnxruntime"):
+        return False
+    return all(importlib.util.find_spec(m) is not None for m in (name, "onnx"))
 
 
 def choose_backend(requested: str, device: torch.device, dtype: torch.dtype | None) -> str:
