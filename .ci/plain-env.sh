@@ -4,7 +4,8 @@
 #   newest  a plain venv that already has the newest torch the registry serves; `pip install` of
 #           seg_studio must keep that torch (ranges, not pins); then everything else at its newest;
 #   oldest  the lowest version of each direct dependency that resolves (installer/constraints-oldest.txt).
-# Then the core and plugin tests run against the installed package.
+# Then the core and plugin tests run against the installed package (the slow accuracy tests run only
+# in the locked run, installer/test.sh).
 # Usage: .ci/plain-env.sh newest|oldest [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +35,4 @@ case "$MODE" in
 esac
 "$VENV/bin/seg-studio" --version
 # The installed package, not the source tree: pytest's own entry point keeps the repo root off sys.path.
-QT_QPA_PLATFORM=xcb "$VENV/bin/pytest" -q -p no:cacheprovider "$@"
+QT_QPA_PLATFORM=xcb "$VENV/bin/pytest" -q -p no:cacheprovider -m "not slow" "$@"
