@@ -11,10 +11,14 @@ from .predict import is_seg_path, say
 
 def add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("labels", type=Path, help="a label map on the series' grid (.nii.gz, .nrrd, a SEG ...)")
-    p.add_argument("--like", type=Path, required=True, metavar="DICOM_DIR", help="the DICOM series it lies on")
+    p.add_argument(
+        "--like", type=Path, required=True, metavar="DICOM_DIR", help="the DICOM series it lies on"
+    )
     p.add_argument("--out", type=Path, required=True, help="the DICOM SEG to write (result.dcm)")
     p.add_argument("--series", help="DICOM series UID when DICOM_DIR holds several")
-    p.add_argument("--model", type=Path, help="the .segmodel that made the labels: class names, colours, algorithm")
+    p.add_argument(
+        "--model", type=Path, help="the .segmodel that made the labels: class names, colours, algorithm"
+    )
     p.add_argument(
         "--algorithm-type",
         choices=("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"),

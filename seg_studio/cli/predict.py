@@ -343,8 +343,12 @@ def run_predict(args: argparse.Namespace) -> int:
             return 0
         if args.out.is_dir():
             raise InferenceError(f"--out {args.out} is a folder; give a file name such as mask.nii.gz")
-        if is_seg_path(args.out) and not (args.input.is_dir() or args.input.suffix.lower() in (".dcm", ".dicom", "")):
-            raise InferenceError(f"--out {args.out.name}: a DICOM SEG needs a DICOM series as input; use .nii.gz")
+        if is_seg_path(args.out) and not (
+            args.input.is_dir() or args.input.suffix.lower() in (".dcm", ".dicom", "")
+        ):
+            raise InferenceError(
+                f"--out {args.out.name}: a DICOM SEG needs a DICOM series as input; use .nii.gz"
+            )
         extras = {
             "probabilities": args.save_probabilities,
             "uncertainty": args.save_uncertainty,

@@ -92,7 +92,9 @@ def has_physical_spacing(vol: Volume) -> bool:
     return not (unit and (fmt in _NO_SPACING_FORMATS or (fmt == "TIFF" and vol.ndim == 2)))
 
 
-def measure(labels: Volume, image: Volume | None = None, names: Mapping[int, LabelInfo] | None = None) -> Report:
+def measure(
+    labels: Volume, image: Volume | None = None, names: Mapping[int, LabelInfo] | None = None
+) -> Report:
     """Measure every foreground class of ``labels`` (and the scan inside it when ``image`` is given)."""
     arr = np.asarray(labels.array)
     if image is not None and image.spatial_shape != labels.spatial_shape:

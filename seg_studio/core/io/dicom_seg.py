@@ -49,7 +49,9 @@ class Algorithm:
     kind: str = "AUTOMATIC"
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str] | None, meta: Any, kind: str = "AUTOMATIC") -> Algorithm:
+    def from_checkpoint(
+        cls, path: str | os.PathLike[str] | None, meta: Any, kind: str = "AUTOMATIC"
+    ) -> Algorithm:
         """Name (card name or file stem), version (card version or packaging date) and file hash."""
         from ..checkpoint import file_hash
 
@@ -123,7 +125,9 @@ def _sorted_like_reader(dss: list[Any], where: str) -> list[Any]:
         )
     iop = np.asarray(iops, dtype=float)
     if np.abs(iop - iop[0]).max() > 1e-4:
-        raise ImageWriteError(f"the DICOM series in {where} mixes slice orientations; export each stack alone")
+        raise ImageWriteError(
+            f"the DICOM series in {where} mixes slice orientations; export each stack alone"
+        )
     normal = np.cross(iop[0, :3], iop[0, 3:])
     pos = np.asarray(ipps, dtype=float) @ normal
     return [dss[int(i)] for i in np.argsort(pos, kind="stable")]
@@ -153,7 +157,9 @@ def check_on_series_grid(labels: Volume, sources: Sequence[Any]) -> list[str]:
     iop = np.asarray(ds0.ImageOrientationPatient, dtype=float)
     ps = np.asarray(ds0.PixelSpacing, dtype=float)  # row spacing (y), column spacing (x)
     if not (np.allclose(d[:, 0], iop[:3], atol=1e-3) and np.allclose(d[:, 1], iop[3:], atol=1e-3)):
-        raise ImageWriteError("the labels' orientation differs from the DICOM series'; they lie on another grid")
+        raise ImageWriteError(
+            "the labels' orientation differs from the DICOM series'; they lie on another grid"
+        )
     if not np.allclose(labels.spacing[:2], ps[::-1], rtol=1e-4):
         raise ImageWriteError(
             f"the labels' pixel spacing {labels.spacing[:2]} differs from the series' {tuple(ps[::-1])} mm"
@@ -180,7 +186,9 @@ def check_on_series_grid(labels: Volume, sources: Sequence[Any]) -> list[str]:
     shift = ipp - origin - np.outer(along, normal)
     if n > 1 and np.linalg.norm(shift, axis=1).max() > tol_xy:
         tilt = float(np.degrees(np.arctan2(np.linalg.norm(shift[-1]), along[-1] - along[0])))
-        notes.append(f"the series is sheared (gantry tilt about {tilt:.1f} deg): the SEG keeps each frame's position")
+        notes.append(
+            f"the series is sheared (gantry tilt about {tilt:.1f} deg): the SEG keeps each frame's position"
+        )
     if off.max() > 1e-3 * labels.spacing[2] + 1e-3:
         notes.append("the series' slice gaps are uneven: the SEG keeps each frame's true position")
     return notes
@@ -313,7 +321,9 @@ def write_seg(
     def verify(tmp: Path) -> None:
         got = _frames_by_source(read_seg_dataset(tmp), sources)
         if got.shape != expected.shape or not np.array_equal(got, expected):
-            raise ImageWriteError(f"the DICOM SEG written to {Path(path).name} did not read back to the same voxels")
+            raise ImageWriteError(
+                f"the DICOM SEG written to {Path(path).name} did not read back to the same voxels"
+            )
 
     return atomic_write(path, write, verify, protected=[*protected, *src_paths, labels.source])
 
@@ -409,7 +419,9 @@ def _like_sources(seg: Any, like: Volume) -> list[_Ref]:
     return [_Ref(u) for u in uids]
 
 
-def _seg_on_own_grid(seg: Any, table: Mapping[int, LabelInfo], labels: dict[int, LabelInfo], name: str) -> Volume:
+def _seg_on_own_grid(
+    seg: Any, table: Mapping[int, LabelInfo], labels: dict[int, LabelInfo], name: str
+) -> Volume:
     """The SEG's frames stacked along their slice normal; the grid they define (regular or not)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -417,7 +429,9 @@ def _seg_on_own_grid(seg: Any, table: Mapping[int, LabelInfo], labels: dict[int,
         positions = _frame_positions(seg)
     if not positions:
         raise ImageLoadError(f"{name}: the DICOM SEG's frames have no positions; open it with its series")
-    iop = np.asarray(seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    iop = np.asarray(
+        seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float
+    )
     ps = np.asarray(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing, float)
     normal = np.cross(iop[:3], iop[3:])
     order = sorted(positions, key=lambda u: float(np.dot(positions[u], normal)))
@@ -430,7 +444,9 @@ def _seg_on_own_grid(seg: Any, table: Mapping[int, LabelInfo], labels: dict[int,
     meta: dict[str, Any] = {"sop_instance_uids": order}
     if gaps.size and np.abs(gaps - dz).max() > max(0.01 * dz, 1e-3):
         meta["nonuniform_spacing"] = True
-        log.warning("%s: the SEG's slices are unevenly spaced; its grid uses their mean gap %.4g mm", name, dz)
+        log.warning(
+            "%s: the SEG's slices are unevenly spaced; its grid uses their mean gap %.4g mm", name, dz
+        )
     direction = np.column_stack([iop[:3], iop[3:], normal]).ravel()
     arr = _to_values(segments, table)
     return Volume(
@@ -486,7 +502,11 @@ def seg_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "algorithm_type": str(item.SegmentAlgorithmType),
                 "algorithm": None
                 if alg is None
-                else {"name": str(alg.AlgorithmName), "version": str(alg.AlgorithmVersion), **_alg_params(alg)},
+                else {
+                    "name": str(alg.AlgorithmName),
+                    "version": str(alg.AlgorithmVersion),
+                    **_alg_params(alg),
+                },
             }
         )
     out = {"path": str(path), **_seg_meta(seg), "frames": int(seg.NumberOfFrames)}
