@@ -144,7 +144,7 @@ def get_series(
     root = root or cache_root()
     final = root / _safe(series_uid)
     if not refresh and cached_series(series_uid, root):
-        log.info("series %s is in the cache: %s", series_uid, final)
+        log.debug("series %s is in the cache: %s", series_uid, final)
         return final
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,7 @@ def get_series(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("pulled %d instances of series %s into %s", n, series_uid, final)
+    log.debug("pulled %d instances of series %s into %s", n, series_uid, final)
     return final
 
 

@@ -176,7 +176,10 @@ def check_on_series_grid(labels: Volume, sources: Sequence[Any]) -> list[str]:
     along = (ipp - origin) @ normal
     grid = np.arange(n) * labels.spacing[2]
     off = np.abs(along - grid)
-    k = int(np.argmax(off))
+    gaps = np.diff(along)
+    uneven = gaps.size > 0 and float(np.ptp(gaps)) > max(0.01 * float(np.median(gaps)), 1e-3)
+    # uneven gaps (read with an average spacing): slice k is frame k, the slab must still match at both ends
+    k = int(np.argmax(off)) if not uneven else (0 if off[0] >= off[-1] else n - 1)
     if off[k] >= 0.5 * labels.spacing[2]:
         raise ImageWriteError(
             f"slice {k + 1} of the DICOM series lies {along[k]:.2f} mm along the slice normal, but slice {k + 1} "
@@ -189,7 +192,7 @@ def check_on_series_grid(labels: Volume, sources: Sequence[Any]) -> list[str]:
         notes.append(
             f"the series is sheared (gantry tilt about {tilt:.1f} deg): the SEG keeps each frame's position"
         )
-    if off.max() > 1e-3 * labels.spacing[2] + 1e-3:
+    if uneven:
         notes.append("the series' slice gaps are uneven: the SEG keeps each frame's true position")
     return notes
 
