@@ -30,7 +30,7 @@ from . import layers as L
 
 log = logging.getLogger(__name__)
 
-BASE_COLUMNS = ("Class", "Size", "Voxels", "Extent (mm)", "Pieces", "Mean ± SD", "p5–p95")
+BASE_COLUMNS = ("Class", "Size", "Voxels", "Mean ± SD", "p5–p95", "Extent (mm)", "Pieces (largest)")
 DEBOUNCE_MS = 150
 
 
@@ -175,10 +175,10 @@ class MeasureSection(QGroupBox):
                 f"{c.value}: {c.name}",
                 f"{c.size:.4g} {c.size_unit}",
                 str(c.voxels),
-                " × ".join(f"{e:.1f}" for e in c.extent_mm_xyz),
-                f"{c.components} ({100 * c.largest_component_share:.0f}% largest)",
                 "" if s is None else f"{s.mean:.1f} ± {s.sd:.1f} {unit}".strip(),
                 "" if s is None else f"{s.percentiles['p5']:.0f}–{s.percentiles['p95']:.0f}",
+                " × ".join(f"{e:.1f}" for e in c.extent_mm_xyz),
+                f"{c.components} ({100 * c.largest_component_share:.0f}%)",
                 *[f"{c.extras[k]:.1f}" if k in c.extras else "" for k in extras],
             ]
             for j, text in enumerate(cells):

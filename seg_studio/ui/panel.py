@@ -131,17 +131,21 @@ class SegStudioPanel(QScrollArea):
         self.scan_combo.currentIndexChanged.connect(lambda _: self.measure_section.follow())
 
     def _seg_algorithm(self) -> Any:
-        """The current checkpoint, named in a DICOM SEG (semi-automatic: the mask may be corrected)."""
+        """The model whose prediction the mask is (semi-automatic: it may be corrected since), or None
+        for a mask that no prediction of this panel made (a DICOM SEG then says MANUAL)."""
         from ..core.io.dicom_seg import Algorithm
 
-        choice = self.models.current_choice()
-        if choice is None or choice.checkpoint is None:
+        mask = self.mask_layer()
+        made_by = str(L._md(mask).get("made_by", "")) if mask is not None else ""
+        if not made_by:
             return None
+        if made_by.startswith("variant:"):
+            return Algorithm(made_by.split(":", 1)[1], "untrained", kind="SEMIAUTOMATIC")
         from ..core import checkpoint
 
-        return Algorithm.from_checkpoint(
-            choice.checkpoint, checkpoint.read_meta(choice.checkpoint), "SEMIAUTOMATIC"
-        )
+        path = Path(made_by)
+        meta = checkpoint.read_meta(path) if path.is_file() else None
+        return Algorithm.from_checkpoint(path, meta, "SEMIAUTOMATIC")
 
     def open_pacs(self) -> Any:
         """Show the *PACS...* dialog (series browser, open, send the SEG); returns it."""

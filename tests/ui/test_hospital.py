@@ -146,3 +146,7 @@ def test_save_labels_offers_dicom_seg_for_a_dicom_scan(panel, qtbot, data_dir, t
     back = io.read(out)
     assert back.meta["format"] == "DICOM SEG" and np.array_equal(back.array > 0, truth)
     assert back.same_geometry(scan, atol=1e-4)
+    from seg_studio.core.io.dicom_seg import seg_summary
+
+    # no prediction of the panel made this mask: the SEG names no algorithm and says so
+    assert {s["algorithm_type"] for s in seg_summary(out)["segments"]} == {"MANUAL"}
