@@ -144,12 +144,29 @@ class MeasureSection(QGroupBox):
         self.job = Job(
             lambda token: _measure_job(labels, scan),
             on_done=self._landed,
-            on_error=lambda msg, exc: self.note.setText(msg),
+            on_error=lambda msg, exc: self._alive() and self.note.setText(msg),
             on_finished=self._finished,
             name="measure",
         )
 
+    def stop(self) -> None:
+        """Before the window closes: no new measurement, and a running one's result is dropped."""
+        self._timer.stop()
+        self._pending = False
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+
+    def _alive(self) -> bool:
+        """False once Qt deleted the widgets (a result may land after the window closed)."""
+        try:
+            self.table.objectName()
+        except RuntimeError:
+            return False
+        return True
+
     def _landed(self, result: Any) -> None:
+        if not self._alive():
+            return
         t0 = time.perf_counter()
         report, self.compute_seconds = result
         self._show(report)
@@ -157,7 +174,7 @@ class MeasureSection(QGroupBox):
         self.updates += 1
 
     def _finished(self) -> None:
-        if self._pending:
+        if self._pending and self._alive():
             self._start()
 
     def _show(self, report: Any) -> None:

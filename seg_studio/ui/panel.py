@@ -267,6 +267,7 @@ class SegStudioPanel(QScrollArea):
     def shutdown(self) -> None:
         """Before the window closes: stop jobs and write a last autosave of unsaved edits."""
         self.cancel()
+        self.measure_section.stop()
         self.autosaver.stop()
         if self._warm_job is not None and self._warm_job.running:
             # imports cannot be interrupted; let the warm-up end rather than emit into a dead window
