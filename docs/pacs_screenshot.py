@@ -77,7 +77,9 @@ def shoot(server) -> int:  # noqa: ANN001
     data, kwargs, _ = volume_layer_data(truth, name="tumour (TCIA MaskTumor)", kind="labels")
     kwargs.update(scale=scan_layer.scale, translate=scan_layer.translate, opacity=0.6)
     viewer.add_labels(data, **kwargs)
-    viewer.dims.set_point(0, scan_layer.translate[0] + scan_layer.scale[0] * int(np.argmax(mask.sum(axis=(1, 2)))))
+    viewer.dims.set_point(
+        0, scan_layer.translate[0] + scan_layer.scale[0] * int(np.argmax(mask.sum(axis=(1, 2))))
+    )
     panel.measure_section.measure_now()
     wait(app, lambda: panel.measurements() is not None and not panel.measure_section.busy)
     dlg.send_labels()

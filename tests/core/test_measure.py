@@ -90,7 +90,9 @@ def test_cli_measure_csv_and_json(tmp_path: Path, capsys) -> None:  # noqa: ANN0
     assert [c["voxels"] for c in d["classes"]] == [200, 17] and d["classes"][0]["name"] == "liver"
     assert main(["measure", str(lp), "--csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("value,name,voxels,size_ml") and lines[1].startswith("1,liver,200,0.2,10 5 2,19 9 5,5 4 10,1,1.0")
+    assert lines[0].startswith("value,name,voxels,size_ml") and lines[1].startswith(
+        "1,liver,200,0.2,10 5 2,19 9 5,5 4 10,1,1.0"
+    )
     assert main(["measure", str(lp)]) == 0
     assert "liver" in capsys.readouterr().out
 

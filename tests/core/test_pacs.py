@@ -169,7 +169,10 @@ def test_down_refused_unauthorised_or_hung_pacs_gets_one_line_and_nothing_cached
     assert "does not answer" in err
     err = _one_line_error(capsys, ["pacs", "get", *series, "--url", strict_orthanc.dicomweb])
     assert "401" in err and "--user" in err
-    assert main(["pacs", "find", "--url", strict_orthanc.dicomweb, "--user", "alice", "--password", "s3cret"]) == 0
+    assert (
+        main(["pacs", "find", "--url", strict_orthanc.dicomweb, "--user", "alice", "--password", "s3cret"])
+        == 0
+    )
     capsys.readouterr()
     dimse = ["--host", "127.0.0.1", "--port", str(strict_orthanc.dicom_port)]
     err = _one_line_error(capsys, ["pacs", "find", *dimse, "--aet", "NOT_ORTHANC"])
