@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import selftest
 from ..core.errors import SegStudioError
-from . import compare, predict, scans, train
+from . import compare, export, measure, pacs, predict, scans, train
 
 Runner = Callable[[argparse.Namespace], int]
 log = logging.getLogger("seg_studio")
@@ -125,6 +125,21 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
         "train and score several variants on the same data, split and budget (tables + chart)",
         compare.add_compare,
         compare.run_compare,
+    ),
+    "export": (
+        "write a label map on a DICOM series as a DICOM SEG (export LABELS --like DICOM_DIR --out result.dcm)",
+        export.add_export,
+        export.run_export,
+    ),
+    "measure": (
+        "per class: volume, voxels, bounding box and extent (mm), largest component, intensity statistics",
+        measure.add_measure,
+        measure.run_measure,
+    ),
+    "pacs": (
+        "a PACS over DICOMweb (--url) or DIMSE (--aet/--host/--port): find studies/series, get a series, send a SEG",
+        pacs.add_pacs,
+        pacs.run_pacs,
     ),
     "import-weights": (
         "turn a plain PyTorch state dict into a .segmodel (never unpickles code)",
