@@ -25,6 +25,19 @@ ensure_system_libs() {
   fi
 }
 
+ensure_orthanc() {
+  # The hospital round-trip tests (tests/core/test_pacs.py) start a real Orthanc PACS themselves on
+  # free 127.0.0.1 ports; only the Debian packages are needed (the packaged service is not used).
+  if command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then return 0; fi
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "seg_studio: installing Orthanc for the PACS tests with apt..." >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb >/dev/null
+  else
+    echo "seg_studio: the PACS tests need Orthanc; run once: sudo apt-get install -y orthanc orthanc-dicomweb" >&2
+  fi
+}
+
 find_python() {
   for p in python3.11 python3; do
     if command -v "$p" >/dev/null && "$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
