@@ -225,7 +225,9 @@ class RunSection(QGroupBox):
         self.bar.setValue(int(p.fraction * 1000))
         self.status.setText(format_progress(p))
 
-    def _done(self, result: tuple[Any, Any, Any], layer: Any, scan: Volume, key: tuple[Any, ...]) -> None:
+    def _done(
+        self, result: tuple[Any, Any, Any, Any], layer: Any, scan: Volume, key: tuple[Any, ...]
+    ) -> None:
         pred, model, meta, maps = result
         self._prepared_maps = (pred, maps)
         self.models.remember_model(key, model, meta)
