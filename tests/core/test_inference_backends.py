@@ -250,3 +250,24 @@ def test_default_precision_labels_agree_with_torch_fp32_on_the_bundled_model() -
     classes = [c.value for c in meta.classes[1:]]
     scores = dice(np.asarray(fast.labels.array), np.asarray(ref.labels.array), classes=classes)
     assert min(scores.values()) >= 0.99, scores
+
+
+def test_the_cache_is_pruned_to_the_most_recently_used(_fresh_cache: Path) -> None:
+    import os
+    import time
+
+    folder = backends.cache_dir()
+    now = time.time()
+    for i in range(4):
+        g = folder / f"{i}.onnx"
+        g.write_bytes(b"x")
+        g.with_suffix(".json").write_text('{"layout": {}}')
+        os.utime(g, (now - 100 * (4 - i), now - 100 * (4 - i)))  # 3 is the newest
+    stale, fresh = folder / ".k.onnx.tmp-123", folder / ".j.onnx.tmp-456"
+    stale.write_bytes(b"half an export")
+    fresh.write_bytes(b"an export in progress")
+    os.utime(stale, (now - 7200, now - 7200))
+    backends.prune_cache(folder, keep=2)
+    assert sorted(p.name for p in folder.glob("*.onnx")) == ["2.onnx", "3.onnx"]
+    assert not (folder / "0.json").exists() and (folder / "3.json").exists()
+    assert not stale.exists() and fresh.exists()

@@ -203,7 +203,7 @@ def cached_graph(
         "roi": list(roi),
         "torch": torch.__version__,
     }
-    tmp = path.with_suffix(f".json.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.json.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(sidecar))
     os.replace(tmp, path.with_suffix(".json"))
     log.info(
@@ -224,10 +224,15 @@ def forget_graph(path: Path) -> None:
 
 
 def prune_cache(folder: Path, keep: int = CACHE_KEEP) -> None:
-    """Keep the ``keep`` most recently used graphs; the cache never grows without bound."""
+    """Keep the ``keep`` most recently used graphs, and no temp file of an export killed an hour ago
+    or more: the cache never grows without bound."""
     graphs = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in graphs[keep:]:
         forget_graph(old)
+    for tmp in folder.glob(".*.tmp-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > 3600:
+                tmp.unlink()
 
 
 # --- compiling and running ----------------------------------------------------------------------------
