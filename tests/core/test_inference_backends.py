@@ -17,6 +17,7 @@ from torch import nn
 from seg_studio.core import checkpoint as ckpt
 from seg_studio.core.errors import InferenceError
 from seg_studio.core.inference import PredictOptions, backends, blend, predict, runner
+from seg_studio.core.inference import iter_predict as predict_steps
 from seg_studio.core.models import SegModel, SegOutput, create_model, list_models
 from seg_studio.core.models.ensemble import Ensemble
 from seg_studio.core.volume import Volume
@@ -74,6 +75,10 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert backends.choose_backend("auto", CPU, None) == "torch"
     with pytest.raises(InferenceError, match="unknown backend"):
         backends.choose_backend("tensorrt", CPU, None)
+    model = _unet()
+    gen = predict_steps(_img((20, 20)), model, _meta(model, (16, 16)), PredictOptions(backend="tensorrt"))
+    with pytest.raises(InferenceError, match="unknown backend"):
+        next(gen)  # refused before any work
     for name in ("openvino", "onnxruntime"):
         if not backends.installed(name):
             with pytest.raises(InferenceError, match=r"seg-studio\[fast\]"):

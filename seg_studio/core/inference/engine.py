@@ -110,10 +110,10 @@ def resolve_options(options: PredictOptions | None, model: SegModel) -> PredictO
 
 
 def make_runner(
-    model: SegModel, meta: ModelMeta, device: torch.device, opts: PredictOptions, prep: Prepared
+    model: SegModel, meta: ModelMeta, device: torch.device, opts: PredictOptions, prep: Prepared, backend: str
 ) -> Generator[Progress, None, WindowRunner]:
-    """The window runner for this prediction: a compiled backend where one is chosen and compiles,
-    else torch on ``device``; flip TTA and the asked maps either way."""
+    """The window runner for this prediction: ``backend`` (see ``backends.choose_backend``) where it
+    compiles, else torch on ``device``; flip TTA and the asked maps either way."""
     want = frozenset(
         ({AUX_ATTENTION} if opts.attention else set()) | ({AUX_UNCERTAINTY} if opts.uncertainty else set())
     )
@@ -121,11 +121,10 @@ def make_runner(
     def torch_forward(dev: torch.device) -> TorchForward:
         return TorchForward(model, dev, opts.precision, opts.fuse_bn, opts.channels_last)
 
-    dtype = resolve_precision(opts.precision, device)
-    backend = choose_backend(opts.backend, device, dtype)
     forward = None
     if backend != "torch":
         net_roi = prep.roi[1:] if prep.slice_mode else prep.roi
+        dtype = resolve_precision(opts.precision, device)
         forward = yield from try_compiled(backend, model, meta, net_roi, want, dtype)
     return WindowRunner(
         forward or torch_forward(device),
@@ -154,11 +153,12 @@ def iter_predict(
     t0 = time.perf_counter()
     slice_mode = check_pairing(volume, model, meta, opts.overlap)
     device = pick_device(opts.device)
+    backend = choose_backend(opts.backend, device, resolve_precision(opts.precision, device))
     yield Progress(0, 0, "prepare", "normalising")
     prep = prepare(volume, meta, opts.overlap, slice_mode)
     cancel.raise_if_cancelled()
 
-    runner = yield from make_runner(model, meta, device, opts, prep)
+    runner = yield from make_runner(model, meta, device, opts, prep, backend)
     notes = tta_notes(opts.tta, tta_flip_axes(meta), model.spatial_dims)
     for note in notes:
         log.info(note)
