@@ -272,7 +272,7 @@ def scan_modality(volume: Volume) -> str | None:
     a = volume.array
     if np.issubdtype(a.dtype, np.integer) and a.size:
         sample = _subsample(a)
-        if float(sample.min()) <= -900 and float(np.percentile(sample, 99)) >= 200:
+        if float(sample.min()) <= -900 and float(sample.max()) >= 100:  # air and soft tissue in HU
             return "CT"
     return None
 
@@ -459,7 +459,7 @@ def _fmt(values: Sequence[float], unit: str) -> str:
     return " x ".join(f"{v:.3g}" for v in values) + f" {unit}"
 
 
-def _fmt_spans(spans: Sequence[Span], unit: str) -> str:
+def format_spans(spans: Sequence[Span], unit: str) -> str:
     parts = [f"{lo:.3g}" if math.isclose(lo, hi, rel_tol=1e-3) else f"{lo:.3g}-{hi:.3g}" for lo, hi in spans]
     return " x ".join(parts) + f" {unit}"
 
@@ -534,7 +534,7 @@ def _geometry_checks(domain: Domain, volume: Volume) -> list[DomainWarning]:
         out.append(
             DomainWarning(
                 "no_spacing",
-                f"the scan stores no pixel size; the model was trained on {_fmt_spans(domain.spacing, 'mm')} "
+                f"the scan stores no pixel size; the model was trained on {format_spans(domain.spacing, 'mm')} "
                 "voxels, so its size cannot be checked",
             )
         )
@@ -550,7 +550,7 @@ def _geometry_checks(domain: Domain, volume: Volume) -> list[DomainWarning]:
         out.append(
             DomainWarning(
                 "spacing",
-                f"the voxels are {_fmt(spacing, 'mm')} but the model was trained on {_fmt_spans(domain.spacing, 'mm')} "
+                f"the voxels are {_fmt(spacing, 'mm')} but the model was trained on {format_spans(domain.spacing, 'mm')} "
                 "and runs at the scan's own spacing",
             )
         )
@@ -558,17 +558,24 @@ def _geometry_checks(domain: Domain, volume: Volume) -> list[DomainWarning]:
         out.append(
             DomainWarning(
                 "fov",
-                f"the scan covers {_fmt(fov, unit)} but the model was trained on {_fmt_spans(domain.fov, unit)}",
+                f"the scan covers {_fmt(fov, unit)} but the model was trained on {format_spans(domain.fov, unit)}",
             )
         )
     return out
 
 
 def _intensity_check(
-    domain: Domain, volume: Volume, quantiles: np.ndarray | None = None
+    domain: Domain, volume: Volume, cache: dict[str, np.ndarray] | None
 ) -> list[DomainWarning]:
     """The scan's normalised intensity quantiles against the training range (the worst one is named)."""
-    q = intensity_quantiles(volume, domain.normalization) if quantiles is None else quantiles
+    import json
+
+    key = json.dumps(domain.normalization, sort_keys=True)
+    q = None if cache is None else cache.get(key)
+    if q is None:
+        q = intensity_quantiles(volume, domain.normalization)
+        if cache is not None:
+            cache[key] = q
     lo, hi = np.asarray(domain.intensity_lo), np.asarray(domain.intensity_hi)
     margin = INTENSITY_MARGIN + 0.5 * (hi - lo)
     excess = np.maximum(lo - q, q - hi) / margin
@@ -585,8 +592,11 @@ def _intensity_check(
     ]
 
 
-def check_scan(domain: Domain | None, volume: Volume) -> list[DomainWarning]:
-    """Every way ``volume`` lies outside ``domain``; empty when it fits. ``None``: nothing recorded."""
+def check_scan(
+    domain: Domain | None, volume: Volume, cache: dict[str, np.ndarray] | None = None
+) -> list[DomainWarning]:
+    """Every way ``volume`` lies outside ``domain``; empty when it fits. ``None``: nothing recorded.
+    ``cache`` (a dict kept by the caller for one scan) saves recomputing its intensity quantiles."""
     if domain is None:
         return [
             DomainWarning(
@@ -600,7 +610,7 @@ def check_scan(domain: Domain | None, volume: Volume) -> list[DomainWarning]:
         return out
     out += _modality_check(domain, volume)
     out += _geometry_checks(domain, volume)
-    out += _intensity_check(domain, volume)
+    out += _intensity_check(domain, volume, cache)
     return _with_expected_input(domain, out)
 
 
@@ -670,13 +680,15 @@ def _shape_only(meta: Any, volume: Volume) -> list[DomainWarning]:
     return _shape_checks(probe, volume)
 
 
-def scan_warnings(meta: Any, volume: Volume) -> list[DomainWarning]:
+def scan_warnings(
+    meta: Any, volume: Volume, cache: dict[str, np.ndarray] | None = None
+) -> list[DomainWarning]:
     """``check_scan`` for a checkpoint's metadata: without a domain, dims and channels plus one
     "not recorded" line."""
     domain = meta_domain(meta)
     if domain is None:
         return _shape_only(meta, volume) + check_scan(None, volume)
-    return check_scan(domain, volume)
+    return check_scan(domain, volume, cache)
 
 
 def validation_dice(meta: Any) -> float:
@@ -697,7 +709,8 @@ def rank_checkpoints(candidates: Sequence[tuple[Any, Any]], volume: Volume) -> l
     The score adds up the warnings' severities; among equal scores the higher recorded validation
     Dice comes first, then the key (so the order never depends on the listing order).
     """
-    ranked = [Ranked(key, meta, scan_warnings(meta, volume), 0) for key, meta in candidates]
+    cache: dict[str, np.ndarray] = {}
+    ranked = [Ranked(key, meta, scan_warnings(meta, volume, cache), 0) for key, meta in candidates]
     for r in ranked:
         r.score = sum(_WEIGHT.get(w.severity, 10) for w in r.warnings)
 
@@ -716,10 +729,10 @@ def describe(domain: Domain | None) -> list[str]:
     lines = [
         f"{domain.modality or 'unknown modality'}{' (synthetic)' if domain.synthetic else ''}, {domain.dims}D, "
         f"{domain.channels} channel(s), {domain.cases} training scans",
-        f"field of view {_fmt_spans(domain.fov, unit)}",
+        f"field of view {format_spans(domain.fov, unit)}",
     ]
     if domain.physical_spacing:
-        lines.append(f"voxels {_fmt_spans(domain.spacing, 'mm')}")
+        lines.append(f"voxels {format_spans(domain.spacing, 'mm')}")
     fg = [
         f"{name} {100 * s.predicted_fraction[0]:.1f}-{100 * s.predicted_fraction[2]:.1f} %"
         for name, s in domain.classes.items()
