@@ -338,9 +338,10 @@ def uncertainty_of(probabilities: Volume) -> np.ndarray:
 
 def class_fractions(labels: np.ndarray, values: Sequence[int]) -> dict[int, float]:
     """Fraction of voxels holding each label value in ``values``."""
-    a = _subsample(np.asarray(labels))
-    counts = np.bincount(a.ravel().astype(np.int64).clip(0), minlength=max(values) + 1 if values else 1)
-    return {v: float(counts[v]) / max(1, a.size) for v in values}
+    a = _subsample(np.asarray(labels)).ravel().astype(np.int64)
+    a = a[a >= 0]  # IGNORE_INDEX (-1): not supervised, not counted
+    counts = np.bincount(a, minlength=max(values) + 1 if values else 1)
+    return {v: float(counts[v]) / max(1, a.size) if v < counts.size else 0.0 for v in values}
 
 
 def result_stats(prediction: Any, classes: Sequence[Any]) -> dict[str, Any]:
@@ -415,6 +416,35 @@ def domain_from_pairs(
         synthetic=synthetic,
         resampled_to=None if meta.spacing is None else tuple(float(s) for s in meta.spacing),
     )
+
+
+def stamp_checkpoint(
+    path: Any,
+    train: Sequence[tuple[Volume, np.ndarray]],
+    validation: Sequence[Volume] = (),
+    *,
+    modality: str | None = None,
+    expected_input: str = "",
+    device: str = "cpu",
+) -> Domain:
+    """Compute the domain of the checkpoint at ``path`` from its training pairs (and what it produces
+    on ``validation``) and store it in the file, keeping the weights as they are: what training calls
+    once its best checkpoint is written."""
+    from . import checkpoint
+
+    model, meta = checkpoint.load(path)
+    meta.domain = domain_from_pairs(
+        train,
+        meta,
+        model=model,
+        validation=validation,
+        modality=modality,
+        expected_input=expected_input,
+        device=device,
+    )
+    checkpoint.replace_meta(path, meta)
+    log.info("%s: domain recorded (%s)", path, "; ".join(describe(meta.domain)))
+    return meta.domain
 
 
 def _validation_stats(model: Any, meta: Any, image: Volume, device: str) -> dict[str, Any]:

@@ -39,6 +39,8 @@ class DomainBanner(QFrame):
         self.text.setWordWrap(True)
         self.text.setTextFormat(Qt.TextFormat.RichText)
         self.variants = QComboBox()
+        self.variants.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.variants.setMinimumContentsLength(10)
         self.variants.setToolTip("a U-Net variant with random weights, to fine-tune on your own corrections")
         self.use_untrained = QPushButton("Start untrained")
         self.use_untrained.setToolTip(
@@ -138,7 +140,7 @@ class DomainWatch:
         name = choice.checkpoint.stem if choice.checkpoint else choice.label
         title = f"{name} is not made for this scan" if any(w.severity != "note" for w in warnings) else name
         if self._result:
-            title = f"{name}: check this result"
+            title = f"{name}: check this result" + ("; it is not made for this scan" if warnings else "")
         self.banner.show_warnings(title, warnings + self._result)
 
     def result_ready(self, prediction: Any, meta: Any) -> list[Any]:

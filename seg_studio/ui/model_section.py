@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 ANY_VARIANT = "(any variant)"
 CHECKPOINT_SUFFIX = ".segmodel"
-NO_FIT_ITEM = "(no model fits this scan: open one, or start from an untrained variant)"
+NO_FIT_ITEM = "(no model fits this scan)"
 
 
 def bundled_model_dirs() -> list[Path]:
@@ -220,12 +220,16 @@ class ModelSection(QGroupBox):
         self._user_picked = False
         #: True while no listed checkpoint fits the scan and the user has not picked one
         self.no_fit = False
+        self._probed = False
 
         self.variant = QComboBox()
         self.variant.addItem(ANY_VARIANT)
         self.variant.setToolTip("U-Net variants from the registry; filters the checkpoints below")
         self.checkpoint = QComboBox()
         self.checkpoint.setToolTip("checkpoints in resources/models and your model folder")
+        # long entries must not widen the panel past its dock
+        self.checkpoint.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.checkpoint.setMinimumContentsLength(14)
         self.open_button = QPushButton("Open checkpoint...")
         self.card = QLabel("<i>looking for models...</i>")
         self.card.setWordWrap(True)
@@ -309,6 +313,7 @@ class ModelSection(QGroupBox):
         self.variant.blockSignals(False)
         for info in infos:
             self._infos[info.path] = info
+        self._probed = True
         self._refill_checkpoints()
         self.probed.emit()
 
@@ -454,7 +459,7 @@ class ModelSection(QGroupBox):
 
         self._ranking = {}
         self.no_fit = False
-        if self._scan is None:
+        if self._scan is None or not self._probed:  # nothing listed yet: nothing to judge
             return
         candidates = [(p, info.meta) for p, info in self._infos.items() if not info.error]
         ranked = rank_checkpoints(candidates, self._scan)

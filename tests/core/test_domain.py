@@ -152,6 +152,33 @@ def test_every_shipped_model_records_its_domain(path: Path) -> None:
     assert "expects" in path.with_suffix(".md").read_text()
 
 
+def test_training_records_the_domain_in_its_best_checkpoint(tmp_path: Path) -> None:
+    from seg_studio.core.progress import run_to_end
+    from seg_studio.core.training import FitConfig, iter_fit
+
+    for seed in range(1, 5):
+        image, labels = make_sample_2d(seed=seed)
+        io.write(image, tmp_path / "images" / f"c{seed}.nii.gz")
+        io.write(labels, tmp_path / "labels" / f"c{seed}.nii.gz")
+    cfg = FitConfig(
+        images=str(tmp_path / "images"),
+        labels=str(tmp_path / "labels"),
+        arch_args={"features": 4, "depth": 2},
+        out=str(tmp_path / "run"),
+        max_steps=2,
+        val_every=2,
+        batch_size=2,
+        patch_size=[64, 64],
+        val_fraction=0.25,
+        device="cpu",
+    )
+    result = run_to_end(iter_fit(cfg))
+    d = checkpoint.read_meta(result.best_path).domain
+    assert d is not None and d.cases == 3 and d.validation_cases == 1
+    assert d.fov == ((64.0, 64.0), (64.0, 64.0)) and "training cases" in d.expected_input
+    assert checkpoint.load(result.best_path)[0] is not None  # the weights still load
+
+
 # --- checks on real scans -----------------------------------------------------------------------------------
 
 

@@ -39,8 +39,10 @@ def panel_on(make_napari_viewer, qtbot):
         viewer = make_napari_viewer(show=True)
         panel = SegStudioPanel(viewer)
         viewer.window.add_dock_widget(panel, name="seg_studio", area="right")
-        qtbot.waitUntil(lambda: bool(panel.models.variants()), timeout=60_000)
-        qtbot.waitUntil(panel.warmed_up, timeout=60_000)
+        qtbot.waitUntil(
+            lambda: bool(panel.models.variants()), timeout=180_000
+        )  # cold imports on a loaded 2-core machine
+        qtbot.waitUntil(panel.warmed_up, timeout=180_000)  # cold imports on a loaded 2-core machine
         viewer.open(str(scan), plugin="seg-studio")
         return viewer, panel
 
