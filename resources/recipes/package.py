@@ -395,6 +395,9 @@ To reproduce one: `seg-studio train resources/recipes/NAME.toml`, then
 `python resources/recipes/package.py --index` (this page). The demo models need their data first:
 `python resources/recipes/make_demo_data.py --out runs/data/demo`.
 
+Each file also records its domain (what it was trained on); which scans in ../shared/data each model is
+and is not meant for, with the warning each gets: [model_domains.md](model_domains.md).
+
 What was tried to lift the hippocampus and ISBI models towards their targets (longer runs, mirroring,
 instance norm, ensembles, thresholds), with figures and commands: [zoo_experiments.md](zoo_experiments.md).
 """
