@@ -259,6 +259,17 @@ def test_em_model_on_mri_gives_a_result_that_is_flagged() -> None:
     assert codes(domain.check_result(meta.domain, pred)) & {"fraction", "uncertainty"}
 
 
+@needs_data
+def test_widen_makes_a_fine_tune_scan_part_of_the_domain() -> None:
+    """What finetune can record for its child: the parent's domain stretched over the corrected scans."""
+    d = meta_of("hippocampus_unet").domain
+    head = io.read(TCIA)
+    wider = domain.widen(d, [head])
+    assert domain.check_scan(wider, head) == [] and wider.cases == d.cases + 1
+    assert domain.check_scan(wider, io.read(MSD_EXTRA)) == []  # the crops still fit
+    assert wider.classes == d.classes  # validation results stay the parent's
+
+
 # --- the default model ------------------------------------------------------------------------------------------
 
 
