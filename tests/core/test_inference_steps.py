@@ -231,3 +231,8 @@ def test_uint8_probabilities_are_the_float_ones_to_within_half_a_step() -> None:
     np.testing.assert_array_equal(u8.labels.array, f32.labels.array)
     with pytest.raises(InferenceError, match="uint8"):
         predict(vol, model, meta, PredictOptions(probabilities=True, probability_dtype="float16"))
+    # the domain check reads the uncertainty from them: the same to within one step
+    from seg_studio.core.domain import uncertainty_of
+
+    u8, u32 = uncertainty_of(p8), uncertainty_of(f32.probabilities)
+    assert u8.min() >= 0 and np.abs(u8 - u32).max() <= 0.5 / 255 + 1e-6
