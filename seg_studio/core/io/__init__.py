@@ -378,12 +378,17 @@ def _write_mhd(img: Any, path: Path, verify: Any, protected: list) -> Path:
     if is_protected(path, prot) or is_protected(raw, prot):
         raise ImageWriteError(f"refusing to overwrite the input scan {path}; choose another file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{stem}.tmp-") as tmpdir:
+    from ..atomic import clean_stale_temps, in_transaction, writer_tag
+
+    clean_stale_temps(path.parent)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{stem}.tmp-{writer_tag()}-") as tmpdir:
         staged = Path(tmpdir) / (stem + ".mhd")
         write_image(img, staged, compress=False)
         verify(staged)  # check the staged pair before touching an existing one
         atomic_write(raw, lambda t: shutil.move(staged.with_suffix(".raw"), t), protected=prot)
-        return atomic_write(path, lambda t: shutil.move(staged, t), verify=verify, protected=prot)
+        # in a transaction the .raw is not in place yet: the staged pair was verified above
+        final_check = None if in_transaction() else verify
+        return atomic_write(path, lambda t: shutil.move(staged, t), verify=final_check, protected=prot)
 
 
 def _verify_written(tmp: Path, expected: Volume, fmt: str, name: str) -> None:
