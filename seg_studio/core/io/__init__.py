@@ -28,7 +28,15 @@ import numpy as np
 from ..atomic import atomic_write, split_suffix
 from ..errors import ImageLoadError, ImageWriteError
 from ..volume import LabelInfo, Volume
-from ._checks import check_direction, check_mhd, check_nifti, check_not_empty, check_tiff, check_values
+from ._checks import (
+    check_direction,
+    check_mhd,
+    check_nifti,
+    check_not_empty,
+    check_nrrd,
+    check_tiff,
+    check_values,
+)
 from ._formats import (
     RASTER_FORMATS,
     READ_FORMATS,
@@ -119,6 +127,10 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
     path = Path(path).expanduser()
     if not path.exists():
         raise ImageLoadError(f"{path} does not exist; check the path")
+    if not (path.is_dir() or path.is_file()):  # a pipe or a device would block or never end
+        raise ImageLoadError(
+            f"{path} is not a regular file or folder (a pipe or a device?); give a scan file"
+        )
     try:
         if path.is_dir():
             vol = read_series(choose_series(path, series), allow_nonuniform=allow_nonuniform)
@@ -128,6 +140,10 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
             name = path.name
     except OSError as exc:  # permissions, a vanished network share...
         raise ImageLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except MemoryError as exc:
+        from ..limits import memory_error_line
+
+        raise ImageLoadError(f"{path.name}: {memory_error_line(exc, 'reading it')}") from exc
     check_values(vol, name)
     check_direction(vol, name)
     vol.source = path
@@ -153,8 +169,10 @@ def _read_file(path: Path) -> Volume:
         check_nifti(path)
     elif fmt == "TIFF":
         check_tiff(path)
-    elif suffix_of(path) == ".mhd":
+    elif fmt == "MetaImage":  # .mhd always names a data file; a .mha may too
         check_mhd(path)
+    elif fmt == "NRRD":
+        check_nrrd(path)
     if fmt == "DICOM":
         vol = read_dicom_file(path)
     elif fmt in ("GIF", "BMP") or (fmt == "PNG" and _raster().is_palette_png(path)):

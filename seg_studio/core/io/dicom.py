@@ -279,6 +279,22 @@ def _check_slices_agree(files: tuple[Path, ...], headers: list[sitk.ImageFileRea
         )
 
 
+def _check_series_fits(headers: list[sitk.ImageFileReader], label: str) -> None:
+    from ..limits import check_fits
+    from ._sitk import image_nbytes
+
+    r = headers[0]
+    per_slice = image_nbytes(
+        tuple(int(v) for v in r.GetSize()), r.GetPixelID(), int(r.GetNumberOfComponents())
+    )
+    check_fits(
+        2 * per_slice * len(headers),
+        f"DICOM series {label} ({len(headers)} slices of {r.GetSize()[0]} x {r.GetSize()[1]}) needs",
+        "read fewer slices (split the series) or use a machine with more memory",
+        ImageLoadError,
+    )
+
+
 def _unreadable_dicom_files(folder: Path) -> list[Path]:
     """Files that look like DICOM (extension or preamble) but that GDCM put in no series."""
     from ._formats import has_dicom_preamble
@@ -308,6 +324,7 @@ def read_series(info: SeriesInfo, allow_nonuniform: bool = False) -> Volume:
     except RuntimeError as exc:
         raise ImageLoadError(f"a file of DICOM series {label} is damaged: {sitk_reason(exc)}") from exc
     _check_slices_agree(info.files, headers, label)
+    _check_series_fits(headers, label)
     order, meta = _slice_order(info.files, headers, allow_nonuniform, label)
     files = [str(info.files[i]) for i in order]
     if len(files) == 1:
