@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -548,7 +549,9 @@ def load_resume_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read the resume state ({exc.strerror or exc})") from None
     check_fits(2 * size, f"{path.name}: reading it needs", advice, CheckpointError)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: not for the user
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError as exc:
         from .limits import memory_error_line
 
@@ -650,7 +653,9 @@ def import_weights(
         head = fh.read(8)
     if _sniff(head) or path.suffix.lower() in _PT_SUFFIXES:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - the unpickler raises many types; all mean "refused"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "Unsupported global" in str(exc) or "weights_only" in str(exc).lower():
