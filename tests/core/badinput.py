@@ -162,12 +162,13 @@ def scan(
 
 def labels_like(path: Path, image: Path, values: np.ndarray | None = None, **geometry: Any) -> Path:
     """Labels on ``image``'s grid (or with ``geometry`` changed): a disc of 1s unless ``values``."""
-    from dataclasses import replace
-
     from seg_studio.core import io
+    from seg_studio.core.volume import Volume
 
     img = io.read(image)
     if values is None:
         values = (img.array > 2).astype(np.uint8)
-    lab = replace(img.with_array(values), meta={"kind": "labels"}, source=None, **geometry)
+    grid = {"spacing": img.spacing, "origin": img.origin, "direction": img.direction, **geometry}
+    whole = values.dtype.kind != "f" or np.array_equal(values, np.round(values))
+    lab = Volume(np.ascontiguousarray(values), meta={"kind": "labels" if whole else "image"}, **grid)
     return io.write(lab, path)
