@@ -199,7 +199,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError as exc:
         from ..core.limits import memory_error_line
 
-        print(f"seg-studio {args.command}: error: {memory_error_line(exc, args.command)}", file=sys.stderr)
+        print(
+            f"seg-studio {args.command}: error: {memory_error_line(exc, f'running {args.command}')}",
+            file=sys.stderr,
+        )
+        return 2
+    except RuntimeError as exc:  # torch's CPU allocator says so in a RuntimeError
+        text = str(exc).lower()
+        if not any(w in text for w in ("can't allocate memory", "not enough memory", "out of memory")):
+            raise
+        from ..core.limits import memory_error_line
+
+        print(
+            f"seg-studio {args.command}: error: {memory_error_line(exc, f'running {args.command}')}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"seg-studio {args.command}: interrupted; nothing was written", file=sys.stderr)

@@ -47,8 +47,46 @@ def available_memory() -> int:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             avail = 8 << 30  # unknown platform: assume a modest workstation
+    limits = [avail, _address_space_left(), _cgroup_left()]
     cap = _parse_bytes(os.environ.get("SEG_STUDIO_MAX_MEMORY", ""))
-    return min(avail, cap) if cap else avail
+    if cap:
+        limits.append(cap)
+    return max(0, min(v for v in limits if v is not None))
+
+
+def _address_space_left() -> int | None:
+    """What ``ulimit -v`` (RLIMIT_AS) still allows this process to map."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    return soft - int(line.split()[1]) * 1024
+    except (ImportError, OSError, ValueError):
+        pass
+    return None
+
+
+def _cgroup_left() -> int | None:
+    """The container's memory limit minus what it uses (cgroup v2, then v1); None without one."""
+    for limit, used in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(limit) as fh:
+                text = fh.read().strip()
+            if text == "max" or int(text) >= 1 << 60:
+                return None
+            with open(used) as fh:
+                return int(text) - int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def human_bytes(n: float) -> str:
@@ -78,9 +116,16 @@ def check_fits(
 
 def memory_error_line(exc: BaseException, doing: str) -> str:
     """One line for a MemoryError: what ran out, how much numpy/torch asked for, what to do."""
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    m = re.search(r"allocate ([\d.]+\s*[KMGT]i?B)", detail)
-    asked = f" (it asked for {m.group(1)})" if m else ""
+    detail = str(exc).strip()
+    m = re.search(r"allocate (\d+(?:\.\d+)?)\.?\s*([KMGT]i?B)", detail)
+    n = re.search(r"allocate (?:memory: you tried to allocate )?(\d{6,}) bytes", detail)
+    asked = (
+        f" (it asked for {m.group(1)} {m.group(2)})"
+        if m
+        else f" (it asked for {human_bytes(int(n.group(1)))})"
+        if n
+        else ""
+    )
     return (
         f"ran out of memory while {doing}{asked} with {human_bytes(available_memory())} free; "
         "close other programs, crop or downsample the scan, or use a smaller patch or batch size"

@@ -119,6 +119,13 @@ def read_image(path: Path, fmt: str) -> sitk.Image:
     except RuntimeError as exc:
         reason = sitk_reason(exc)
         if "Unable to determine ImageIO reader" in str(exc):
+            from ._formats import has_dicom_preamble
+
+            if has_dicom_preamble(path):
+                raise ImageLoadError(
+                    f"{path.name} starts like a DICOM file but cannot be read: it is damaged or truncated; "
+                    "copy it again from its source"
+                ) from exc
             raise ImageLoadError(
                 f"{path.name} is not a readable {fmt} file (no reader recognises its contents)"
             ) from exc
