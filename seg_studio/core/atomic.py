@@ -413,10 +413,11 @@ def atomic_write(
         os.replace(tmp, path)
         _note_written(path)
     except BaseException as exc:
-        _remove(tmp)
         if not isinstance(exc, Exception):
+            _remove(tmp)
             raise
-        better = _explain(path, folder, exc)
+        better = _explain(path, folder, exc)  # while the temp file still fills the disk
+        _remove(tmp)
         if better is exc:
             raise
         raise better from exc

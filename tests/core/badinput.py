@@ -63,17 +63,24 @@ def run_case(case: Bad, tmp: Path, capsys: pytest.CaptureFixture[str]) -> tuple[
     rc = main(argv)
     elapsed = time.perf_counter() - t0
     out, err = capsys.readouterr()
-    shown = err.strip() if rc else out.strip().splitlines()[-1] if out.strip() else ""
+    shown = (
+        err.strip().splitlines()[-1]
+        if rc and err.strip()
+        else out.strip().splitlines()[-1]
+        if out.strip()
+        else ""
+    )
     record(case.id, case.area, case.given, rc, shown, tmp)
     assert "Traceback" not in out + err, err
     assert not _ESC.search(out + err.replace("\r", "")), (
         f"control characters reached the terminal: {out!r}{err!r}"
     )
     assert rc == case.rc, f"exit {rc}, expected {case.rc}: {err or out}"
-    if case.rc == 2:
-        lines = [ln for ln in err.splitlines() if ln.strip()]
-        assert len(lines) == 1, f"expected one line, got {lines}"
-        assert lines[0].startswith("seg-studio "), lines[0]
+    if case.rc == 2:  # progress lines may come first; the error is one line, the last
+        lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("seg-studio ")]
+        assert len(errors) == 1 and lines[-1] == errors[0], f"expected one error line, got {lines}"
+        err = errors[0]
     if case.expect:
         assert re.search(case.expect, err if rc else out, re.IGNORECASE), (
             f"{case.expect!r} not in {err or out!r}"
