@@ -275,7 +275,15 @@ def _predict_one(
     protected = [scan]
     written: list[Path] = []
     with transaction():  # every output of this scan, or none (a failed one removes the others)
-        written.append(io.write(pred.labels, out, protected=protected))
+        if is_seg_path(out):  # result.dcm: a DICOM SEG on the series it was predicted from
+            from ..core.io.dicom_seg import Algorithm, write_seg
+
+            alg = Algorithm.from_checkpoint(args.model, meta)
+            written.append(
+                write_seg(pred.labels, scan, out, alg, series_uid=args.series, protected=protected)
+            )
+        else:
+            written.append(io.write(pred.labels, out, protected=protected))
         if extras.get("probabilities") and pred.probabilities is not None:
             written.append(io.write(pred.probabilities, extras["probabilities"], protected=protected))
         if extras.get("uncertainty") and pred.uncertainty is not None:
@@ -288,6 +296,11 @@ def _predict_one(
     for note in pred.notes:
         say(f"{scan.name}: note: {note}")
     return written
+
+
+def is_seg_path(path: Path) -> bool:
+    """``--out result.dcm`` asks for a DICOM SEG."""
+    return path.suffix.lower() in (".dcm", ".dicom")
 
 
 _FLOAT_FORMATS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".tif", ".tiff")
@@ -318,7 +331,7 @@ def _check_outputs(args: argparse.Namespace, folder_mode: bool) -> None:
         return
     if args.out.is_dir():
         raise InferenceError(f"--out {args.out} is a folder; give a file name such as mask.nii.gz")
-    if suffix_of(args.out) not in WRITE_FORMATS:
+    if suffix_of(args.out) not in WRITE_FORMATS and not is_seg_path(args.out):
         raise ImageWriteError(
             f"--out {args.out.name}: cannot save a mask as {suffix_of(args.out) or '(no extension)'}; "
             f"use one of {supported_write_list()}"
@@ -384,6 +397,12 @@ def run_predict(args: argparse.Namespace) -> int:
     if not folder_mode:
         if rank != 0:
             return 0
+        if is_seg_path(args.out) and not (
+            args.input.is_dir() or args.input.suffix.lower() in (".dcm", ".dicom", "")
+        ):
+            raise InferenceError(
+                f"--out {args.out.name}: a DICOM SEG needs a DICOM series as input; use .nii.gz"
+            )
         extras = {
             "probabilities": args.save_probabilities,
             "uncertainty": args.save_uncertainty,
