@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..core.text import printable
 
     try:
-        with _sigterm_as_exception(), _external_data(args.allow_external_data):
+        with _sigterm_as_exception(), _external_data(args.allow_external_data), _safe_output():
             return int(args._run(args) or 0)
     except SegStudioError as exc:
         print(f"seg-studio {args.command}: error: {printable(exc)}", file=sys.stderr)
@@ -251,6 +251,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print(f"seg-studio {args.command}: terminated; nothing was written", file=sys.stderr)
         return 143
+
+
+@contextlib.contextmanager
+def _safe_output() -> Iterator[None]:
+    """Names from files (class names, DICOM tags, label names) reach the terminal inert: every
+    command's output passes through ``SafeStream``."""
+    from ..core.text import SafeStream
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(sys.stdout), SafeStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 @contextlib.contextmanager

@@ -15,11 +15,8 @@ from ..core.errors import CheckpointError, SegStudioError
 
 
 def say(text: str) -> None:
-    """The CLI's output channel (the library itself only logs); control characters from names in
-    files are escaped, so they cannot clear or retitle the terminal."""
-    from ..core.text import printable
-
-    sys.stdout.write(printable(text, keep_newlines=True) + "\n")
+    """The CLI's output channel (the library itself only logs)."""
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

@@ -436,7 +436,5 @@ def _clean(o: Any) -> Any:
 
 
 def _say(text: str = "") -> None:
-    """Results go to stdout (progress goes to stderr); names from files cannot act on the terminal."""
-    from ..core.text import printable
-
-    sys.stdout.write(f"{printable(text, keep_newlines=True)}\n")
+    """Results go to stdout (progress goes to stderr)."""
+    sys.stdout.write(f"{text}\n")

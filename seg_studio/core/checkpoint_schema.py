@@ -35,7 +35,9 @@ _NORM_NUMBERS = ("low", "high", "mean", "std")
 
 
 def _fail(where: str, text: str) -> CheckpointError:
-    return CheckpointError(f"{where}: metadata {text}; the file is damaged or was not written by seg_studio")
+    return CheckpointError(
+        f"{where}: bad metadata: {text}; the file is damaged or was not written by seg_studio"
+    )
 
 
 def _int(d: Mapping[str, Any], key: str, lo: int, hi: int, where: str) -> int:
@@ -78,7 +80,7 @@ def validate_record(d: Any, where: str = "checkpoint") -> Mapping[str, Any]:
     if not isinstance(d, Mapping):
         raise CheckpointError(f"{where}: metadata is not a JSON object")
     if "format" in d and d["format"] != "seg_studio.segmodel":
-        raise _fail(where, f"names the format {str(d['format'])[:40]!r}")
+        raise _fail(where, f"the format {str(d['format'])[:40]!r} is not seg_studio.segmodel")
     version = d.get("schema_version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise CheckpointError(f"{where}: metadata has no schema_version; it was not written by seg_studio")
@@ -87,7 +89,7 @@ def validate_record(d: Any, where: str = "checkpoint") -> Mapping[str, Any]:
             f"{where}: written by a newer seg_studio (schema {version} > {SCHEMA_VERSION}); update seg_studio"
         )
     if version < 1:
-        raise _fail(where, f"has schema_version {version}")
+        raise _fail(where, f"schema_version {version} is not a version")
     dims = _int(d, "spatial_dims", 2, 3, where)
     cin = _int(d, "in_channels", 1, MAX_IN_CHANNELS, where)
     cout = _int(d, "out_channels", 1, MAX_CLASSES, where)
@@ -137,7 +139,7 @@ def _check_classes(classes: Any, cout: int, where: str) -> None:
     want = max(2, cout)
     if not isinstance(classes, list) or len(classes) != want:
         got = len(classes) if isinstance(classes, list) else type(classes).__name__
-        raise _fail(where, f"lists {got} classes for a model with {cout} output channel(s) (needs {want})")
+        raise _fail(where, f"{got} classes listed for a model with {cout} output channel(s) (needs {want})")
     seen: dict[int, int] = {}
     for i, c in enumerate(classes):
         if not isinstance(c, Mapping) or not {"value", "name", "color"} <= set(c):
@@ -172,7 +174,7 @@ def _check_normalization(norm: Any, where: str) -> None:
     if mode not in NORMALIZATION_MODES:
         raise _fail(
             where,
-            f"names the normalisation mode {str(mode)[:40]!r} (one of {', '.join(NORMALIZATION_MODES)})",
+            f"the normalisation mode {str(mode)[:40]!r} is not one of {', '.join(NORMALIZATION_MODES)}",
         )
     for k in _NORM_NUMBERS:
         if k in norm:
@@ -180,11 +182,11 @@ def _check_normalization(norm: Any, where: str) -> None:
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise _fail(where, f"normalisation {k} = {json.dumps(v)[:40]} is not a finite number")
     if mode == "ct_window" and not ("low" in norm and "high" in norm and norm["low"] < norm["high"]):
-        raise _fail(where, "has a ct_window normalisation without low < high")
+        raise _fail(where, "a ct_window normalisation needs low < high")
     if mode == "percentile" and not 0 <= norm.get("low", 0.5) < norm.get("high", 99.5) <= 100:
-        raise _fail(where, "has percentile bounds outside 0 <= low < high <= 100")
+        raise _fail(where, "percentile bounds must satisfy 0 <= low < high <= 100")
     if "std" in norm and not norm["std"] > 0:
-        raise _fail(where, f"has a normalisation std of {norm['std']} (must be > 0)")
+        raise _fail(where, f"normalisation std = {norm['std']} (must be > 0)")
 
 
 def _check_spacing(spacing: Any, dims: int, where: str) -> None:

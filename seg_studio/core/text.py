@@ -8,6 +8,8 @@ follows. ``printable`` replaces every such character by a visible escape (``\\x1
 
 from __future__ import annotations
 
+from typing import Any
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -18,12 +20,28 @@ def _escape(ch: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def printable(text: object, keep_newlines: bool = False) -> str:
+def printable(text: object, keep_newlines: bool = False, keep: str = "") -> str:
     """``str(text)`` with control, format (bidi overrides) and separator characters escaped.
 
-    ``keep_newlines`` keeps ``\\n`` (for multi-line output that we compose ourselves).
+    ``keep_newlines`` keeps ``\\n`` (for multi-line output that we compose ourselves); ``keep``
+    names other characters to let through (``"\\r\\t"`` for a progress bar).
     """
     s = str(text)
     if s.isprintable():  # Python counts categories Cc, Cf, Cs, Co, Cn, Zl, Zp (not space) as not
         return s
-    return "".join(ch if ch.isprintable() or (ch == "\n" and keep_newlines) else _escape(ch) for ch in s)
+    allowed = keep + ("\n" if keep_newlines else "")
+    return "".join(ch if ch.isprintable() or ch in allowed else _escape(ch) for ch in s)
+
+
+class SafeStream:
+    """A text stream that escapes what ``printable`` escapes (newlines, tabs and carriage returns
+    pass): the CLI's stdout and stderr, so no name printed anywhere can act on the terminal."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(printable(text, keep="\n\r\t"))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

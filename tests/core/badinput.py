@@ -55,6 +55,16 @@ def record(case_id: str, area: str, given: str, rc: int, line: str, tmp: Path | 
         fh.write(json.dumps({"id": case_id, "area": area, "given": given, "rc": rc, "line": text}) + "\n")
 
 
+def _shown(rc: int, out: str, err: str, expect: str) -> str:
+    """The line a case is listed with: the error line, or the line of the output that shows what
+    the case is about (what ``expect`` matches)."""
+    if rc and err.strip():
+        return err.strip().splitlines()[-1]
+    lines = [ln for ln in (out + "\n" + err).splitlines() if ln.strip()]
+    hits = [ln for ln in lines if expect and re.search(expect, ln, re.IGNORECASE)]
+    return (hits or lines or [""])[0 if hits else -1]
+
+
 def run_case(case: Bad, tmp: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
     """Run one case through ``seg_studio.cli.main`` and check the one-line contract."""
     argv = case.make(tmp)
@@ -63,14 +73,7 @@ def run_case(case: Bad, tmp: Path, capsys: pytest.CaptureFixture[str]) -> tuple[
     rc = main(argv)
     elapsed = time.perf_counter() - t0
     out, err = capsys.readouterr()
-    shown = (
-        err.strip().splitlines()[-1]
-        if rc and err.strip()
-        else out.strip().splitlines()[-1]
-        if out.strip()
-        else ""
-    )
-    record(case.id, case.area, case.given, rc, shown, tmp)
+    record(case.id, case.area, case.given, rc, _shown(rc, out, err, case.expect), tmp)
     assert "Traceback" not in out + err, err
     assert not _ESC.search(out + err.replace("\r", "")), (
         f"control characters reached the terminal: {out!r}{err!r}"
@@ -82,7 +85,7 @@ def run_case(case: Bad, tmp: Path, capsys: pytest.CaptureFixture[str]) -> tuple[
         assert len(errors) == 1 and lines[-1] == errors[0], f"expected one error line, got {lines}"
         err = errors[0]
     if case.expect:
-        assert re.search(case.expect, err if rc else out, re.IGNORECASE), (
+        assert re.search(case.expect, err if rc else out + err, re.IGNORECASE), (
             f"{case.expect!r} not in {err or out!r}"
         )
     if case.max_s is not None:

@@ -253,7 +253,7 @@ CASES: list[Bad] = [
     meta_case("ck-in-channels-huge", "in_channels 10^9", _set("in_channels", 10**9), "in_channels"),
     meta_case("ck-out-channels-0", "out_channels 0", _set("out_channels", 0), "out_channels"),
     meta_case("ck-out-channels-huge", "out_channels 10^6", _set("out_channels", 10**6), "out_channels"),
-    meta_case("ck-classes-count", "2 classes listed for 3 outputs", lambda r: r["classes"].pop(), "lists 2 classes"),
+    meta_case("ck-classes-count", "2 classes listed for 3 outputs", lambda r: r["classes"].pop(), "2 classes listed"),
     meta_case("ck-classes-missing", "no classes field", lambda r: r.pop("classes"), "lacks the field 'classes'"),
     # patch size
     meta_case("ck-patch-0", "patch_size [0, 32] (StopIteration traceback before)", _set("patch_size", [0, 32]), "patch_size"),
@@ -290,15 +290,15 @@ CASES: list[Bad] = [
     # normalisation
     meta_case("ck-norm-mode", "normalisation mode \"evil\"", _set("normalization", {"mode": "evil"}), "normalisation mode 'evil'"),
     meta_case("ck-norm-window", "a CT window with low > high", _set("normalization", {"mode": "ct_window", "low": 100, "high": -100}), "low < high"),
-    meta_case("ck-norm-std-0", "a z-score std of 0", _set("normalization", {"mode": "zscore", "std": 0}), "std of 0"),
+    meta_case("ck-norm-std-0", "a z-score std of 0", _set("normalization", {"mode": "zscore", "std": 0}), r"std = 0 \(must be > 0\)"),
     meta_case("ck-norm-mean-nan", "a z-score mean of NaN", _set("normalization", {"mode": "zscore", "mean": math.nan}), "not a finite number"),
     meta_case("ck-norm-percentile", "percentiles 50..500", _set("normalization", {"mode": "percentile", "low": 50, "high": 500}), "percentile"),
     meta_case("ck-norm-string", "normalisation is a string", _set("normalization", "zscore"), "must be a JSON object"),
     # the record itself
-    meta_case("ck-schema-negative", "schema_version -1", _set("schema_version", -1), "schema_version -1"),
+    meta_case("ck-schema-negative", "schema_version -1", _set("schema_version", -1), "schema_version -1 is not"),
     meta_case("ck-schema-string", "schema_version \"1\"", _set("schema_version", "1"), "no schema_version"),
     meta_case("ck-schema-newer", "schema_version 99", _set("schema_version", 99), "newer seg_studio"),
-    meta_case("ck-format-other", "format \"evil\"", _set("format", "evil"), "names the format"),
+    meta_case("ck-format-other", "format \"evil\"", _set("format", "evil"), "format 'evil' is not"),
     meta_case("ck-provenance-list", "provenance is a list", _set("provenance", [1]), "'provenance' must be a JSON object"),
     meta_case("ck-provenance-huge", "9 MB of provenance", _set("provenance", {"x": "a" * (9 << 20)}), "bytes"),
     meta_case("ck-domain-list", "domain is a list", _set("domain", [1]), "'domain' must be a JSON object"),

@@ -84,6 +84,16 @@ def _rgb_labels(tmp: Path) -> list[str]:
             "--out", str(tmp / "child.segmodel"), "--steps", "1", "-q"]  # fmt: skip
 
 
+def _escaped_labels_json(tmp: Path) -> list[str]:
+    import json
+
+    (tmp / "labels").mkdir()
+    img = scan(tmp / "scan.nii.gz", SHAPE3, spacing=(1.0, 1.0, 1.0))
+    labels_like(tmp / "labels" / "mask.nii.gz", img)
+    (tmp / "labels" / "labels.json").write_text(json.dumps({"1": "\x1b[2Jliver"}))
+    return ["info", str(tmp / "labels" / "mask.nii.gz")]
+
+
 def _val_other_grid(tmp: Path) -> list[str]:
     (tmp / "train").mkdir()
     (tmp / "val").mkdir()
@@ -119,6 +129,7 @@ CASES: list[Bad] = [
     evaluate_case("lb-ev-spacing", "evaluate a truth at 2 mm", r"spacing", spacing=(2.0, 2.0, 2.0)),
     evaluate_case("lb-ev-fractional", "evaluate a truth with fractional values", r"whole numbers", values=lambda v: v * 0.5),
     evaluate_case("lb-ev-size", "evaluate a truth of another size", r"shape", values=lambda v: v[:8]),
+    Bad("lb-names-escapes", "labels (names)", "a labels.json whose class name clears the screen", _escaped_labels_json, r"\\x1b\[2Jliver", rc=0),
 ]
 # fmt: on
 
@@ -184,6 +195,11 @@ def _small_slice(ds: list[Any]) -> None:
     d.PixelData = np.zeros((200, 200), np.int16).tobytes()
 
 
+def _escape_description(ds: list[Any]) -> None:
+    for d in ds:
+        d.SeriesDescription = "\x1b]0;pwned\x07\x1b[2JT1post"
+
+
 def dicom_case(case_id: str, given: str, change: Callable[[list[Any]], None], expect: str, rc: int = 2,
                extra: tuple[str, ...] = ()) -> Bad:  # fmt: skip
     def make(tmp: Path) -> list[str]:
@@ -198,7 +214,8 @@ _DATA: list[Path] = []
 DICOM_CASES = [
     dicom_case("dc-pixel-spacing", "one slice at 0.9 mm among 0.6875 mm (kept at 0.6875 before)", _spacing, r"slice .* pixel spacing of 0.9 x 0.9 mm where the others have 0.6875"),
     dicom_case("dc-no-position", "a series without ImagePositionPatient (1 mm gap and origin 0 invented before)", _no_position, r"22 of its 22 slices have no ImagePositionPatient"),
-    dicom_case("dc-no-position-allowed", "the same with --allow-nonuniform: read, and said so", _no_position, r"", rc=0, extra=("--allow-nonuniform",)),
+    dicom_case("dc-no-position-allowed", "the same with --allow-nonuniform: read, and said so", _no_position, r"1 mm apart", rc=0, extra=("--allow-nonuniform",)),
+    dicom_case("dc-description-escapes", "a series description that retitles and clears the terminal", _escape_description, r"\\x1b\]0;pwned", rc=0),
     dicom_case("dc-slice-size", "one 200x200 slice among 280x320 ('Size: [200, 200, 1]' before)", _small_slice, r"is 200x200 pixels where 21 other slice\(s\) are 280x320"),
 ]
 # fmt: on
