@@ -272,6 +272,7 @@ def save(
     validate_record(meta.to_dict(), path.name)  # never write a file that load would refuse
     record = json.dumps(meta.to_dict(), sort_keys=True)
     tensors = _state_tensors(model)
+    check_finite(tensors, path.name, saving=True)  # load would refuse a diverged model: do not write it
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
 
@@ -470,11 +471,16 @@ def check_header_tensors(header: Mapping[str, Any], p: ModelPlan, where: str) ->
             raise CheckpointError(f"{where}: corrupt tensor table (entry {k!r} has the wrong byte size)")
 
 
-def check_finite(state: Mapping[str, torch.Tensor], where: str) -> None:
+def check_finite(state: Mapping[str, torch.Tensor], where: str, saving: bool = False) -> None:
     """NaN or infinite weights give an empty or random mask with no error: refuse them."""
     for k, t in state.items():
         if t.is_floating_point():
             bad = int((~torch.isfinite(t)).sum())
+            if bad and saving:
+                raise CheckpointError(
+                    f"{where}: the model's tensor {printable(k)!r} holds {bad} NaN or infinite value(s): training "
+                    "diverged; nothing was saved (lower the learning rate or check the data)"
+                )
             if bad:
                 raise CheckpointError(
                     f"{where}: tensor {printable(k)!r} holds {bad} NaN or infinite value(s) of {t.numel()}; "

@@ -495,3 +495,17 @@ def test_bad_resume_state(
     _RUN[:] = [run_folder]
     run_case(case, tmp_path, capsys)
     assert not (tmp_path / "copy" / "run" / "PWNED").exists()
+
+
+def test_a_diverged_model_is_not_saved(tmp_path: Path) -> None:
+    from seg_studio.core import checkpoint as ckpt
+    from seg_studio.core.errors import CheckpointError
+    from seg_studio.core.models import create_model
+
+    model = create_model("unet", spatial_dims=2, in_channels=1, out_channels=2, features=4, depth=2)
+    meta = ckpt.new_meta(model, "unet", {"features": 4, "depth": 2})
+    with torch.no_grad():
+        next(model.parameters()).fill_(math.nan)
+    with pytest.raises(CheckpointError, match="training diverged; nothing was saved"):
+        ckpt.save(tmp_path / "m.segmodel", model, meta)
+    assert not list(tmp_path.iterdir())
