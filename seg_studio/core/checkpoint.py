@@ -404,10 +404,11 @@ def plan(meta: ModelMeta, where: str = "checkpoint") -> ModelPlan:
     return p
 
 
-def build_model(meta: ModelMeta, where: str = "checkpoint") -> SegModel:
+def build_model(meta: ModelMeta, where: str = "checkpoint", planned: bool = False) -> SegModel:
     """Instantiate the registered architecture the metadata names (never an import path), after
-    checking on the meta device that its size is bounded."""
-    plan(meta, where)
+    checking on the meta device that its size is bounded (unless the caller did: ``planned``)."""
+    if not planned:
+        plan(meta, where)
     try:
         return create_model(
             meta.architecture,
@@ -523,7 +524,7 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tu
     path = Path(path)
     header, meta = _read_header_and_meta(path)
     check_header_tensors(header, plan(meta, path.name), path.name)
-    model = build_model(meta, where=path.name)
+    model = build_model(meta, where=path.name, planned=True)
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

@@ -331,6 +331,7 @@ CASES: list[Bad] = [
     file_case("ck-dev-zero", "/dev/zero given as the checkpoint", lambda t: Path("/dev/zero"), "not a regular file"),
     file_case("ck-missing", "a checkpoint that does not exist", lambda t: t / "nothing.segmodel", "no such checkpoint"),
     file_case("ck-dangling-link", "a symlink to nothing", _dangling, "no such checkpoint"),
+    file_case("ck-escape-name", "a missing checkpoint whose name holds escape codes", lambda t: t / "\x1b]0;pwned\x07.segmodel", r"\\x1b\]0;pwned\\x07.segmodel: no such"),
     Bad("ck-unicode-path", "checkpoint file", "a checkpoint with accents and CJK in its name", _unicode_ok, "wrote", rc=0),
     Bad("ck-import-depth-60", "checkpoint metadata", "import-weights with --arch-args depth 60", _import_case, "depth = 60"),
 ]

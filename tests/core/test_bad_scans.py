@@ -258,6 +258,7 @@ CASES: list[Bad] = [
     Bad("sc-folder-as-file", "scan file", "a folder named scan.nii.gz", _folder_named_like_a_file, r"no DICOM series"),
     Bad("sc-dangling-link", "scan file", "a symlink to nothing", _dangling, r"does not exist"),
     Bad("sc-missing", "scan file", "a path that does not exist", lambda t: ["info", str(t / "nope.nii.gz")], r"does not exist"),
+    Bad("sc-newline-name", "scan file", "an empty scan whose file name holds a newline and escape codes", _text_file("x\nFORGED\x1b[2J.nii.gz", b""), r"x\\nFORGED\\x1b\[2J.nii.gz is empty"),
     Bad("sc-unicode", "scan file", "a scan with accents, CJK and a tick in its name: read", _unicode, r"path", rc=0),
 ]
 # fmt: on
