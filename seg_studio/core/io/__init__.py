@@ -478,6 +478,7 @@ def summary(vol: Volume) -> dict[str, Any]:
         "window_center",
         "window_width",
         "nonuniform_spacing",
+        "invented_geometry",
         "rgb",
         "palette",
     ):
