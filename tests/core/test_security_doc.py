@@ -21,7 +21,7 @@ def _case_ids() -> set[str]:
         for c in getattr(mod, name)
     }
     for path in (REPO / "tests" / "core").glob("test_bad_*.py"):  # cases that run as their own test
-        ids |= set(re.findall(r'record\(\s*"([a-z0-9-]+)"', path.read_text()))
+        ids |= set(re.findall(r'"((?:ck|rs|lb|dc|sc|sv|mem)-[a-z0-9-]+)"', path.read_text()))
     return ids
 
 
