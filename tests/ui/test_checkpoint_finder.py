@@ -22,6 +22,19 @@ def test_temp_files_are_not_listed_as_models(tmp_path: Path, monkeypatch: pytest
     killed.write_bytes(real.read_bytes())
     old_style = models / ".ft.tmp-ab12cd34.segmodel"
     old_style.write_bytes(real.read_bytes())
+    import subprocess
+    import sys
+
+    from seg_studio.core.atomic import writer_tag
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ours = (
+        models / f".ft.tmp-{writer_tag().rsplit('-', 1)[0]}-{dead.pid}-ab12cd35.segmodel"
+    )  # this host, writer gone
+    ours.write_bytes(real.read_bytes())
     found = find_checkpoints()
     assert real.resolve() in found
-    assert killed.resolve() not in found and old_style.resolve() not in found
+    assert killed.resolve() not in found and old_style.resolve() not in found and ours.resolve() not in found
+    assert not ours.exists(), "the panel's start did not clean a temp file whose writer is gone"
+    assert killed.exists(), "another host's temp file must not be touched"
