@@ -18,6 +18,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+from ..core.atomic import expect_unchanged
 from ..core.errors import SegStudioError, TrainingError
 from ..core.progress import CancelToken, Progress
 
@@ -214,11 +215,16 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..core.atomic import check_output_folder
     from ..core.training import iter_fit
 
     cfg = train_config(args)
     token = CancelToken()
-    res = drive(iter_fit(cfg, token), Bar(quiet=args.quiet))
+    out = Path(cfg.out)
+    if out.suffix != ".segmodel":  # (a .segmodel --out gets its own message from iter_fit)
+        check_output_folder(out, "--out")
+    with expect_unchanged(out / "best.segmodel", out / "last.segmodel"):
+        res = drive(iter_fit(cfg, token), Bar(quiet=args.quiet))
     if os.environ.get("RANK") not in (None, "0"):
         return 0
     summary = {
@@ -297,6 +303,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         if not (args.val_images and args.val_labels):
             raise TrainingError("give both --val-images and --val-labels")
         val = _pairs(args.val_images, args.val_labels)
+    _check_finetune_out(args)  # before a whole training budget is spent
     gen = iter_finetune(
         args.model,
         _pairs(args.images, args.labels),
@@ -315,7 +322,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
         cancel=CancelToken(),
     )
-    res = drive(gen, Bar(quiet=args.quiet))
+    with expect_unchanged(args.out):  # a second fine-tune to the same --out must not be lost silently
+        res = drive(gen, Bar(quiet=args.quiet))
     summary = {
         "out": str(res.path),
         "parent": str(res.parent),
@@ -340,6 +348,19 @@ def run_finetune(args: argparse.Namespace) -> int:
         for k in res.per_class_after:
             _say(f"  {k:<20} {res.per_class_before.get(k)} -> {res.per_class_after[k]}")
     return 0
+
+
+def _check_finetune_out(args: argparse.Namespace) -> None:
+    from ..core.atomic import check_output
+
+    if args.out.suffix != ".segmodel":
+        raise TrainingError(f"the fine-tuned model is a .segmodel file; got --out {args.out.name}")
+    protected = [args.model, args.images, args.labels, args.val_images, args.val_labels]
+    if args.model.exists() and args.out.exists() and os.path.samefile(args.model, args.out):
+        raise TrainingError(
+            "the fine-tuned model must go to a new file; the parent checkpoint is never overwritten"
+        )
+    check_output(args.out, protected, "--out")
 
 
 def _r(v: float | None) -> float | None:

@@ -173,10 +173,11 @@ def evaluate(
         raise SegStudioError(
             f"{where}prediction shape {pred.spatial_shape} differs from the truth's {truth.spatial_shape}"
         )
-    if check_geometry and not np.allclose(pred.spacing, truth.spacing, rtol=1e-3, atol=1e-4):
+    diff = pred.grid_difference(truth, ("prediction", "truth")) if check_geometry else None
+    if diff:
         raise SegStudioError(
-            f"{where}prediction spacing {pred.spacing} differs from the truth's {truth.spacing}; "
-            "they are not on the same grid"
+            f"{where}{diff}; a score would compare other voxels: resample the prediction onto the truth "
+            "(nearest neighbour) or predict on the truth's own scan"
         )
     p, t = _label_array(pred, where), _label_array(truth, where)
     cls = _classes(p, t, classes, ignore)

@@ -46,12 +46,15 @@ def bundled_model_dirs() -> list[Path]:
 
 def find_checkpoints(extra: list[Path] | None = None) -> list[Path]:
     """Every ``.segmodel`` in the bundled folder, the user's model folder and ``extra`` files."""
+    from ..core.atomic import clean_stale_temps, is_temp_name
     from ..core.autosave import user_model_dir
 
+    clean_stale_temps(user_model_dir(), force=True)  # what a fine-tune killed mid-save left behind
     found: dict[Path, None] = {}
     for d in [*bundled_model_dirs(), user_model_dir()]:
         for p in sorted(d.rglob(f"*{CHECKPOINT_SUFFIX}")):
-            found[p.resolve()] = None
+            if not is_temp_name(p.name):  # a save in progress, or one a killed run left
+                found[p.resolve()] = None
     for p in extra or []:
         if p.is_file():
             found[p.resolve()] = None

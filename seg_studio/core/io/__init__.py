@@ -28,7 +28,15 @@ import numpy as np
 from ..atomic import atomic_write, split_suffix
 from ..errors import ImageLoadError, ImageWriteError
 from ..volume import LabelInfo, Volume
-from ._checks import check_direction, check_mhd, check_nifti, check_not_empty, check_tiff, check_values
+from ._checks import (
+    check_direction,
+    check_mhd,
+    check_nifti,
+    check_not_empty,
+    check_nrrd,
+    check_tiff,
+    check_values,
+)
 from ._formats import (
     RASTER_FORMATS,
     READ_FORMATS,
@@ -119,6 +127,10 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
     path = Path(path).expanduser()
     if not path.exists():
         raise ImageLoadError(f"{path} does not exist; check the path")
+    if not (path.is_dir() or path.is_file()):  # a pipe or a device would block or never end
+        raise ImageLoadError(
+            f"{path} is not a regular file or folder (a pipe or a device?); give a scan file"
+        )
     try:
         if path.is_dir():
             info = choose_series(path, series)
@@ -132,6 +144,10 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
             name = path.name
     except OSError as exc:  # permissions, a vanished network share...
         raise ImageLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except MemoryError as exc:
+        from ..limits import memory_error_line
+
+        raise ImageLoadError(f"{path.name}: {memory_error_line(exc, 'reading it')}") from exc
     check_values(vol, name)
     check_direction(vol, name)
     vol.source = path
@@ -157,8 +173,10 @@ def _read_file(path: Path) -> Volume:
         check_nifti(path)
     elif fmt == "TIFF":
         check_tiff(path)
-    elif suffix_of(path) == ".mhd":
+    elif fmt == "MetaImage":  # .mhd always names a data file; a .mha may too
         check_mhd(path)
+    elif fmt == "NRRD":
+        check_nrrd(path)
     if fmt == "DICOM" and _dicom_seg().is_dicom_seg(path):
         vol = _dicom_seg().read_seg(path)
     elif fmt == "DICOM":
@@ -392,12 +410,17 @@ def _write_mhd(img: Any, path: Path, verify: Any, protected: list) -> Path:
     if is_protected(path, prot) or is_protected(raw, prot):
         raise ImageWriteError(f"refusing to overwrite the input scan {path}; choose another file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{stem}.tmp-") as tmpdir:
+    from ..atomic import clean_stale_temps, in_transaction, writer_tag
+
+    clean_stale_temps(path.parent)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{stem}.tmp-{writer_tag()}-") as tmpdir:
         staged = Path(tmpdir) / (stem + ".mhd")
         write_image(img, staged, compress=False)
         verify(staged)  # check the staged pair before touching an existing one
         atomic_write(raw, lambda t: shutil.move(staged.with_suffix(".raw"), t), protected=prot)
-        return atomic_write(path, lambda t: shutil.move(staged, t), verify=verify, protected=prot)
+        # in a transaction the .raw is not in place yet: the staged pair was verified above
+        final_check = None if in_transaction() else verify
+        return atomic_write(path, lambda t: shutil.move(staged, t), verify=final_check, protected=prot)
 
 
 def _verify_written(tmp: Path, expected: Volume, fmt: str, name: str) -> None:
@@ -455,6 +478,7 @@ def summary(vol: Volume) -> dict[str, Any]:
         "window_center",
         "window_width",
         "nonuniform_spacing",
+        "invented_geometry",
         "rgb",
         "palette",
     ):

@@ -38,6 +38,7 @@ from ..models import SegModel, create_model
 from ..progress import CancelToken, Progress
 from ..volume import Volume
 from .augment import AugmentConfig
+from .checks import check_has_foreground, check_label_values
 from .data import (
     IGNORE_INDEX,
     Case,
@@ -251,6 +252,7 @@ def iter_finetune(
             cancel.raise_if_cancelled()
         img, lab = read_pair(src)
         values = apply_label_map(lab.array, lmap, ignore_value)
+        check_label_values(values, src.name)
         if img.ndim != dims:
             if dims == 2 and img.ndim == 3:
                 for k, (im2, v2) in enumerate(slices_as_2d(img, values)):
@@ -268,6 +270,7 @@ def iter_finetune(
                 names.append(nm)
     if not raw:
         raise TrainingError("no labelled voxels in the pairs; correct some of the mask first")
+    check_has_foreground((name, v) for name, _, v, _ in raw)
     new_classes = names[len(meta.classes) :]
     n_classes = len(names)
 

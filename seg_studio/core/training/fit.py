@@ -28,6 +28,7 @@ from ..models import create_model, get_spec
 from ..progress import CancelToken, Progress
 from .adversarial import AdversarialConfig
 from .augment import AugmentConfig
+from .checks import check_has_foreground, check_label_values
 from .data import (
     Case,
     DatasetInfo,
@@ -253,6 +254,9 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
             for v, li in lab.labels.items():
                 ds_info.labels.setdefault(int(v), li.name)
         yield Progress(i + 1, len(sources), "load", f"read {src.name}")
+    for name, _, values in loaded:
+        check_label_values(values, name)
+    check_has_foreground((name, v) for name, _, v in loaded)
     dims = {img.ndim for _, img, _ in loaded}
     chans = {img.channels for _, img, _ in loaded}
     if len(dims) != 1 or len(chans) != 1:
@@ -287,7 +291,7 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
         init_path = last_path
         rp = out / "resume.pt"
         if rp.exists():
-            resume_state = torch.load(rp, map_location="cpu", weights_only=True)
+            resume_state = checkpoint.load_resume_state(rp)
 
     if init_path is not None:
         model, meta0 = checkpoint.load(init_path)
@@ -361,7 +365,7 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
     opt = make_optimizer(train_model, settings)
     state = LoopState()
     if resume_state is not None:
-        opt.load_state_dict(resume_state["optimizer"])
+        checkpoint.restore_optimizer(opt, resume_state["optimizer"], "resume.pt")
         st = resume_state["state"]
         state = LoopState(
             int(st["step"]),
@@ -452,7 +456,10 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
     if not val_cases and info.is_main and last_path.exists():
         import shutil
 
-        shutil.copyfile(last_path, best_path)  # without validation, the last is the best we know
+        from ..atomic import atomic_write
+
+        # without validation, the last is the best we know (copied atomically: a kill leaves no half file)
+        atomic_write(best_path, lambda tmp: shutil.copyfile(last_path, tmp))
     if info.is_main and best_path.exists():  # what the model was trained on (core/domain.py)
         from ..domain import stamp_checkpoint
 
