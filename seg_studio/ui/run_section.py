@@ -306,8 +306,7 @@ class RunSection(QGroupBox):
         mask = self.mask_layer(scan_layer)
         if mask is not None and L._md(mask).get("role") == L.ROLE_MASK:
             L.replace_labels(mask, labels)
-            mask.colormap = L.class_colormap(classes)
-            mask.features = L.class_features(classes)
+            L.set_classes(mask, classes)
             mask.metadata = {**mask.metadata, **md}
         else:
             mask = self.viewer.add_labels(
