@@ -122,10 +122,11 @@ class FinetuneSection(QGroupBox):
         self.plot = LossPlot()
 
         lay = QVBoxLayout(self)
+        lay.addWidget(self.only_changed)  # on its own row: the panel is narrow (see panel.PANEL_WIDTH)
         row = QHBoxLayout()
-        row.addWidget(self.only_changed, 1)
         row.addWidget(QLabel("budget"))
         row.addWidget(self.budget)
+        row.addStretch(1)
         lay.addLayout(row)
         row = QHBoxLayout()
         row.addWidget(self.finetune_button, 2)

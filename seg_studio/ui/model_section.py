@@ -20,8 +20,8 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QWidget,
@@ -201,19 +201,23 @@ class ModelSection(QGroupBox):
         for box in (self.want_probabilities, self.want_attention):
             box.setChecked(True)
 
+        for combo in (self.variant, self.checkpoint, self.device):
+            # long names must not widen the docked panel (and squeeze napari's canvas): they elide
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(10)
+        self.open_button.setToolTip("add a .segmodel file to the list and select it")
         form = QFormLayout(self)
         form.addRow("Variant", self.variant)
-        row = QHBoxLayout()
-        row.addWidget(self.checkpoint, 1)
-        row.addWidget(self.open_button)
-        form.addRow("Checkpoint", row)
+        form.addRow("Checkpoint", self.checkpoint)
+        form.addRow("", self.open_button)
         form.addRow(self.card)
         form.addRow("Device", self.device)
         form.addRow("Overlap", self.overlap)
         form.addRow(self.tta)
-        outs = QHBoxLayout()
-        for box in (self.want_probabilities, self.want_uncertainty, self.want_attention):
-            outs.addWidget(box)
+        outs = QGridLayout()
+        outs.addWidget(self.want_probabilities, 0, 0)
+        outs.addWidget(self.want_uncertainty, 0, 1)
+        outs.addWidget(self.want_attention, 1, 0)
         form.addRow("Show", outs)
 
         self.variant.currentIndexChanged.connect(self._variant_changed)

@@ -1,0 +1,103 @@
+"""The panel's layout on a 1400x900 screen: main actions in view without scrolling, a canvas that is
+not squeezed when the panel docks, axis names on the slider, names that are not cut."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from qtpy.QtCore import QPoint, QRect  # noqa: E402
+
+SCREEN = (1400, 900)
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEG_STUDIO_HOME", str(tmp_path / "home"))
+
+
+def _docked(make_napari_viewer, qtbot):  # noqa: ANN001, ANN202
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*SCREEN)
+    dock, panel = viewer.window.add_plugin_dock_widget("seg-studio", "seg_studio")
+    qtbot.waitUntil(lambda: bool(panel.models.variants()), timeout=60_000)
+    qtbot.waitUntil(panel.warmed_up, timeout=60_000)
+    return viewer, panel
+
+
+def _in_view(widget, window) -> bool:  # noqa: ANN001
+    """The whole widget is visible inside the window, and inside every scroll area above it."""
+    if not widget.isVisible():
+        return False
+    top_left = widget.mapTo(window, QPoint(0, 0))
+    rect = QRect(top_left, widget.size())
+    if not QRect(QPoint(0, 0), window.size()).contains(rect):
+        return False
+    parent = widget.parentWidget()
+    while parent is not None and parent is not window:
+        if type(parent).__name__ == "QWidget" and parent.objectName() == "qt_scrollarea_viewport":
+            port = QRect(parent.mapTo(window, QPoint(0, 0)), parent.size())
+            if not port.contains(rect):
+                return False
+        parent = parent.parentWidget()
+    return True
+
+
+def test_main_actions_are_in_view_without_scrolling(make_napari_viewer, qtbot, data_dir: Path) -> None:
+    viewer, panel = _docked(make_napari_viewer, qtbot)
+    window = viewer.window._qt_window
+    assert (window.width(), window.height()) == SCREEN
+    viewer.open(
+        data_dir / "msd_task04_hippocampus" / "images" / "hippocampus_003.nii.gz", plugin="seg-studio"
+    )
+    qtbot.wait(100)
+    assert _in_view(panel.run.predict_button, window)  # above the tabs: always
+    for section, button in (
+        (panel.correct, panel.correct.save_button),
+        (panel.finetune_section, panel.finetune_section.finetune_button),
+        (panel.models, panel.models.open_button),
+    ):
+        panel.show_section(section)
+        qtbot.wait(50)
+        assert _in_view(button, window), button.text()
+        assert _in_view(panel.run.predict_button, window)
+    panel.show_section(panel.finetune_section)
+    panel.finetune_section.rerun_button.setVisible(True)  # what a finished fine-tune shows
+    qtbot.wait(50)
+    assert _in_view(panel.finetune_section.rerun_button, window)
+    # no tab is wider than the panel (a clipped row would hide its right-hand buttons)
+    for i in range(panel.tabs.count()):
+        page = panel.tabs.widget(i)
+        body = page.widget()
+        assert body.minimumSizeHint().width() <= page.viewport().width() + 1, panel.tabs.tabText(i)
+
+
+def test_docking_leaves_the_canvas_most_of_the_window(make_napari_viewer, qtbot) -> None:
+    viewer, panel = _docked(make_napari_viewer, qtbot)
+    qtbot.wait(100)
+    canvas = viewer.window._qt_viewer.canvas.native
+    # napari's own layer list/controls take ~330 px; the panel took 473 px before (canvas 581 px)
+    assert panel.width() <= 420
+    assert canvas.width() >= 0.45 * SCREEN[0]
+    # the panel never forces napari's window to grow: it asks for little height
+    assert panel.minimumSizeHint().height() < 400
+
+
+def test_add_section_is_one_call(make_napari_viewer, qtbot) -> None:
+    from qtpy.QtWidgets import QGroupBox
+
+    viewer, panel = _docked(make_napari_viewer, qtbot)
+    extra = QGroupBox("Measure")
+    n = panel.tabs.count()
+    panel.add_section("Measure", extra)
+    assert panel.tabs.count() == n + 1 and panel.section_tab(extra) == "Measure"
+    more = QGroupBox("More")
+    panel.add_section("Measure", more)  # the same tab: below the first
+    assert panel.tabs.count() == n + 1 and panel.section_tab(more) == "Measure"
+    assert more.mapTo(panel, QPoint(0, 0)).y() > extra.mapTo(panel, QPoint(0, 0)).y() or not more.isVisible()
+    assert panel.section_tab(panel.correct) == "Correct"
+    assert np.all([panel.section_tab(s) for s in (panel.models, panel.view, panel.finetune_section)])
