@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 #: The panel's width: napari gives a docked widget its size hint, and at 470 px (the old single
 #: column) a 1400 px window left the canvas 580 px; this width fits every section's widest row.
 PANEL_WIDTH = 390
+#: The window size (without the panel) that ``make_room`` grows napari's window to, screen permitting:
+#: napari's own layer controls take ~330 px, so the canvas then keeps ~700 px.
+MIN_WINDOW = (1030, 860)
 
 
 class SegStudioPanel(QWidget):
@@ -55,6 +58,7 @@ class SegStudioPanel(QWidget):
         guard_triton()  # before any fine-tune imports torch._dynamo (see native_guard)
         super().__init__()
         self.viewer = napari_viewer
+        self._grew_window = False
         self.setMinimumWidth(PANEL_WIDTH - 60)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
@@ -64,7 +68,7 @@ class SegStudioPanel(QWidget):
         # long DICOM series names must not widen the panel; the full name is in the tooltip
         self.scan_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.scan_combo.setMinimumContentsLength(12)
-        self.model_label = QLabel("")
+        self.model_label = QLabel("looking for models...")
         self.model_label.setToolTip("the model Predict uses (choose it in the Model tab)")
         self.model_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         top = QFormLayout()
@@ -149,6 +153,38 @@ class SegStudioPanel(QWidget):
         hint = super().sizeHint()
         hint.setWidth(PANEL_WIDTH)
         return hint
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if not self._grew_window:
+            self._grew_window = True
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self.make_room)
+
+    def make_room(self) -> bool:
+        """Widen the main window by the panel, as far as the screen allows, so the canvas keeps its width.
+
+        napari opens at 1089x630 on a 1400x900 screen with fresh settings; docking the panel there
+        left the canvas a 270 px strip. A maximised or full-screen window is left alone.
+        Returns True if the window was resized.
+        """
+        win = self.window()
+        if win is self or not win.isVisible() or win.isMaximized() or win.isFullScreen():
+            return False
+        screen = win.screen().availableGeometry() if win.screen() is not None else None
+        if screen is None:
+            return False
+        width = min(screen.width(), max(win.width(), MIN_WINDOW[0] + PANEL_WIDTH))
+        height = min(screen.height(), max(win.height(), MIN_WINDOW[1]))
+        if (width, height) == (win.width(), win.height()) or width < win.width() or height < win.height():
+            return False
+        win.resize(width, height)
+        frame = win.frameGeometry()
+        left = max(screen.left(), min(frame.left(), screen.right() - frame.width() + 1))
+        top = max(screen.top(), min(frame.top(), screen.bottom() - frame.height() + 1))
+        win.move(left, top)
+        return True
 
     def _show_model(self, choice: Any) -> None:
         text = choice.label if choice is not None else "none: pick one in the Model tab"

@@ -20,9 +20,10 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEG_STUDIO_HOME", str(tmp_path / "home"))
 
 
-def _docked(make_napari_viewer, qtbot):  # noqa: ANN001, ANN202
+def _docked(make_napari_viewer, qtbot, size=SCREEN):  # noqa: ANN001, ANN202
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(*SCREEN)
+    viewer.window._qt_window.resize(*size)
+    qtbot.wait(50)
     dock, panel = viewer.window.add_plugin_dock_widget("seg-studio", "seg_studio")
     qtbot.waitUntil(lambda: bool(panel.models.variants()), timeout=60_000)
     qtbot.waitUntil(panel.warmed_up, timeout=60_000)
@@ -85,6 +86,22 @@ def test_docking_leaves_the_canvas_most_of_the_window(make_napari_viewer, qtbot)
     assert canvas.width() >= 0.45 * SCREEN[0]
     # the panel never forces napari's window to grow: it asks for little height
     assert panel.minimumSizeHint().height() < 400
+
+
+def test_docking_in_napari_s_fresh_window_makes_room_for_the_canvas(make_napari_viewer, qtbot) -> None:
+    """napari opens at 1089x630 on a 1400x900 screen with fresh settings: docking the panel there left
+    the canvas a strip (270 px); the window now grows by the panel, as far as the screen allows."""
+    viewer, panel = _docked(make_napari_viewer, qtbot, size=(1089, 630))
+    window = viewer.window._qt_window
+    screen = window.screen().availableGeometry()
+    assert (screen.width(), screen.height()) == SCREEN  # pytest-xvfb's screen (pyproject.toml)
+    qtbot.waitUntil(lambda: window.width() == SCREEN[0], timeout=5_000)
+    qtbot.wait(100)
+    assert viewer.window._qt_viewer.canvas.native.width() >= 600
+    assert QRect(QPoint(0, 0), QPoint(SCREEN[0] - 1, SCREEN[1] - 1)).contains(window.frameGeometry())
+    window.showMaximized()  # a maximised window is left as it is
+    qtbot.wait(50)
+    assert not panel.make_room()
 
 
 def test_add_section_is_one_call(make_napari_viewer, qtbot) -> None:
