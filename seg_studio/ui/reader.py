@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.display import initial_window
 from ..core.volume import Volume
 from .layers import class_colormap, class_features, layer_metadata
 
@@ -72,9 +73,9 @@ def volume_layer_data(volume: Volume, name: str | None = None, kind: str | None 
         if volume.channels > 1:
             scale, translate = [1.0] + scale, [0.0] + translate
         kwargs["colormap"] = "gray"
-        center, width = volume.meta.get("window_center"), volume.meta.get("window_width")
-        if center is not None and width and float(width) > 1:
-            kwargs["contrast_limits"] = [float(center) - float(width) / 2, float(center) + float(width) / 2]
+        window = initial_window(volume)  # by modality: a DICOM window, CT soft tissue, MR percentiles...
+        if window is not None:
+            kwargs["contrast_limits"] = list(window)
     kwargs["scale"] = scale
     kwargs["translate"] = translate
     return data, kwargs, kind
