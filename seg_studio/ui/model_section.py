@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.defaults import OVERLAP
 from ..core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class ModelSection(QGroupBox):
         self.overlap = QDoubleSpinBox()
         self.overlap.setRange(0.0, 0.9)
         self.overlap.setSingleStep(0.125)
-        self.overlap.setValue(0.25)
+        self.overlap.setValue(OVERLAP)  # the CLI's default too (core/defaults.py)
         self.overlap.setToolTip("overlap between sliding windows: more is smoother and slower")
         self.tta = QCheckBox("test-time augmentation (flips)")
         self.want_probabilities = QCheckBox("probabilities")
