@@ -113,7 +113,7 @@ def main() -> int:
 
     # 4. Re-run with the new model: mask + attention map over the scan
     assert run_job(app, panel.rerun, panel.run.finished) == "done", panel.run.last_error
-    att = [ly for ly in viewer.layers if "attention level 1" in ly.name]
+    att = [ly for ly in viewer.layers if "attention L1" in ly.name]
     if att:
         att[0].visible = True  # the panel's own opacity/colormap, as a user sees it
     panel.mask_layer().opacity = 0.45

@@ -201,6 +201,7 @@ class ModelSection(QGroupBox):
         )
         for box in (self.want_probabilities, self.want_attention):
             box.setChecked(True)
+        self.want_attention.setVisible(False)  # offered for models with attention gates only
 
         for combo in (self.variant, self.checkpoint, self.device):
             # long names must not widen the docked panel (and squeeze napari's canvas): they elide
@@ -429,7 +430,18 @@ class ModelSection(QGroupBox):
     def _checkpoint_changed(self) -> None:
         choice = self.current_choice()
         self.card.setText(card_html(self.current_info(), choice))
+        self._offer_attention(choice)
         self.choice_changed.emit(choice)
+
+    def _offer_attention(self, choice: ModelChoice | None) -> None:
+        """Show "attention maps" only for a model that has attention gates (a plain U-Net has none)."""
+        has = False
+        if choice is not None:
+            from ..core.models import makes_attention_maps  # torch is in after the probe
+
+            args = choice.config if choice.untrained else getattr(choice.meta, "arch_args", {})
+            has = makes_attention_maps(choice.variant, args)
+        self.want_attention.setVisible(has)
 
     def _open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -452,7 +464,7 @@ class ModelSection(QGroupBox):
         return {
             "probabilities": self.want_probabilities.isChecked(),
             "uncertainty": self.want_uncertainty.isChecked(),
-            "attention": self.want_attention.isChecked(),
+            "attention": self.want_attention.isChecked() and not self.want_attention.isHidden(),
         }
 
     def predict_options(self) -> dict[str, Any]:

@@ -57,6 +57,9 @@ class SegStudioPanel(QWidget):
 
         guard_triton()  # before any fine-tune imports torch._dynamo (see native_guard)
         super().__init__()
+        from .app import prefer_reader
+
+        prefer_reader()  # docked from napari's Plugins menu: File > Open then uses our reader too
         self.viewer = napari_viewer
         self._grew_window = False
         self.setMinimumWidth(PANEL_WIDTH - 60)
@@ -160,7 +163,10 @@ class SegStudioPanel(QWidget):
             self._grew_window = True
             from qtpy.QtCore import QTimer
 
-            QTimer.singleShot(0, self.make_room)
+            timer = QTimer(self)  # a child: it goes with the panel if the window closes first
+            timer.setSingleShot(True)
+            timer.timeout.connect(self.make_room)
+            timer.start(0)
 
     def make_room(self) -> bool:
         """Widen the main window by the panel, as far as the screen allows, so the canvas keeps its width.

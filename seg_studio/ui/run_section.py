@@ -327,7 +327,7 @@ class RunSection(QGroupBox):
             baseline = ModelBaseline.of_prediction(labels)
             mask = self.viewer.add_labels(
                 labels.copy(),
-                name=f"{scan_layer.name} mask",
+                name=L.derived_name(scan_layer.name, "mask"),
                 colormap=L.class_colormap(classes),
                 features=L.class_features(classes),
                 metadata=md,
@@ -342,7 +342,10 @@ class RunSection(QGroupBox):
 
     def _add_maps(self, pred: Any, classes: list[Any], scan_layer: Any) -> None:
         """Probability / uncertainty / attention maps: hidden, additive, colormapped, on the scan grid."""
-        prefix = f"{scan_layer.name}:"
+
+        def named(what: str) -> str:
+            return L.derived_name(scan_layer.name, what, sep=": ")
+
         maps: list[tuple[str, Volume, str]] = []
         if pred.probabilities is not None:
             probs = pred.probabilities
@@ -352,23 +355,25 @@ class RunSection(QGroupBox):
                     continue
                 maps.append(
                     (
-                        f"{prefix} p({c.name})",
+                        named(f"p({c.name})"),
                         probs.with_array(arr[i]) if probs.channels > 1 else probs,
                         "green",
                     )
                 )
         if pred.uncertainty is not None:
-            maps.append((f"{prefix} uncertainty", pred.uncertainty, "magma"))
+            maps.append((named("uncertainty"), pred.uncertainty, "magma"))
         n = len(pred.attention)
         for k, att in enumerate(pred.attention):
             # deepest level first (SegOutput's order); name them by level from the top for the user
             maps.append(
-                (f"{prefix} attention level {n - k}", att, ATTENTION_COLORMAPS[k % len(ATTENTION_COLORMAPS)])
+                (named(f"attention L{n - k}"), att, ATTENTION_COLORMAPS[k % len(ATTENTION_COLORMAPS)])
             )
         # maps of an earlier run that this one does not make go now; the others are updated in place
         wanted = {name for name, _, _ in maps}
         for ly in [
-            ly for ly in self.viewer.layers if L.role(ly) == L.ROLE_OUTPUT and ly.name.startswith(prefix)
+            ly
+            for ly in self.viewer.layers
+            if L.role(ly) == L.ROLE_OUTPUT and L._md(ly).get("scan_layer") == scan_layer.name
         ]:
             if ly.name not in wanted:
                 self.viewer.layers.remove(ly)

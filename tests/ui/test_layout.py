@@ -118,3 +118,44 @@ def test_add_section_is_one_call(make_napari_viewer, qtbot) -> None:
     assert more.mapTo(panel, QPoint(0, 0)).y() > extra.mapTo(panel, QPoint(0, 0)).y() or not more.isVisible()
     assert panel.section_tab(panel.correct) == "Correct"
     assert np.all([panel.section_tab(s) for s in (panel.models, panel.view, panel.finetune_section)])
+
+
+def test_layer_names_fit_the_layer_list_and_the_slider_names_its_axis(
+    make_napari_viewer, qtbot, data_dir: Path, tmp_path: Path
+) -> None:
+    """A TCIA series' layers were cut in the middle ("PGBM-003_199... T1post mask") and the slider read
+    "-3": names of the layers the panel makes now fit napari's layer list, and the axes are z, y, x."""
+    from qtpy.QtGui import QFont, QFontMetrics
+    from test_panel import run_predict, sample_classes, tiny_checkpoint
+
+    from seg_studio.core.samples import make_sample_3d
+
+    viewer, panel = _docked(make_napari_viewer, qtbot)
+    folder = data_dir / "tcia_brain_tumor_progression_dicom" / "images" / "PGBM-003_19950329"
+    viewer.open(folder, plugin="seg-studio")
+    assert viewer.dims.axis_labels == ("z", "y", "x")
+    qt_dims = viewer.window._qt_viewer.dims
+    shown = [w.axis_label.text() for w in qt_dims.slider_widgets if w.isVisible()]
+    assert shown == ["z"]  # the one slider of a 3D scan, named
+    _, labels = make_sample_3d()
+    panel.open_checkpoint(tiny_checkpoint(tmp_path / "models", 3, sample_classes(labels)))
+    panel.models.want_probabilities.setChecked(True)
+    assert run_predict(panel, qtbot) == "done", panel.run.last_error
+    qtbot.waitUntil(lambda: not panel.run.busy, timeout=60_000)
+    view = viewer.window._qt_viewer.layers
+    font = QFont(view.font())
+    font.setBold(True)
+    metrics = QFontMetrics(font)
+    # thumbnail, eye and type icons take the rest of a row: 193 px at the default 302 px (a 193 px name
+    # showed whole, a 206 px one did not)
+    room = view.viewport().width() - 109
+    names = [ly.name for ly in viewer.layers]
+    assert (
+        any("mask" in n for n in names)
+        and any("p(" in n for n in names)
+        and any("attention" in n for n in names)
+    )
+    scan = viewer.layers[0].name
+    assert metrics.horizontalAdvance(f"{scan} mask") > room  # the old name did not fit
+    for name in names[1:]:  # the scan's own name is the file's
+        assert metrics.horizontalAdvance(name) <= room, name

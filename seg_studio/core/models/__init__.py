@@ -6,7 +6,15 @@ import importlib
 import pkgutil
 
 from .base import AUX_ATTENTION, AUX_DEEP_SUPERVISION, AUX_UNCERTAINTY, SegModel, SegOutput
-from .registry import ModelSpec, count_parameters, create_model, get_spec, list_models, register_model
+from .registry import (
+    ModelSpec,
+    count_parameters,
+    create_model,
+    get_spec,
+    list_models,
+    makes_attention_maps,
+    register_model,
+)
 
 _INFRA = {"base", "registry", "blocks"}
 _loaded = False
@@ -33,6 +41,7 @@ __all__ = [
     "count_parameters",
     "create_model",
     "get_spec",
+    "makes_attention_maps",
     "list_models",
     "register_model",
 ]
