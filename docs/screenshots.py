@@ -1,6 +1,6 @@
 """Take the README's screenshots by driving the real app, the way a user clicks through it.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" env QT_QPA_PLATFORM=xcb .venv/bin/python docs/screenshots.py
+    xvfb-run -a -s "-screen 0 1400x900x24" env QT_QPA_PLATFORM=xcb .venv/bin/python docs/screenshots.py
 
 The app opens with the bundled synthetic 2D sample (no real patient data in the README). With no
 trained checkpoint in resources/models, the loop starts from an untrained Attention U-Net: Predict
@@ -82,7 +82,7 @@ def main() -> int:
 
     viewer, panel = build_window(None)
     app = QApplication.instance()
-    viewer.window.resize(1500, 940)
+    viewer.window.resize(1400, 900)  # the screen the panel is laid out for
     wait(app, lambda: bool(panel.models.variants()), 120)
 
     from seg_studio.ui.reader import volume_layer_data
@@ -108,7 +108,7 @@ def main() -> int:
         app, lambda: panel.finetune(budget_s=args.budget, only_changed=False), panel.finetune_section.finished
     )
     assert out == "done", panel.finetune_section.last_error
-    panel.verticalScrollBar().setValue(panel.verticalScrollBar().maximum())
+    panel.show_section(panel.finetune_section)  # the plot and the Re-run offer
     save(viewer, "finetune.png", app)
 
     # 4. Re-run with the new model: mask + attention map over the scan
@@ -117,7 +117,7 @@ def main() -> int:
     if att:
         att[0].visible = True  # the panel's own opacity/colormap, as a user sees it
     panel.mask_layer().opacity = 0.45
-    panel.verticalScrollBar().setValue(0)
+    panel.show_section(panel.correct)  # the classes to paint with, the clean-up helpers and Save
     viewer.reset_view()
     save(viewer, "app.png", app)
 
