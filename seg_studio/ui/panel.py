@@ -1,8 +1,8 @@
 """The seg_studio dock widget: the scan and Run always in view, the other sections in tabs.
 
 The Run section (Predict, Cancel, progress, status) sits above the tabs, so the main action is
-never scrolled away; Model, View, Correct and Fine-tune are one tab each (``SECTION_TABS``), and a
-tab that is taller than the window scrolls on its own. Adding a section is one ``add_section``
+never scrolled away, and so does the domain banner; Model, View, Correct, Fine-tune and Measure are
+one tab each, and a tab that is taller than the window scrolls on its own. Adding a section is one ``add_section``
 call. The panel keeps a small minimum size so that docking it never squeezes napari's canvas.
 
 Every button calls a public method of this panel (or of a section it forwards to), so scripts and
@@ -23,7 +23,9 @@ from qtpy.QtWidgets import (
     QApplication,
     QComboBox,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
+    QPushButton,
     QScrollArea,
     QSizePolicy,
     QTabWidget,
@@ -34,7 +36,9 @@ from qtpy.QtWidgets import (
 from . import layers as L
 from .autosave import Autosaver
 from .correct_section import CorrectSection
+from .domain_banner import DomainBanner, DomainWatch
 from .finetune_section import FinetuneSection
+from .measure_section import MeasureSection
 from .model_section import ModelSection
 from .run_section import RunSection
 from .view_section import ViewSection
@@ -74,16 +78,25 @@ class SegStudioPanel(QWidget):
         self.model_label = QLabel("looking for models...")
         self.model_label.setToolTip("the model Predict uses (choose it in the Model tab)")
         self.model_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.pacs_button = QPushButton("PACS...")
+        self.pacs_button.setToolTip("browse a PACS's series, open one, send the mask back as a DICOM SEG")
+        scan_row = QHBoxLayout()
+        scan_row.addWidget(self.scan_combo, 1)
+        scan_row.addWidget(self.pacs_button)
         top = QFormLayout()
-        top.addRow("Scan", self.scan_combo)
+        top.addRow("Scan", scan_row)
         top.addRow("Model", self.model_label)
         lay.addLayout(top)
+        #: persistent notice when the model does not fit the scan or its result (see domain_banner)
+        self.banner = DomainBanner()
+        lay.addWidget(self.banner)
 
         self.models = ModelSection()
         self.run = RunSection(self.viewer, self.models, self.scan_layer)
         self.view = ViewSection(self.viewer, self.scan_layer)
         self.correct = CorrectSection(self.viewer, self.scan_layer, self.mask_layer)
         self.finetune_section = FinetuneSection(self.viewer, self.models, self.run, self.scan_layer)
+        self.measure_section = MeasureSection(self.viewer, self.scan_layer, self.mask_layer)
         lay.addWidget(self.run)  # Predict / Cancel / progress: always in view
         self.tabs = QTabWidget()
         self.tabs.setUsesScrollButtons(True)
@@ -93,7 +106,11 @@ class SegStudioPanel(QWidget):
         self.add_section("View", self.view)
         self.add_section("Correct", self.correct)
         self.add_section("Fine-tune", self.finetune_section)
+        self.add_section("Measure", self.measure_section)
         self.models.choice_changed.connect(self._show_model)
+        self._hospital_wiring()
+        self.domain_watch = DomainWatch(self.banner, self.models, self._scan_volume)
+        self.run.finished.connect(self._check_result)
 
         kwargs = {} if autosave_interval_s is None else {"interval_s": autosave_interval_s}
         self.autosaver = Autosaver(self.viewer, self.scan_layer, self._mask_of, parent=self, **kwargs)
@@ -212,6 +229,46 @@ class SegStudioPanel(QWidget):
         """True once the start-up imports are done: the first run then stalls the UI no more than later ones."""
         return self._warm_job is not None and not self._warm_job.running
 
+    # --- hospital: DICOM SEG, PACS, measurements -------------------------------------------------------
+    def _hospital_wiring(self) -> None:
+        self.pacs: Any = None
+        self.correct.algorithm = self._seg_algorithm
+        self.pacs_button.clicked.connect(lambda: self.open_pacs())
+        self.viewer.layers.events.inserted.connect(lambda e: self.measure_section.follow())
+        self.viewer.layers.events.removed.connect(lambda e: self.measure_section.follow())
+        self.scan_combo.currentIndexChanged.connect(lambda _: self.measure_section.follow())
+
+    def _seg_algorithm(self) -> Any:
+        """The model whose prediction the mask is (semi-automatic: it may be corrected since), or None
+        for a mask that no prediction of this panel made (a DICOM SEG then says MANUAL)."""
+        from ..core.io.dicom_seg import Algorithm
+
+        mask = self.mask_layer()
+        made_by = str(L._md(mask).get("made_by", "")) if mask is not None else ""
+        if not made_by:
+            return None
+        if made_by.startswith("variant:"):
+            return Algorithm(made_by.split(":", 1)[1], "untrained", kind="SEMIAUTOMATIC")
+        from ..core import checkpoint
+
+        path = Path(made_by)
+        meta = checkpoint.read_meta(path) if path.is_file() else None
+        return Algorithm.from_checkpoint(path, meta, "SEMIAUTOMATIC")
+
+    def open_pacs(self) -> Any:
+        """Show the *PACS...* dialog (series browser, open, send the SEG); returns it."""
+        from .pacs_dialog import PacsDialog
+
+        if self.pacs is None:
+            self.pacs = PacsDialog(self.viewer, self.correct.prepare_seg, parent=self)
+        self.pacs.show()
+        self.pacs.raise_()
+        return self.pacs
+
+    def measurements(self) -> Any:
+        """The last measurement report of the current mask (``core.measure.Report``) or None."""
+        return self.measure_section.report
+
     # --- which layers -------------------------------------------------------------------------------
     def scan_layer(self) -> Any:
         """The scan picked in the Scan box (the newest scan by default)."""
@@ -244,14 +301,27 @@ class SegStudioPanel(QWidget):
         self.correct.refresh_classes()
         self._suit_model_to_scan()
 
-    def _suit_model_to_scan(self) -> None:
-        """Tell the model section the dimensionality of the scan in view (see ``suit_scan``)."""
+    def _scan_volume(self) -> Any:
+        """The scan in view as a Volume (None without one, or for a layer that is not 2D/3D)."""
         scan = self.scan_layer()
         try:
-            ndim = L.layer_volume(scan).ndim if scan is not None else None
+            return L.layer_volume(scan) if scan is not None else None
         except ValueError:  # not 2D or 3D: the run section will say so when asked to predict
-            ndim = None
-        self.models.suit_scan(ndim)
+            return None
+
+    def _suit_model_to_scan(self) -> None:
+        """Tell the model section which scan is in view: the default model follows its domain."""
+        self.models.suit_scan(self._scan_volume())
+        self.domain_watch.refresh()
+
+    def _check_result(self, outcome: str) -> None:
+        """After a prediction: the banner compares it with what the model produced on validation."""
+        if outcome == "done":
+            self.domain_watch.result_ready(self.run.last_prediction, self.models.last_meta())
+
+    def domain_warnings(self) -> list[str]:
+        """What the domain banner says now (empty when it is hidden)."""
+        return self.banner.warnings()
 
     # --- the actions (buttons call these) -----------------------------------------------------------
     def predict(self) -> bool:
@@ -321,6 +391,7 @@ class SegStudioPanel(QWidget):
     def shutdown(self) -> None:
         """Before the window closes: stop jobs and write a last autosave of unsaved edits."""
         self.cancel()
+        self.measure_section.stop()
         self.autosaver.stop()
         from .workers import await_jobs
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("napari")
@@ -108,16 +107,21 @@ def test_add_section_is_one_call(make_napari_viewer, qtbot) -> None:
     from qtpy.QtWidgets import QGroupBox
 
     viewer, panel = _docked(make_napari_viewer, qtbot)
-    extra = QGroupBox("Measure")
+    extra = QGroupBox("Extra")
     n = panel.tabs.count()
-    panel.add_section("Measure", extra)
-    assert panel.tabs.count() == n + 1 and panel.section_tab(extra) == "Measure"
+    panel.add_section("Extra", extra)
+    assert panel.tabs.count() == n + 1 and panel.section_tab(extra) == "Extra"
     more = QGroupBox("More")
-    panel.add_section("Measure", more)  # the same tab: below the first
-    assert panel.tabs.count() == n + 1 and panel.section_tab(more) == "Measure"
+    panel.add_section("Extra", more)  # the same tab: below the first
+    assert panel.tabs.count() == n + 1 and panel.section_tab(more) == "Extra"
     assert more.mapTo(panel, QPoint(0, 0)).y() > extra.mapTo(panel, QPoint(0, 0)).y() or not more.isVisible()
     assert panel.section_tab(panel.correct) == "Correct"
-    assert np.all([panel.section_tab(s) for s in (panel.models, panel.view, panel.finetune_section)])
+    assert [panel.section_tab(s) for s in (panel.models, panel.view, panel.finetune_section)] == [
+        "Model",
+        "View",
+        "Fine-tune",
+    ]
+    assert panel.section_tab(panel.measure_section) == "Measure"
 
 
 def test_layer_names_fit_the_layer_list_and_the_slider_names_its_axis(

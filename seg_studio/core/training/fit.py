@@ -453,6 +453,18 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
         import shutil
 
         shutil.copyfile(last_path, best_path)  # without validation, the last is the best we know
+    if info.is_main and best_path.exists():  # what the model was trained on (core/domain.py)
+        from ..domain import stamp_checkpoint
+
+        train_imgs = [(img, v) for (_, img, v), c in zip(loaded, cases, strict=True) if c.hash not in val_set]
+        val_imgs = [img for (_, img, _), c in zip(loaded, cases, strict=True) if c.hash in val_set]
+        stamp_checkpoint(
+            best_path,
+            train_imgs,
+            val_imgs,
+            expected_input=f"scans like its training cases ({cfg.images or cfg.dataset_json or 'given pairs'})",
+            device=str(device),
+        )
     return FitResult(
         best_path if best_path.exists() else None,
         last_path if last_path.exists() else None,
