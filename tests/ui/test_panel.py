@@ -516,3 +516,17 @@ def test_painting_then_rerunning_the_same_model_keeps_the_paint(tmp_path, make_p
 
     train = panel.finetune_section.training_labels(mask, image, True)
     assert (np.asarray(train.array) != IGNORE_INDEX).sum() == 1
+
+
+def test_saved_labels_keep_their_class_names(tmp_path, make_panel, qtbot):
+    """Save labels as NIfTI: the names travel in NAME.labels.json and come back (in napari and info)."""
+    scan_path, image, labels = write_scan(tmp_path, 3)
+    viewer, panel = make_panel(scan_path)
+    add_labels(viewer, labels)
+    out = panel.save_labels(tmp_path / "out" / "result.nii.gz")  # no 'label' in the name
+    assert sio.sidecar_path(out).is_file()
+    back = sio.read(out)
+    assert back.meta["kind"] == "labels"
+    assert {v: c.name for v, c in back.labels.items()} == {v: c.name for v, c in labels.labels.items()}
+    (layer,) = viewer.open(out, plugin="seg-studio")
+    assert type(layer).__name__ == "Labels" and "vessel" in list(layer.features["class"])
