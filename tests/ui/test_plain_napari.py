@@ -62,7 +62,9 @@ def _open_like_the_cli(viewer, path: Path) -> list:
     return [ly for ly in viewer.layers if ly not in before]
 
 
-def test_a_nifti_opens_with_our_reader_and_napari_asks_once(make_napari_viewer, fresh_settings, data_dir):
+def test_a_nifti_opens_with_our_reader_and_napari_asks_once(
+    make_napari_viewer, fresh_settings, data_dir, tmp_path
+):
     viewer = make_napari_viewer()
     watcher = DialogWatcher()
     try:
@@ -79,6 +81,12 @@ def test_a_nifti_opens_with_our_reader_and_napari_asks_once(make_napari_viewer, 
         assert len(watcher.seen) == 1 and layer2.metadata["seg_studio"]["source"] == str(second)
         for suffix in ("*.mha", "*.mhd", "*.nrrd", "*.nii"):
             assert fresh_settings.plugins.extension2reader[suffix] == "seg-studio"
+        from seg_studio.core import io
+
+        for suffix in (".mha", ".nrrd"):
+            other = io.write(io.read(second), tmp_path / f"copy{suffix}")
+            (layer3,) = _open_like_the_cli(viewer, other)
+            assert len(watcher.seen) == 1 and layer3.metadata["seg_studio"]["source"] == str(other)
     finally:
         watcher.stop()
 
