@@ -530,3 +530,20 @@ def test_saved_labels_keep_their_class_names(tmp_path, make_panel, qtbot):
     assert {v: c.name for v, c in back.labels.items()} == {v: c.name for v, c in labels.labels.items()}
     (layer,) = viewer.open(out, plugin="seg-studio")
     assert type(layer).__name__ == "Labels" and "vessel" in list(layer.features["class"])
+
+
+def test_about_tab_names_the_versions_and_the_device(make_panel, qtbot):
+    """The panel's About tab says what ``seg-studio --version`` says, the device once probed."""
+    from importlib import metadata
+
+    from seg_studio.core.about import version_report
+
+    _, panel = make_panel()
+    assert panel.section_tab(panel.about) == "About"
+    qtbot.waitUntil(lambda: "probing" not in panel.about.text(), timeout=60_000)
+    assert panel.about.text() == version_report()
+    assert f"napari: {metadata.version('napari')}" in panel.about.label.text()
+    panel.about.copy()
+    from qtpy.QtWidgets import QApplication
+
+    assert QApplication.clipboard().text() == panel.about.text()
