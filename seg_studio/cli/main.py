@@ -208,7 +208,33 @@ def _gui_shortcut(argv: list[str], command_line: bool = True) -> list[str]:
     return argv
 
 
+#: Exit code when the reader of stdout went away (128 + SIGPIPE, what ``yes | head`` gives ``yes``).
+EXIT_STDOUT_CLOSED = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a closed stdout (``seg-studio info X | head``) ends it quietly, whatever it was."""
+    try:
+        try:
+            code = _main(argv)
+        finally:  # also after --help's SystemExit
+            sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints a traceback
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """Point stdout at the null device so that nothing more (not even the final flush) fails."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+        pass
+    return EXIT_STDOUT_CLOSED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
     if "--self-test" in raw:  # the installer's spelling of ``seg-studio self-test``

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..core.defaults import OVERLAP
 from ..core.errors import CheckpointError, SegStudioError
 
 
@@ -146,7 +147,9 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
     )
-    p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
+    p.add_argument(
+        "--overlap", type=float, default=OVERLAP, help=f"window overlap in [0, 1) (default {OVERLAP:g})"
+    )
     p.add_argument("--batch-size", type=int, default=4, help="windows per batch (halved on out-of-memory)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument(

@@ -403,16 +403,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
         w.writerows(rows)
         sys.stdout.write(buf.getvalue())
         return 0
-    _say(f"{'case':<24} {'class':<18} {'Dice':>7} {'IoU':>7} {'HD95 mm':>9} {'vol ml':>9} {'ref ml':>9}")
-    for r in rows:
-        _say(
-            f"{r['case'][:24]:<24} {str(r['class']) + ' ' + r['name']:<18.18} {_f(r['dice'])} {_f(r['iou'])} "
-            f"{_f(r['hd95_mm'], 9, 2)} {_f(r['volume_pred_ml'], 9, 3)} {_f(r['volume_truth_ml'], 9, 3)}"
-        )
-    if len(cases) > 1:
-        for c in mean["dice"]:
+    first = cases[0] if cases else None
+    lu = first.length_unit if first else "mm"
+    su = first.size_unit if first else "ml"
+    sn = "area" if first and first.size_name == "area" else "vol"
+    _say(
+        f"{'case':<24} {'class':<18} {'Dice':>7} {'IoU':>7} {'HD95 ' + lu:>9} {sn + ' ' + su:>9} {'ref ' + su:>9}"
+    )
+    for cm in cases:
+        for c in cm.dice:
+            name = cm.class_names.get(c, f"class {c}")
             _say(
-                f"{'mean':<24} {str(c):<18} {_f(mean['dice'][c])} {_f(mean['iou'][c])} {_f(mean['hd95_mm'][c], 9, 2)}"
+                f"{cm.name[:24]:<24} {str(c) + ' ' + name:<18.18} {_f(cm.dice[c])} {_f(cm.iou[c])} "
+                f"{_f(cm.hd95[c], 9, 2)} {_f(cm.size_pred[c], 9, 3)} {_f(cm.size_truth[c], 9, 3)}"
+            )
+    if len(cases) > 1:
+        names = {c: n for case in cases for c, n in case.class_names.items()}
+        for c in mean["dice"]:
+            label = f"{c} {names.get(c, f'class {c}')}"
+            _say(
+                f"{'mean':<24} {label:<18.18} {_f(mean['dice'][c])} {_f(mean['iou'][c])} "
+                f"{_f(mean[f'hd95_{lu}'][c], 9, 2)}"
             )
     return 0
 

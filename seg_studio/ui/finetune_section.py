@@ -122,10 +122,11 @@ class FinetuneSection(QGroupBox):
         self.plot = LossPlot()
 
         lay = QVBoxLayout(self)
+        lay.addWidget(self.only_changed)  # on its own row: the panel is narrow (see panel.PANEL_WIDTH)
         row = QHBoxLayout()
-        row.addWidget(self.only_changed, 1)
         row.addWidget(QLabel("budget"))
         row.addWidget(self.budget)
+        row.addStretch(1)
         lay.addLayout(row)
         row = QHBoxLayout()
         row.addWidget(self.finetune_button, 2)
@@ -150,12 +151,11 @@ class FinetuneSection(QGroupBox):
         vol = L.labels_volume(mask, scan)
         arr = np.asarray(vol.array)
         if only_changed:
-            base = self.run.baseline(mask)
-            if base is None or base.shape != arr.shape:
+            changed = self.run.user_voxels(mask)
+            if changed is None or changed.shape != arr.shape:
                 raise ValueError(
                     "nothing to compare with: run a prediction first, or untick 'only what I changed'"
                 )
-            changed = arr != base
             if not changed.any():
                 raise ValueError("you have not changed the mask yet: paint a correction first")
             train = np.full(arr.shape, IGNORE_INDEX, dtype=np.int32)

@@ -5,8 +5,10 @@ the main thread then adds the mask as a Labels layer with the checkpoint's class
 The optional maps (probabilities, uncertainty, one per attention gate level) are prepared in the
 worker and listed in the "show maps" menu; each becomes an additive, colormapped Image layer when
 first shown, all on the scan's physical grid (a layer costs the main thread 0.35-1.5 s, so none is
-made that the user does not look at). A re-run over an existing mask
-writes into it as one undoable step (Ctrl+Z brings the previous mask back). The scan is only read.
+made that the user does not look at). A re-run over an existing mask writes into it as one undoable
+step (Ctrl+Z brings the previous mask back) and, with "Keep my corrections" ticked (the default),
+fills only the voxels the user has not changed since the model wrote them (``core.corrections``).
+The scan is only read.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -30,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.corrections import ModelBaseline, merge_prediction, user_voxels
 from ..core.progress import Progress
 from ..core.volume import LabelInfo, Volume
 from . import layers as L
@@ -118,8 +122,11 @@ class RunSection(QGroupBox):
         self.job: Any = None
         self.last_prediction: Any = None
         self.last_error: str = ""
-        #: mask layer -> the array the model produced (for "fine-tune on what changed")
-        self._baselines: dict[Any, np.ndarray] = {}
+        #: mask layer id -> what the model wrote into it (tells the user's corrections from the rest)
+        self._baselines: dict[Any, ModelBaseline] = {}
+        #: the user's voxels the last prediction kept (None: it made a new mask)
+        self.last_kept: int | None = None
+        self._kept_note = ""
         viewer.layers.events.removed.connect(
             lambda e: self._baselines.pop(getattr(e.value, "unique_id", None), None)
         )
@@ -141,11 +148,18 @@ class RunSection(QGroupBox):
         self.bar.setValue(0)
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
+        self.keep_corrections = QCheckBox("keep my corrections")
+        self.keep_corrections.setChecked(True)
+        self.keep_corrections.setToolTip(
+            "Predict and Re-run fill only the voxels you have not painted, filled or erased since the "
+            "model wrote them; untick to replace the whole mask (Ctrl+Z undoes either in one step)"
+        )
         lay = QVBoxLayout(self)
         row = QHBoxLayout()
         row.addWidget(self.predict_button, 2)
         row.addWidget(self.cancel_button, 1)
         lay.addLayout(row)
+        lay.addWidget(self.keep_corrections)
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
         self.maps_button = QToolButton()
@@ -247,7 +261,7 @@ class RunSection(QGroupBox):
         self.bar.setValue(1000)
         ran = getattr(pred, "backend", "")
         where = f"{pred.device} ({ran})" if ran and not ran.startswith("torch") else pred.device
-        self.status.setText(f"done in {time.perf_counter() - self._t0:.1f} s on {where}")
+        self.status.setText(f"done in {time.perf_counter() - self._t0:.1f} s on {where}{self._kept_note}")
 
     def _error(self, message: str, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
@@ -272,9 +286,11 @@ class RunSection(QGroupBox):
         self.cancel_button.setEnabled(False)
         self.finished.emit(self._outcome)
 
-    def baseline(self, mask: Any) -> np.ndarray | None:
-        """What the model predicted into ``mask`` last (to find the voxels the user changed)."""
-        return self._baselines.get(mask.unique_id)
+    def user_voxels(self, mask: Any) -> np.ndarray | None:
+        """The voxels of ``mask`` the user corrected (see ``core.corrections``); None if the model never
+        wrote into it."""
+        base = self._baselines.get(mask.unique_id)
+        return user_voxels(np.asarray(mask.data), base) if base is not None else None
 
     # --- layers -----------------------------------------------------------------------------------
     def mask_layer(self, scan_layer: Any) -> Any:
@@ -305,20 +321,37 @@ class RunSection(QGroupBox):
         place = L.layer_kwargs(pred.labels, like=scan_layer)
         mask = self.mask_layer(scan_layer)
         if mask is not None and L._md(mask).get("role") == L.ROLE_MASK:
-            L.replace_labels(mask, labels)
+            keep = self.keep_corrections.isChecked()
+            before = self._baselines.get(mask.unique_id)
+            merged, baseline, self.last_kept = merge_prediction(
+                np.asarray(mask.data), labels, before, keep=keep
+            )
+            if keep and before is None:
+                # e.g. restored from an autosave: nothing tells the corrections from the rest
+                self._kept_note = (
+                    "; the mask has no prediction behind it, so all of it was kept "
+                    "(untick 'keep my corrections' to replace it)"
+                )
+            elif self.last_kept:
+                self._kept_note = f"; {self.last_kept} voxel(s) you corrected were kept"
+            else:
+                self._kept_note = ""
+            L.replace_labels(mask, merged)  # one undo step
             L.set_classes(mask, classes)
             mask.metadata = {**mask.metadata, **md}
         else:
+            self.last_kept, self._kept_note = None, ""
+            baseline = ModelBaseline.of_prediction(labels)
             mask = self.viewer.add_labels(
                 labels.copy(),
-                name=f"{scan_layer.name} mask",
+                name=L.derived_name(scan_layer.name, "mask"),
                 colormap=L.class_colormap(classes),
                 features=L.class_features(classes),
                 metadata=md,
                 opacity=0.5,
                 **place,
             )
-        self._baselines[mask.unique_id] = labels.copy()
+        self._baselines[mask.unique_id] = baseline
         self._add_maps(pred, classes, scan_layer)
         self.viewer.layers.selection.active = mask
         mask.mode = "pan_zoom"
@@ -334,7 +367,6 @@ class RunSection(QGroupBox):
         event-loop turn (no new GL visual; the user's visibility, colormap and opacity stay); maps of
         an earlier run that this one does not make go.
         """
-        prefix = f"{scan_layer.name}:"
         ready = self._prepared_maps
         self._prepared_maps = None
         if ready is not None and ready[0] is pred:
@@ -343,11 +375,13 @@ class RunSection(QGroupBox):
             maps = L.output_maps(pred, classes, scan_layer.name)
         wanted = {m.name for m in maps}
         for ly in [
-            ly for ly in self.viewer.layers if L.role(ly) == L.ROLE_OUTPUT and ly.name.startswith(prefix)
+            ly
+            for ly in self.viewer.layers
+            if L.role(ly) == L.ROLE_OUTPUT and L._md(ly).get("scan_layer") == scan_layer.name
         ]:
             if ly.name not in wanted:
                 self.viewer.layers.remove(ly)
-        self.maps = {n: v for n, v in self.maps.items() if not n.startswith(prefix)}
+        self.maps = {n: v for n, v in self.maps.items() if v[1] is not scan_layer}
         self.maps.update({m.name: (m, scan_layer) for m in maps})
         self._pending_maps = [m for m in maps if self._map_layer(m.name) is not None]
         self._rebuild_maps_menu()
@@ -425,7 +459,7 @@ class RunSection(QGroupBox):
         menu = self.maps_button.menu()
         menu.clear()
         for name in self.maps:
-            action = menu.addAction(name.split(":", 1)[-1].strip())
+            action = menu.addAction(self.maps[name][0].what)
             action.setCheckable(True)
             action.setData(name)
             action.triggered.connect(lambda checked, n=name: self.show_map(n, checked))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import ModelMeta
+from ..defaults import OVERLAP
 from ..errors import InferenceError
 from ..models.base import AUX_ATTENTION, AUX_UNCERTAINTY, SegModel
 from ..progress import CancelToken, Progress
@@ -54,7 +55,7 @@ class PredictOptions:
     """
 
     device: str = "auto"
-    overlap: float = 0.5
+    overlap: float = OVERLAP
     batch_size: int = 4
     tta: bool = False
     precision: str = "auto"

@@ -14,6 +14,7 @@ from .registry import (
     create_model,
     get_spec,
     list_models,
+    makes_attention_maps,
     plan_model,
     register_model,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "count_parameters",
     "create_model",
     "get_spec",
+    "makes_attention_maps",
     "list_models",
     "plan_model",
     "register_model",

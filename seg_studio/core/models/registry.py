@@ -30,6 +30,8 @@ class ModelSpec:
     paper: str = ""
     #: False for members that are not built from a config alone (the ensemble, the discriminator).
     trainable_from_scratch: bool = True
+    #: True for variants with attention gates, whose maps a prediction can show (``aux["attention"]``).
+    attention_maps: bool = False
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -43,6 +45,7 @@ def register_model(
     presets: dict[str, dict[str, Any]] | None = None,
     paper: str = "",
     trainable_from_scratch: bool = True,
+    attention_maps: bool = False,
 ) -> Callable[[Builder], Builder]:
     """Register ``builder(spatial_dims, in_channels, out_channels, **config) -> SegModel``.
 
@@ -53,7 +56,14 @@ def register_model(
         if name in _REGISTRY:
             raise ModelError(f"model name {name!r} is registered twice")
         _REGISTRY[name] = ModelSpec(
-            name, builder, description, tuple(dims), dict(presets or {}), paper, trainable_from_scratch
+            name,
+            builder,
+            description,
+            tuple(dims),
+            dict(presets or {}),
+            paper,
+            trainable_from_scratch,
+            attention_maps,
         )
         return builder
 
@@ -69,6 +79,17 @@ def get_spec(name: str) -> ModelSpec:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ModelError(f"unknown model {name!r}.{hint} Run 'seg-studio models' to list them all.") from None
+
+
+def makes_attention_maps(architecture: str, arch_args: Mapping[str, Any] | None = None) -> bool:
+    """Whether a model of ``architecture`` has attention gates to show (an ensemble: any member)."""
+    if architecture == "ensemble":
+        members = (arch_args or {}).get("members") or []
+        return any(makes_attention_maps(str(m.get("architecture", "")), m.get("arch_args")) for m in members)
+    try:
+        return get_spec(architecture).attention_maps
+    except ModelError:
+        return False
 
 
 def list_models(trainable_only: bool = False) -> list[str]:
