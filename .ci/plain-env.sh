@@ -24,7 +24,7 @@ case "$MODE" in
   newest)
     "${pip[@]}" --upgrade torch
     before="$(torch_version)"
-    "${pip[@]}" --upgrade-strategy only-if-needed ".[app,dev]"
+    "${pip[@]}" --upgrade-strategy only-if-needed ".[app,dev,fast]"
     after="$(torch_version)"
     if [ "$before" != "$after" ]; then
       echo "plain-env newest: installing seg_studio replaced torch $before with $after" >&2
@@ -32,7 +32,7 @@ case "$MODE" in
     fi
     echo "plain-env newest: seg_studio installed beside torch $after and kept it" ;;
   oldest)
-    "${pip[@]}" -c installer/constraints-oldest.txt ".[app,dev]" ;;
+    "${pip[@]}" -c installer/constraints-oldest.txt ".[app,dev,fast]" ;;
   *) echo "plain-env: unknown mode $MODE (newest or oldest)" >&2; exit 2 ;;
 esac
 "$VENV/bin/seg-studio" --version

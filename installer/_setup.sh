@@ -49,7 +49,7 @@ find_python() {
 }
 
 # The extras the two README commands install: the app, the tests and the optional fast paths.
-SEG_STUDIO_EXTRAS="app,dev"
+SEG_STUDIO_EXTRAS="app,dev,fast"
 
 ensure_venv() {
   local py stamp want
