@@ -18,6 +18,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+from ..core.defaults import FINETUNE_BUDGET_2D_S, FINETUNE_BUDGET_3D_S
 from ..core.errors import SegStudioError, TrainingError
 from ..core.progress import CancelToken, Progress
 
@@ -250,7 +251,12 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="the NEW .segmodel to write")
     p.add_argument("--label-map", dest="label_map", help="e.g. 255:1 or 250:1,200:2,150:3")
     p.add_argument("--ignore-value", dest="ignore_value", type=int, help="label value of untouched voxels")
-    p.add_argument("--budget", type=float, help="time budget in seconds (default 50 in 2D, 100 in 3D)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        help=f"time budget in seconds, evaluation and saving included (default {FINETUNE_BUDGET_2D_S:g} in 2D, "
+        f"{FINETUNE_BUDGET_3D_S:g} in 3D, as in the app)",
+    )
     p.add_argument("--steps", type=int, help="at most this many steps")
     p.add_argument("--lr", type=float, default=None, help="default: 3e-3 from an untrained parent, else 1e-3")
     p.add_argument("--freeze-encoder", dest="freeze_encoder", action="store_true")
@@ -316,11 +322,17 @@ def run_finetune(args: argparse.Namespace) -> int:
         cancel=CancelToken(),
     )
     res = drive(gen, Bar(quiet=args.quiet))
+    warnings = (
+        [] if res.better else [f"the fine-tuned model is not better than its parent: {res.not_better_reason}"]
+    )
     summary = {
         "out": str(res.path),
         "parent": str(res.parent),
         "dice_before": _r(res.dice_before),
         "dice_after": _r(res.dice_after),
+        "parent_dice": _r(res.dice_before),
+        "child_dice": _r(res.dice_after),
+        "better": res.better,
         "dice_on": res.dice_on,
         "val_cases": len(res.val_cases),
         "train_cases": len(res.train_cases),
@@ -329,16 +341,19 @@ def run_finetune(args: argparse.Namespace) -> int:
         "seconds": round(res.seconds, 1),
         "per_class_before": res.per_class_before,
         "per_class_after": res.per_class_after,
+        "warnings": warnings,
     }
     if args.json:
         _say(json.dumps(summary, indent=2))
     else:
         _say(f"wrote {res.path} ({res.steps} steps, {res.seconds:.1f} s)")
         _say(
-            f"Dice on {res.dice_on} ({len(res.val_cases)} case(s)): {_r(res.dice_before)} -> {_r(res.dice_after)}"
+            f"Dice on {res.dice_on} ({len(res.val_cases)} case(s)): parent {_r(res.dice_before)}, child {_r(res.dice_after)}"
         )
         for k in res.per_class_after:
             _say(f"  {k:<20} {res.per_class_before.get(k)} -> {res.per_class_after[k]}")
+    for w in warnings:
+        sys.stderr.write(f"warning: {w}; its card says so; keep using {res.parent.name}\n")
     return 0
 
 

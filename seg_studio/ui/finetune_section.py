@@ -2,9 +2,12 @@
 
 The worker runs ``training.iter_finetune`` with a live loss/Dice plot and Cancel. "Only what I
 changed" marks every voxel the user left as the model predicted it with the training ignore
-value, so the model learns from the corrections alone. The new checkpoint goes next to the parent,
-or into the user's model folder when the parent's folder is read-only (e.g. the bundled
-resources/); it is then selected, and "Re-run prediction" applies it.
+value, so the model learns from the corrections alone. Parent and child are scored on the corrected
+region (the slices the user changed, or the whole 2D image: ``acceptance.corrected_region_labels``).
+The new checkpoint goes next to the parent, or into the user's model folder when the parent's folder
+is read-only (e.g. the bundled resources/). Only a child that beats its parent is selected (then
+"Re-run prediction" applies it); one that does not is saved as ``*.notbetter.segmodel``, listed, and
+the parent stays selected, which the section says.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def finetune_destination(parent: Path, stamp: str | None = None) -> Path:
     return out
 
 
-def _finetune_job(choice, scan, labels, out, budget_s, device, token):  # noqa: ANN001, ANN202 - worker generator
+def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, token):  # noqa: ANN001, ANN202 - worker generator
     from ..core import checkpoint
     from ..core.training import iter_finetune
 
@@ -72,8 +75,16 @@ def _finetune_job(choice, scan, labels, out, budget_s, device, token):  # noqa: 
             f"{choice.variant}-untrained-{time.strftime('%Y%m%d-%H%M%S')}{CHECKPOINT_SUFFIX}"
         )
         checkpoint.save(parent, model, meta)
+    val_pairs = [(scan, val_labels)] if val_labels is not None else None
     result = yield from iter_finetune(
-        parent, [(scan, labels)], out, budget_s=budget_s, device=device, cancel=token
+        parent,
+        [(scan, labels)],
+        out,
+        budget_s=budget_s,
+        val_pairs=val_pairs,
+        device=device,
+        name_not_better=True,
+        cancel=token,
     )
     return result
 
@@ -105,11 +116,17 @@ class FinetuneSection(QGroupBox):
 
         self.only_changed = QCheckBox("learn only from what I changed")
         self.only_changed.setToolTip("voxels you left as predicted are ignored by the loss")
+        from ..core.defaults import FINETUNE_BUDGET_2D_S, FINETUNE_BUDGET_3D_S
+
         self.budget = QSpinBox()
-        self.budget.setRange(5, 3600)
-        self.budget.setValue(60)
+        self.budget.setRange(0, 3600)
         self.budget.setSuffix(" s")
-        self.budget.setToolTip("time budget of the fine-tune")
+        # 0 = the default budget that the CLI uses too (core.defaults), by the model's dims
+        self.budget.setSpecialValueText(
+            f"auto ({FINETUNE_BUDGET_2D_S:g} s 2D, {FINETUNE_BUDGET_3D_S:g} s 3D)"
+        )
+        self.budget.setValue(0)
+        self.budget.setToolTip("time budget of the fine-tune, scoring and saving included")
         self.finetune_button = QPushButton("Fine-tune on my corrections")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -143,27 +160,32 @@ class FinetuneSection(QGroupBox):
     def busy(self) -> bool:
         return self.job is not None and self.job.running
 
-    def training_labels(self, mask: Any, scan: Any, only_changed: bool) -> Any:
-        """The mask as a label Volume; with ``only_changed``, untouched voxels get the ignore value."""
+    def training_labels(self, mask: Any, scan: Any, only_changed: bool) -> tuple[Any, Any]:
+        """The mask as (training labels, validation labels) Volumes. With ``only_changed``, voxels the
+        user left as predicted get the ignore value in the training labels. The validation labels are the
+        corrected region of the mask (None when there is no prediction to compare with, or no change)."""
+        from ..core.training.acceptance import corrected_region_labels
         from ..core.training.data import IGNORE_INDEX
 
         vol = L.labels_volume(mask, scan)
         arr = np.asarray(vol.array)
+        base = self.run.baseline(mask)
+        changed = arr != base if base is not None and base.shape == arr.shape else None
         if only_changed:
-            base = self.run.baseline(mask)
-            if base is None or base.shape != arr.shape:
+            if changed is None:
                 raise ValueError(
                     "nothing to compare with: run a prediction first, or untick 'only what I changed'"
                 )
-            changed = arr != base
             if not changed.any():
                 raise ValueError("you have not changed the mask yet: paint a correction first")
             train = np.full(arr.shape, IGNORE_INDEX, dtype=np.int32)
             train[changed] = arr[changed]
-            arr = train
         else:
-            arr = arr.astype(np.int32, copy=True)
-        return vol.with_array(arr, meta={"kind": "labels"})
+            train = arr.astype(np.int32, copy=True)
+        val = None
+        if changed is not None and changed.any():
+            val = vol.with_array(corrected_region_labels(arr, changed), meta={"kind": "labels"})
+        return vol.with_array(train, meta={"kind": "labels"}), val
 
     def finetune(self, budget_s: float | None = None, only_changed: bool | None = None) -> bool:
         """Start fine-tuning on the scan and its corrected mask; False (and a notification) if it cannot."""
@@ -185,7 +207,7 @@ class FinetuneSection(QGroupBox):
             return False
         try:
             scan = L.layer_volume(layer)
-            labels = self.training_labels(
+            labels, val_labels = self.training_labels(
                 mask, scan, self.only_changed.isChecked() if only_changed is None else only_changed
             )
         except (ValueError, ImportError) as exc:
@@ -197,7 +219,7 @@ class FinetuneSection(QGroupBox):
         parent = choice.checkpoint or (user_model_dir() / f"{choice.variant}{CHECKPOINT_SUFFIX}")
         out = finetune_destination(parent)
         self._out = out
-        budget = float(budget_s if budget_s is not None else self.budget.value())
+        budget = budget_s if budget_s is not None else (self.budget.value() or None)  # None: the default
         device = self.models.device_name()
         self.plot.clear(f"fine-tune {choice.label}")
         self.bar.setValue(0)
@@ -208,7 +230,7 @@ class FinetuneSection(QGroupBox):
         self._outcome = "done"
         self.last_error = ""
         self.job = Job(
-            lambda token: _finetune_job(choice, scan, labels, out, budget, device, token),
+            lambda token: _finetune_job(choice, scan, labels, val_labels, out, budget, device, token),
             on_progress=self._progress,
             on_done=self._done,
             on_error=self._error,
@@ -240,17 +262,27 @@ class FinetuneSection(QGroupBox):
             self.plot.add(m.get("step", p.done), loss, dice)
 
     def _done(self, result: Any) -> None:
-        from napari.utils.notifications import show_info
+        from napari.utils.notifications import show_info, show_warning
 
         self.last_result = result
         path = Path(result.path)
-        self.models.add_checkpoint(path, select=True)
-        before, after = getattr(result, "dice_before", None), getattr(result, "dice_after", None)
-        gain = f" (Dice {before:.3f} -> {after:.3f})" if before is not None and after is not None else ""
+        before, after = result.dice_before, result.dice_after
+        scores = f"Dice {before:.3f} -> {after:.3f} on the {result.dice_on}"
         self.bar.setValue(1000)
-        self.status.setText(f"saved {path.name}{gain}; it is selected")
-        self.rerun_button.setVisible(True)
-        show_info(f"fine-tuned model saved as {path}{gain}; press 'Re-run prediction' to apply it")
+        if result.better:
+            self.models.add_checkpoint(path, select=True)
+            self.status.setText(f"saved {path.name} ({scores}); it is selected")
+            self.rerun_button.setVisible(True)
+            show_info(f"fine-tuned model saved as {path} ({scores}); press 'Re-run prediction' to apply it")
+            return
+        self.models.add_checkpoint(path, select=False)  # listed, never selected
+        self.status.setText(
+            f"not better than its parent, which stays selected: {result.not_better_reason}. Saved as {path.name}"
+        )
+        self.rerun_button.setVisible(False)
+        show_warning(
+            f"the fine-tuned model is not better than its parent ({scores}); the parent stays selected"
+        )
 
     def _error(self, message: str, exc: BaseException) -> None:
         from napari.utils.notifications import show_error

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..defaults import FINETUNE_BUDGET_2D_S, FINETUNE_BUDGET_3D_S, finetune_budget_s
 from ..errors import Cancelled, TrainingError
 from ..inference.devices import describe_hardware, pick_device
 from ..models import SegModel
@@ -59,19 +60,19 @@ from .data import (
     symmetric_axes,
 )
 from .distributed import pick_precision
-from .evaluation import default_channels_last, finite_or_none, memory_format
+from .evaluation import default_channels_last, finite_or_none, memory_format, unwrap
 from .heads import encoder_parameter_names, freeze_encoder, grow_head, unfreeze
-from .loop import make_optimizer, run_plan
+from .loop import make_optimizer, patch_forward, run_plan
 from .losses import SupervisedLoss
-from .plan import Batches, Compute, LoopHook, Schedule, StoppingRule, TrainingPlan, Validation
+from .plan import Batches, Compute, LoopState, Schedule, StoppingRule, TrainingPlan, Validation
 from .records import training_data_record
 from .threads import ThreadTuner
 
 log = logging.getLogger(__name__)
 
 #: Default total budgets (seconds), evaluation and saving included; the GUI and the CLI both use them.
-DEFAULT_BUDGET_2D = 50.0
-DEFAULT_BUDGET_3D = 100.0
+DEFAULT_BUDGET_2D = FINETUNE_BUDGET_2D_S
+DEFAULT_BUDGET_3D = FINETUNE_BUDGET_3D_S
 #: Default learning rates (AdamW): an untrained parent learns from scratch and needs a large step to get
 #: anywhere in a 50 s budget; a trained parent must not be shaken out of what it knows.
 LR_FROM_SCRATCH = 3e-3
@@ -144,7 +145,7 @@ class FinetuneOptions:
 
 def default_budget(spatial_dims: int) -> float:
     """The one default time budget of a fine-tune (GUI and CLI): 50 s in 2D, 100 s in 3D."""
-    return DEFAULT_BUDGET_3D if spatial_dims == 3 else DEFAULT_BUDGET_2D
+    return finetune_budget_s(spatial_dims)
 
 
 def parent_is_untrained(meta: Any) -> bool:
@@ -211,17 +212,11 @@ def iter_finetune(
     acceptance = Acceptance(
         plan, [eval_view(c, plan.batches.patch) for c in choice.val_cases], choice.dice_on
     )
-    yield from acceptance.score_parent(prepare_parent(parent_model, model, plan), cancel)
-    del parent_model
-    plan.stopping.deadline = t0 + opts.budget_s - acceptance.reserve_s()
-    state = yield from run_plan(plan, cancel)
-    if state.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
-        raise Cancelled("fine-tuning cancelled; nothing was written")
     dtype = storage_dtype(parent)
-    round_weights(model, dtype)
-    verdict = yield from acceptance.score_child(model, state.step, cancel)
-    if cancel is not None:
-        cancel.raise_if_cancelled()
+    parent_model = prepare_parent(parent_model, model, plan)
+    state, verdict = yield from train_and_judge(
+        plan, acceptance, parent_model, dtype, t0, opts.budget_s, cancel
+    )
     classes = child_classes(meta, corr.names, corr.value_to_index)
     prov = finetune_provenance(parent, parent_hash, meta, corr, choice, plan, opts, verdict, state.step)
     dest = out if verdict.better or not name_not_better else not_better_path(out)
@@ -448,8 +443,7 @@ def finetune_plan(
     if aug.flip_axes is None:
         aug.flip_axes = symmetric_axes(choice.train_cases)
     schedule = Schedule(opts.lr, 1e-4, WARMUP_STEPS, 0.05, head_params, opts.head_lr_mult)
-    hooks: list[LoopHook] = [ThreadTuner()] if dev.type == "cpu" else []
-    return TrainingPlan(
+    plan = TrainingPlan(
         model=model,
         train_cases=choice.train_cases,
         n_classes=n_classes,
@@ -461,9 +455,48 @@ def finetune_plan(
         loss=SupervisedLoss(),
         # Built before the clock-sensitive part: the first optimiser of a process imports torch._dynamo.
         optimizer=make_optimizer(model, schedule),
-        hooks=hooks,
         stage="fine-tune",
     )
+    if dev.type == "cpu":
+        plan.hooks.append(ThreadTuner(patch_forward(plan)))
+    return plan
+
+
+def train_and_judge(
+    plan: TrainingPlan,
+    acceptance: Acceptance,
+    parent_model: SegModel,
+    dtype: torch.dtype | None,
+    t0: float,
+    budget_s: float,
+    cancel: CancelToken | None,
+) -> Generator[Progress, None, tuple[LoopState, Verdict]]:
+    """Tune threads, score the parent, train until the deadline that leaves room for scoring the child
+    and saving it (the whole fine-tune, begun at ``t0``, ends ``budget_s`` later), round the child to
+    its file's precision and score it. The process's thread count is restored however this ends."""
+    tuner = next((h for h in plan.hooks if isinstance(h, ThreadTuner)), None)
+    try:
+        if tuner is not None:
+            tuner.probe()
+        yield from acceptance.score_parent(parent_model, cancel)
+        plan.stopping.deadline = t0 + budget_s - acceptance.reserve_s()
+        if time.perf_counter() >= plan.stopping.deadline:
+            raise TrainingError(
+                f"the {budget_s:g} s budget was spent before training could start (loading the data and scoring "
+                f"the parent took {time.perf_counter() - t0:.1f} s on this machine now); give a longer budget"
+            )
+        state = yield from run_plan(plan, cancel)
+        if state.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
+            raise Cancelled("fine-tuning cancelled; nothing was written")
+        child = unwrap(plan.model)
+        round_weights(child, dtype)
+        verdict = yield from acceptance.score_child(child, state.step, cancel)
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+    finally:
+        if tuner is not None:
+            tuner.restore()
+    return state, verdict
 
 
 def prepare_parent(parent_model: SegModel, child: SegModel, plan: TrainingPlan) -> SegModel:

@@ -14,7 +14,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,6 +235,27 @@ def validation_round(
     )
 
 
+def patch_forward(plan: TrainingPlan, seed: int = 12345) -> Callable[[], object]:
+    """A forward pass of one training patch (eval mode, no gradients), to time the machine with
+    (``ThreadTuner.probe``); the patch comes from a sampler of its own, so the run's stream is as it was."""
+    sampler = PatchSampler(plan.train_cases, plan.batches.patch, plan.batches.fg_prob, seed=seed)
+    x, _ = sampler.sample(1)
+    layout = memory_format(unwrap(plan.model).spatial_dims, plan.compute.channels_last)
+    x = x.to(plan.compute.device).contiguous(memory_format=layout)
+
+    @torch.no_grad()
+    def run() -> object:
+        was_training = plan.model.training
+        plan.model.eval()
+        try:
+            with autocast_ctx(plan.compute.device, plan.compute.autocast):
+                return plan.model(x).logits
+        finally:
+            plan.model.train(was_training)
+
+    return run
+
+
 def run_plan(plan: TrainingPlan, cancel: CancelToken | None = None) -> Generator[Progress, None, LoopState]:
     """Train until the plan's stopping rule (or ``cancel``) ends it; yields a Progress per step and
     per validation, returns the final ``LoopState``. A cancelled run is not validated again."""
@@ -268,4 +289,12 @@ def run_plan(plan: TrainingPlan, cancel: CancelToken | None = None) -> Generator
     return st
 
 
-__all__ = ["RunClock", "make_optimizer", "run_plan", "stop_reason", "train_step", "validation_round"]
+__all__ = [
+    "RunClock",
+    "patch_forward",
+    "make_optimizer",
+    "run_plan",
+    "stop_reason",
+    "train_step",
+    "validation_round",
+]

@@ -1,0 +1,18 @@
+"""Defaults the GUI and the CLI share, in one torch-free module (the CLI's parser reads them at start-up).
+
+A setting with a default here has no other default: the panel's widgets and the command-line flags
+both take theirs from this file.
+"""
+
+from __future__ import annotations
+
+#: Total time budget of a fine-tune (seconds), evaluation and saving included, by spatial dims: what
+#: a 2-core CPU needs for about 160 steps of the app's width-8 untrained U-Net on 2D X-rays
+#: (``benchmarks/training.py --only jsrt``), and twice that for 3D, where a step costs more.
+FINETUNE_BUDGET_2D_S = 50.0
+FINETUNE_BUDGET_3D_S = 100.0
+
+
+def finetune_budget_s(spatial_dims: int) -> float:
+    """The default fine-tune budget for a ``spatial_dims``-D model."""
+    return FINETUNE_BUDGET_3D_S if spatial_dims == 3 else FINETUNE_BUDGET_2D_S
