@@ -87,6 +87,7 @@ def test_a_child_that_is_worse_or_too_short_is_written_flagged_and_in_the_parent
     out = tmp_path / "short.segmodel"
     short = run_to_end(iter_finetune(HIPPOCAMPUS_UNET, hippocampus_pair, out, budget_s=600, steps=3))
     assert short.steps == 3 and not short.better and "optimiser step" in short.not_better_reason
+    assert short.start["start"] == "parent" and short.start["parent_fits"]  # it knows and finds both classes
     assert short.path == out and out.exists()  # named as asked; the card says it is not better
     meta = checkpoint.read_meta(out)
     assert meta.card["not_better"] == short.not_better_reason
@@ -200,3 +201,50 @@ def test_no_function_in_core_training_is_over_80_lines() -> None:
             ):
                 long.append(f"{py.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno} lines)")
     assert long == []
+
+
+# --- never worse than starting fresh (issue 17) -----------------------------------------------------------
+
+
+def test_a_parent_fits_when_it_knows_and_finds_a_painted_class() -> None:
+    from seg_studio.core.training.parent_fit import NEAR_ZERO_DICE, assess_parent_fit
+
+    names = ["background", "membrane", "left lung", "right lung"]
+    fit = assess_parent_fit("em.segmodel", names, 2, set(), {0, 1, 2, 3}, {1: 0.4, 2: 0.0, 3: 0.0}, False)
+    assert fit.fits and fit.known_classes == ["membrane"] and fit.known_dice == 0.4
+    renamed = assess_parent_fit(
+        "em.segmodel", ["background", "heart", *names[2:]], 2, {1}, {0, 1, 2, 3}, {}, False
+    )
+    assert not renamed.fits and "knows none" in renamed.reason and "heart" in renamed.reason
+    blind = assess_parent_fit("em.segmodel", names, 2, set(), {0, 1, 3}, {1: NEAR_ZERO_DICE / 2}, False)
+    assert not blind.fits and "at best" in blind.reason
+    assert assess_parent_fit("u.segmodel", names, 2, {1}, {1}, {}, untrained=True).fits  # random already
+
+
+def test_a_parent_from_another_domain_is_replaced_by_a_fresh_model(
+    data_dir: Path, jsrt_pairs: list[tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """The shipped EM membrane U-Net on two chest X-rays whose classes are named heart and lungs: it knows
+    none of them, so the child starts as a fresh U-Net of the app's from-scratch width and rate, and its
+    card and provenance say so. (Step-matched, from the same start as from scratch, the benchmark's
+    lungs figure is that of a fine-tune from scratch: benchmarks/training.py --only jsrt --parent.)"""
+    from seg_studio.core.defaults import FRESH_ARCH_ARGS
+    from seg_studio.core.training.finetune import LR_FROM_SCRATCH
+
+    em = REPO / "seg_studio" / "resources" / "models" / "isbi2012_unet.segmodel"
+    out = tmp_path / "xray.segmodel"
+    names = {1: "heart", 2: "left lung", 3: "right lung"}
+    r = run_to_end(
+        iter_finetune(em, jsrt_pairs, out, budget_s=600, steps=2, label_map=JSRT_MAP, class_names=names)
+    )
+    assert r.start["start"] == "fresh" and not r.start["parent_fits"] and "knows none" in r.start["reason"]
+    assert r.lr == LR_FROM_SCRATCH
+    meta = checkpoint.read_meta(r.path)
+    assert meta.arch_args == {"depth": 4, **FRESH_ARCH_ARGS}  # the parent's variant at the fresh width
+    assert [c.name for c in meta.classes] == ["background", "heart", "left lung", "right lung"]
+    assert meta.card["start"].startswith("trained fresh") and meta.provenance["start"]["start"] == "fresh"
+    assert meta.provenance["parent"] == checkpoint.file_hash(em)  # the lineage still names the parent
+    model, _ = checkpoint.load(r.path)  # the file holds the fresh model's weights
+    assert sum(p.numel() for p in model.parameters()) < 0.3 * sum(
+        p.numel() for p in checkpoint.load(em)[0].parameters()
+    )

@@ -15,6 +15,7 @@ import torch
 
 from ..models import SegModel
 from .acceptance import Verdict
+from .parent_fit import ParentFit
 
 _SAFETENSORS_FLOATS = {
     "F16": torch.float16,
@@ -52,12 +53,16 @@ def round_weights(model: SegModel, dtype: torch.dtype | None) -> None:
             t.copy_(t.to(dtype).to(t.dtype))
 
 
-def child_card(meta: Any, verdict: Verdict) -> dict[str, Any]:
+def child_card(meta: Any, verdict: Verdict, fit: ParentFit | None = None) -> dict[str, Any]:
     """The parent's card for its child, minus what is no longer true (a fine-tuned child is trained),
-    plus ``not_better`` (the reason) when the acceptance test did not offer it."""
-    card = {k: v for k, v in (meta.card or {}).items() if k not in ("untrained", "not_better")}
-    if (meta.card or {}).get("untrained"):
+    plus ``not_better`` (the reason) when the acceptance test did not offer it, and ``start`` when the
+    child was trained fresh because its parent did not fit."""
+    card = {k: v for k, v in (meta.card or {}).items() if k not in ("untrained", "not_better", "start")}
+    fresh = fit is not None and fit.start == "fresh"
+    if (meta.card or {}).get("untrained") or fresh:
         card["title"] = f"{meta.architecture} trained by fine-tuning from random weights"
+    if fresh:
+        card["start"] = f"trained fresh, not from its parent: {fit.reason}"
     if not verdict.better:
         card["not_better"] = verdict.reason
     return card
@@ -80,14 +85,20 @@ def child_classes(meta: Any, names: Sequence[str], value_to_index: Mapping[int, 
     ]
 
 
-def child_meta(meta: Any, classes: list[Any], provenance: dict[str, Any], card: dict[str, Any]) -> Any:
+def child_meta(
+    meta: Any,
+    classes: list[Any],
+    provenance: dict[str, Any],
+    card: dict[str, Any],
+    arch_args: Mapping[str, Any],
+) -> Any:
     """The child's ModelMeta: the parent's architecture, input and normalisation, with the child's
-    classes, provenance and card (built afresh, so the current schema version)."""
+    classes, model arguments, provenance and card (built afresh, so the current schema version)."""
     from .. import checkpoint as ckpt
 
     return ckpt.ModelMeta(
         architecture=meta.architecture,
-        arch_args=dict(meta.arch_args),
+        arch_args=dict(arch_args),
         spatial_dims=meta.spatial_dims,
         in_channels=meta.in_channels,
         out_channels=len(classes),

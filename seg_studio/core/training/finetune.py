@@ -64,6 +64,7 @@ from .evaluation import default_channels_last, finite_or_none, memory_format, un
 from .heads import encoder_parameter_names, freeze_encoder, grow_head, unfreeze
 from .loop import make_optimizer, patch_forward, run_plan
 from .losses import SupervisedLoss
+from .parent_fit import ParentFit, assess_parent_fit, start_fresh
 from .plan import Batches, Compute, LoopState, Schedule, StoppingRule, TrainingPlan, Validation
 from .records import training_data_record
 from .threads import ThreadTuner
@@ -124,6 +125,8 @@ class FinetuneResult:
     #: why it is not offered ("" when it is)
     not_better_reason: str = ""
     threads: dict[str, Any] = field(default_factory=dict)
+    #: what the child started from ("parent", or "fresh" when the parent did not fit) and why
+    start: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,6 +135,7 @@ class FinetuneOptions:
 
     budget_s: float
     lr: float
+    lr_explicit: bool = False  # the caller chose ``lr`` (a fresh start keeps it too)
     steps: int | None = None
     head_lr_mult: float = 5.0
     freeze_encoder: bool = False
@@ -202,34 +206,41 @@ def iter_finetune(
     parent_hash = ckpt.file_hash(parent)
     parent_model, meta = ckpt.load(parent, device="cpu")
     opts = FinetuneOptions(
-        resolve_budget(budget_s, meta.spatial_dims), resolve_lr(lr, meta), steps, head_lr_mult, freeze_encoder,
-        batch_size, patch_size, augment, device, precision, seed,
+        resolve_budget(budget_s, meta.spatial_dims), resolve_lr(lr, meta), lr is not None, steps, head_lr_mult,
+        freeze_encoder, batch_size, patch_size, augment, device, precision, seed,
     )  # fmt: skip
     corr = read_corrections(meta, pairs, val_pairs, label_map, ignore_value, class_names, cancel)
-    model, head_params = start_child(parent_model, meta, corr)
     choice = choose_validation(corr, meta, split, val_fraction)
+    setup = FinetuneSetup(parent, parent_hash, meta, opts, corr, choice, storage_dtype(parent))
+    model, head_params = start_child(parent_model, meta, corr)
     plan = finetune_plan(model, meta, choice, corr.n_classes, head_params, opts)
     acceptance = Acceptance(
         plan, [eval_view(c, plan.batches.patch) for c in choice.val_cases], choice.dice_on
     )
-    dtype = storage_dtype(parent)
     parent_model = prepare_parent(parent_model, model, plan)
-    state, verdict = yield from train_and_judge(
-        plan, acceptance, parent_model, dtype, t0, opts.budget_s, cancel
-    )
-    classes = child_classes(meta, corr.names, corr.value_to_index)
-    prov = finetune_provenance(parent, parent_hash, meta, corr, choice, plan, opts, verdict, state.step)
-    dest = out if verdict.better or not name_not_better else not_better_path(out)
-    split_path = save_child(
-        dest, model, child_meta(meta, classes, prov, child_card(meta, verdict)), dtype, choice
-    )
-    result = finetune_result(dest, parent, corr, choice, plan, opts, verdict, split_path, state.stop_reason)
+    trained = yield from train_and_judge(plan, acceptance, parent_model, setup, t0, cancel)
+    v = trained.verdict
+    dest = out if v.better or not name_not_better else not_better_path(out)
+    split_path = save_child(dest, plan, setup, trained)
+    result = finetune_result(dest, plan, setup, trained, split_path)
     result.seconds = time.perf_counter() - t0
-    log_result(result, verdict)
-    yield Progress(1, 1, "done", f"saved {dest.name}" + ("" if verdict.better else " (not better than its parent)"),
-                   0.0, {"dice_before": verdict.dice_parent, "dice_after": verdict.dice_child,
-                         "dice": verdict.dice_child, "step": state.step})  # fmt: skip
+    log_result(result, v)
+    yield Progress(1, 1, "done", f"saved {dest.name}" + ("" if v.better else " (not better than its parent)"), 0.0,
+                   {"dice_before": v.dice_parent, "dice_after": v.dice_child, "dice": v.dice_child, "step": v.steps})  # fmt: skip
     return result
+
+
+@dataclass
+class FinetuneSetup:
+    """What a fine-tune knows before it trains: the parent, how to train, the corrections, who scores."""
+
+    parent: Path
+    parent_hash: str
+    meta: Any
+    opts: FinetuneOptions
+    corr: Corrections
+    choice: ValidationChoice
+    dtype: torch.dtype | None  # the parent file's float type (None: fp32), which the child is stored in
 
 
 # --- the steps of a fine-tune, in order ---------------------------------------------------------------
@@ -276,10 +287,17 @@ class Corrections:
     value_to_index: dict[int, int]
     new_classes: list[str]
     label_map: dict[int, int]
+    #: parent classes the caller names otherwise (value 1 "heart" for a parent's value 1 "membrane")
+    renamed: set[int] = field(default_factory=set)
 
     @property
     def n_classes(self) -> int:
         return len(self.names)
+
+    @property
+    def present(self) -> set[int]:
+        """The class indices painted somewhere in the corrections."""
+        return {c for case, _ in self.cases for c in case.class_voxels}
 
 
 def read_corrections(
@@ -294,8 +312,9 @@ def read_corrections(
     """Read every pair; label values the parent lacks become new classes (named by ``class_names``,
     the label file, or ``class_<value>``); a 3D pair for a 2D model gives its labelled slices."""
     lmap = parse_label_map(label_map)
-    value_to_index = {c.value: i for i, c in enumerate(meta.classes)}
-    names = [c.name for c in meta.classes]
+    corr = Corrections(
+        [], [c.name for c in meta.classes], {c.value: i for i, c in enumerate(meta.classes)}, [], lmap
+    )
     sources = [(s, False) for s in pairs_from_list(pairs)]
     sources += [(s, True) for s in (pairs_from_list(val_pairs) if val_pairs is not None else [])]
     raw: list[tuple[str, Volume, np.ndarray, bool]] = []
@@ -305,19 +324,30 @@ def read_corrections(
         lab, items = read_correction(src, meta.spatial_dims, lmap, ignore_value)
         raw += [(name, im, values, is_val) for name, im, values in items]
         found = np.unique(np.concatenate([np.unique(v) for _, _, v in items])) if items else []
-        for v in (int(v) for v in found):
-            if v != IGNORE_INDEX and v not in value_to_index:
-                value_to_index[v] = len(names)
-                names.append(
-                    (class_names or {}).get(v) or (lab.labels[v].name if v in lab.labels else f"class_{v}")
-                )
+        for v in (int(v) for v in found if v != IGNORE_INDEX):
+            name = (class_names or {}).get(v) or (lab.labels[v].name if v in lab.labels else f"class_{v}")
+            add_class(corr, v, name, bool((class_names or {}).get(v)), len(meta.classes))
     if not raw:
         raise TrainingError("no labelled voxels in the pairs; correct some of the mask first")
-    cases = [
-        (make_case(name, img, values, value_to_index, meta.normalization, meta.in_channels), is_val)
+    corr.cases = [
+        (make_case(name, img, values, corr.value_to_index, meta.normalization, meta.in_channels), is_val)
         for name, img, values, is_val in raw
     ]
-    return Corrections(cases, names, value_to_index, names[len(meta.classes) :], lmap)
+    corr.new_classes = corr.names[len(meta.classes) :]
+    return corr
+
+
+def add_class(corr: Corrections, value: int, name: str, named_by_caller: bool, n_parent: int) -> None:
+    """A label value the parent lacks becomes a new class; a parent class the caller names otherwise
+    (value 1 "heart" for the parent's value 1 "membrane") takes that name and counts as renamed."""
+    if value not in corr.value_to_index:
+        corr.value_to_index[value] = len(corr.names)
+        corr.names.append(name)
+        return
+    i = corr.value_to_index[value]
+    if named_by_caller and i < n_parent and name.strip().lower() != corr.names[i].strip().lower():
+        corr.renamed.add(i)
+        corr.names[i] = name
 
 
 def read_correction(
@@ -462,41 +492,55 @@ def finetune_plan(
     return plan
 
 
+@dataclass
+class Trained:
+    """What training and judging a child produced."""
+
+    state: LoopState
+    verdict: Verdict
+    fit: ParentFit
+
+
 def train_and_judge(
     plan: TrainingPlan,
     acceptance: Acceptance,
     parent_model: SegModel,
-    dtype: torch.dtype | None,
+    setup: FinetuneSetup,
     t0: float,
-    budget_s: float,
     cancel: CancelToken | None,
-) -> Generator[Progress, None, tuple[LoopState, Verdict]]:
-    """Tune threads, score the parent, train until the deadline that leaves room for scoring the child
-    and saving it (the whole fine-tune, begun at ``t0``, ends ``budget_s`` later), round the child to
-    its file's precision and score it. The process's thread count is restored however this ends."""
+) -> Generator[Progress, None, Trained]:
+    """Tune threads, score the parent, start fresh if it does not fit the corrections, train until the
+    deadline that leaves room for scoring the child and saving it (the whole fine-tune, begun at ``t0``,
+    ends within the budget), round the child to its file's precision and score it. The process's
+    thread count is restored however this ends."""
     tuner = next((h for h in plan.hooks if isinstance(h, ThreadTuner)), None)
+    opts, meta, corr = setup.opts, setup.meta, setup.corr
     try:
         if tuner is not None:
             tuner.probe()
         yield from acceptance.score_parent(parent_model, cancel)
-        plan.stopping.deadline = t0 + budget_s - acceptance.reserve_s()
+        fit = assess_parent_fit(setup.parent.name, corr.names, len(meta.classes), corr.renamed, corr.present,
+                                acceptance.before["per_class"], parent_is_untrained(meta))  # fmt: skip
+        if not fit.fits:
+            start_fresh(plan, meta, fit, opts.lr if opts.lr_explicit else LR_FROM_SCRATCH, opts.seed)
+        plan.stopping.deadline = t0 + opts.budget_s - acceptance.reserve_s()
         if time.perf_counter() >= plan.stopping.deadline:
             raise TrainingError(
-                f"the {budget_s:g} s budget was spent before training could start (loading the data and scoring "
-                f"the parent took {time.perf_counter() - t0:.1f} s on this machine now); give a longer budget"
+                f"the {opts.budget_s:g} s budget was spent before training could start (loading the data and "
+                f"scoring the parent took {time.perf_counter() - t0:.1f} s on this machine now); give a longer budget"
             )
         state = yield from run_plan(plan, cancel)
         if state.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
             raise Cancelled("fine-tuning cancelled; nothing was written")
         child = unwrap(plan.model)
-        round_weights(child, dtype)
+        round_weights(child, setup.dtype)
         verdict = yield from acceptance.score_child(child, state.step, cancel)
         if cancel is not None:
             cancel.raise_if_cancelled()
     finally:
         if tuner is not None:
             tuner.restore()
-    return state, verdict
+    return Trained(state, verdict, fit)
 
 
 def prepare_parent(parent_model: SegModel, child: SegModel, plan: TrainingPlan) -> SegModel:
@@ -509,34 +553,26 @@ def prepare_parent(parent_model: SegModel, child: SegModel, plan: TrainingPlan) 
     return parent_model
 
 
-def finetune_provenance(
-    parent: Path,
-    parent_hash: str,
-    meta: Any,
-    corr: Corrections,
-    choice: ValidationChoice,
-    plan: TrainingPlan,
-    opts: FinetuneOptions,
-    verdict: Verdict,
-    steps: int,
-) -> dict[str, Any]:
-    """What the child records: its parent, both scores and the verdict, its data, how it trained."""
+def finetune_provenance(plan: TrainingPlan, setup: FinetuneSetup, trained: Trained) -> dict[str, Any]:
+    """What the child records: its parent, how it started, both scores and the verdict, its data, how it trained."""
+    meta, corr, choice, v = setup.meta, setup.corr, setup.choice, trained.verdict
     prov: dict[str, Any] = {
         "kind": "finetune",
-        "parent": parent_hash,
-        "parent_name": parent.name,
+        "parent": setup.parent_hash,
+        "parent_name": setup.parent.name,
         "parent_provenance": {
             k: meta.provenance.get(k) for k in ("kind", "parent", "date") if k in meta.provenance
         },
-        "dice_before": finite_or_none(verdict.dice_parent),
-        "dice_after": finite_or_none(verdict.dice_child),
-        "dice_per_class_before": named_scores(verdict.per_class_parent, corr.names),
-        "dice_per_class_after": named_scores(verdict.per_class_child, corr.names),
+        "start": trained.fit.record(),
+        "dice_before": finite_or_none(v.dice_parent),
+        "dice_after": finite_or_none(v.dice_child),
+        "dice_per_class_before": named_scores(v.per_class_parent, corr.names),
+        "dice_per_class_after": named_scores(v.per_class_child, corr.names),
         "dice_on": choice.dice_on,
-        "acceptance": verdict.record(),
+        "acceptance": v.record(),
         "data": training_data_record([c for c, _ in corr.cases], corr.label_map),
         "new_classes": corr.new_classes,
-        "settings": finetune_settings(plan, opts, steps),
+        "settings": finetune_settings(plan, setup.opts, v.steps),
     }
     if choice.stored_split is not None:
         prov["split"] = {"val": choice.stored_split.val, "train": choice.stored_split.train}
@@ -550,7 +586,7 @@ def finetune_settings(plan: TrainingPlan, opts: FinetuneOptions, steps: int) -> 
     return {
         "budget_s": opts.budget_s,
         "steps": steps,
-        "lr": opts.lr,
+        "lr": plan.schedule.lr,
         "head_lr_mult": opts.head_lr_mult,
         "freeze_encoder": opts.freeze_encoder,
         "batch_size": plan.batches.batch_size,
@@ -573,51 +609,49 @@ def thread_record(plan: TrainingPlan) -> dict[str, Any]:
     return {}
 
 
-def save_child(
-    dest: Path, model: SegModel, meta: Any, dtype: torch.dtype | None, choice: ValidationChoice
-) -> Path | None:
+def save_child(dest: Path, plan: TrainingPlan, setup: FinetuneSetup, trained: Trained) -> Path | None:
     """Write the child (in its parent's precision) and, when new cases were split, its split beside it."""
     from .. import checkpoint as ckpt
 
+    meta, corr = setup.meta, setup.corr
+    classes = child_classes(meta, corr.names, corr.value_to_index)
+    card = child_card(meta, trained.verdict, trained.fit)
+    arch_args = trained.fit.fresh_arch_args if trained.fit.start == "fresh" else meta.arch_args
+    model = unwrap(plan.model)
     unfreeze(model)
     model = model.to("cpu").to(memory_format=torch.contiguous_format)
-    ckpt.save(dest, model, meta, dtype=dtype)
-    if choice.stored_split is None:
+    ckpt.save(dest, model, child_meta(meta, classes, finetune_provenance(plan, setup, trained), card, arch_args),
+              dtype=setup.dtype)  # fmt: skip
+    if setup.choice.stored_split is None:
         return None
     split_path = dest.with_name(dest.name[: -len(ckpt.SUFFIX)] + ".split.json")
-    choice.stored_split.write(split_path)
+    setup.choice.stored_split.write(split_path)
     return split_path
 
 
 def finetune_result(
-    dest: Path,
-    parent: Path,
-    corr: Corrections,
-    choice: ValidationChoice,
-    plan: TrainingPlan,
-    opts: FinetuneOptions,
-    verdict: Verdict,
-    split_path: Path | None,
-    stop_reason: str,
+    dest: Path, plan: TrainingPlan, setup: FinetuneSetup, trained: Trained, split_path: Path | None
 ) -> FinetuneResult:
+    v, corr, choice = trained.verdict, setup.corr, setup.choice
     return FinetuneResult(
         path=dest,
-        parent=parent,
-        dice_before=verdict.dice_parent,
-        dice_after=verdict.dice_child,
-        per_class_before=named_scores(verdict.per_class_parent, corr.names),
-        per_class_after=named_scores(verdict.per_class_child, corr.names),
+        parent=setup.parent,
+        dice_before=v.dice_parent,
+        dice_after=v.dice_child,
+        per_class_before=named_scores(v.per_class_parent, corr.names),
+        per_class_after=named_scores(v.per_class_child, corr.names),
         dice_on=choice.dice_on,
         val_cases=[c.name for c in choice.val_cases],
         train_cases=[c.name for c in choice.train_cases],
         new_classes=corr.new_classes,
-        steps=verdict.steps,
+        steps=v.steps,
         split_path=split_path,
-        stop_reason=stop_reason,
-        lr=opts.lr,
-        better=verdict.better,
-        not_better_reason=verdict.reason,
+        stop_reason=trained.state.stop_reason,
+        lr=plan.schedule.lr,
+        better=v.better,
+        not_better_reason=v.reason,
         threads=thread_record(plan),
+        start=trained.fit.record(),
     )
 
 
