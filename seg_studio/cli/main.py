@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import selftest
 from ..core.errors import SegStudioError
-from . import compare, predict, scans, train
+from . import compare, export, measure, pacs, predict, scans, train
 
 Runner = Callable[[argparse.Namespace], int]
 log = logging.getLogger("seg_studio")
@@ -126,6 +126,21 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
         compare.add_compare,
         compare.run_compare,
     ),
+    "export": (
+        "write a label map on a DICOM series as a DICOM SEG (export LABELS --like DICOM_DIR --out result.dcm)",
+        export.add_export,
+        export.run_export,
+    ),
+    "measure": (
+        "per class: volume, voxels, bounding box and extent (mm), largest component, intensity statistics",
+        measure.add_measure,
+        measure.run_measure,
+    ),
+    "pacs": (
+        "a PACS over DICOMweb (--url) or DIMSE (--aet/--host/--port): find studies/series, get a series, send a SEG",
+        pacs.add_pacs,
+        pacs.run_pacs,
+    ),
     "import-weights": (
         "turn a plain PyTorch state dict into a .segmodel (never unpickles code)",
         predict.add_import_weights,
@@ -137,13 +152,28 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
 # --- entry point --------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+class _VersionAction(argparse.Action):
+    """``--version``: what a bug report needs, not just our own version number."""
 
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from ..core.about import version_report
+
+        print(version_report())
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seg-studio", description="Segment 2D/3D medical images with the U-Net family."
     )
-    parser.add_argument("--version", action="version", version=f"seg-studio {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the versions of seg-studio, torch, napari, Qt and the compute device, and exit",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_, add, run) in COMMANDS.items():

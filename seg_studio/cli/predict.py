@@ -268,7 +268,13 @@ def _predict_one(
     finally:
         bar.close()
     protected = [scan]
-    written = [io.write(pred.labels, out, protected=protected)]
+    if is_seg_path(out):  # result.dcm: a DICOM SEG on the series it was predicted from
+        from ..core.io.dicom_seg import Algorithm, write_seg
+
+        alg = Algorithm.from_checkpoint(args.model, meta)
+        written = [write_seg(pred.labels, scan, out, alg, series_uid=args.series, protected=protected)]
+    else:
+        written = [io.write(pred.labels, out, protected=protected)]
     if extras.get("probabilities") and pred.probabilities is not None:
         written.append(io.write(pred.probabilities, extras["probabilities"], protected=protected))
     if extras.get("uncertainty") and pred.uncertainty is not None:
@@ -279,6 +285,11 @@ def _predict_one(
     for note in pred.notes:
         say(f"{scan.name}: note: {note}")
     return written
+
+
+def is_seg_path(path: Path) -> bool:
+    """``--out result.dcm`` asks for a DICOM SEG."""
+    return path.suffix.lower() in (".dcm", ".dicom")
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -332,6 +343,12 @@ def run_predict(args: argparse.Namespace) -> int:
             return 0
         if args.out.is_dir():
             raise InferenceError(f"--out {args.out} is a folder; give a file name such as mask.nii.gz")
+        if is_seg_path(args.out) and not (
+            args.input.is_dir() or args.input.suffix.lower() in (".dcm", ".dicom", "")
+        ):
+            raise InferenceError(
+                f"--out {args.out.name}: a DICOM SEG needs a DICOM series as input; use .nii.gz"
+            )
         extras = {
             "probabilities": args.save_probabilities,
             "uncertainty": args.save_uncertainty,

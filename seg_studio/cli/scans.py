@@ -80,6 +80,8 @@ def run_info(args: argparse.Namespace) -> int:
                 for s in series_list:
                     print(f"  {s.label()}")
             return 0
+    if path.is_file() and _is_seg(path):
+        return _print_seg(path, args.json)
     vol = io.read(path, series=args.series, allow_nonuniform=args.allow_nonuniform)
     s = io.summary(vol)
     if series_list is not None:
@@ -88,6 +90,39 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(s, indent=2))
     else:
         print(format_summary(s))
+    return 0
+
+
+def _is_seg(path: Path) -> bool:
+    from ..core.io._formats import has_dicom_preamble, suffix_of
+
+    if suffix_of(path) not in (".dcm", ".dicom", "") and not has_dicom_preamble(path):
+        return False
+    from ..core.io.dicom_seg import is_dicom_seg
+
+    return is_dicom_seg(path)
+
+
+def _print_seg(path: Path, as_json: bool) -> int:
+    """``info`` on a DICOM SEG: its segments (with the algorithm) and the series it references."""
+    from ..core.io.dicom_seg import seg_summary
+
+    s = seg_summary(path)
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"path:      {s['path']}")
+    print(f"format:    DICOM SEG, {s['frames']} frames of {s['size_xy'][0]} x {s['size_xy'][1]}")
+    print(f"series:    {s['series_description'] or '(no description)'} ({s['series_uid']})")
+    refs = ", ".join(s["referenced_series_uids"]) or "(none)"
+    print(f"made on:   series {refs} ({s['referenced_instances']} instances), study {s['study_uid']}")
+    for seg in s["segments"]:
+        alg = seg["algorithm"]
+        made = seg["algorithm_type"].lower()
+        if alg:
+            sha = f", sha256 {alg['sha256'][:16]}" if alg.get("sha256") else ""
+            made += f" by {alg['name']} {alg['version']}{sha}"
+        print(f"segment {seg['number']}: {seg['label']} (label {seg['value']}, {made})")
     return 0
 
 

@@ -14,12 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QApplication, QComboBox, QFormLayout, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QFormLayout,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from . import layers as L
 from .autosave import Autosaver
 from .correct_section import CorrectSection
 from .finetune_section import FinetuneSection
+from .measure_section import MeasureSection
 from .model_section import ModelSection
 from .run_section import RunSection
 from .view_section import ViewSection
@@ -50,6 +59,9 @@ class SegStudioPanel(QScrollArea):
         self.scan_combo.setToolTip("the scan that Predict and Fine-tune use")
         top = QFormLayout()
         top.addRow("Scan", self.scan_combo)
+        self.pacs_button = QPushButton("PACS...")
+        self.pacs_button.setToolTip("browse a PACS's series, open one, send the mask back as a DICOM SEG")
+        top.addRow("", self.pacs_button)
         lay.addLayout(top)
 
         self.models = ModelSection()
@@ -57,8 +69,18 @@ class SegStudioPanel(QScrollArea):
         self.view = ViewSection(self.viewer, self.scan_layer)
         self.correct = CorrectSection(self.viewer, self.scan_layer, self.mask_layer)
         self.finetune_section = FinetuneSection(self.viewer, self.models, self.run, self.scan_layer)
-        for section in (self.models, self.run, self.view, self.correct, self.finetune_section):
+        self.measure_section = MeasureSection(self.viewer, self.scan_layer, self.mask_layer)
+        sections = (
+            self.models,
+            self.run,
+            self.view,
+            self.correct,
+            self.measure_section,
+            self.finetune_section,
+        )
+        for section in sections:
             lay.addWidget(section)
+        self._hospital_wiring()
         lay.addStretch(1)
 
         kwargs = {} if autosave_interval_s is None else {"interval_s": autosave_interval_s}
@@ -98,6 +120,46 @@ class SegStudioPanel(QScrollArea):
     def warmed_up(self) -> bool:
         """True once the start-up imports are done: the first run then stalls the UI no more than later ones."""
         return self._warm_job is not None and not self._warm_job.running
+
+    # --- hospital: DICOM SEG, PACS, measurements -------------------------------------------------------
+    def _hospital_wiring(self) -> None:
+        self.pacs: Any = None
+        self.correct.algorithm = self._seg_algorithm
+        self.pacs_button.clicked.connect(lambda: self.open_pacs())
+        self.viewer.layers.events.inserted.connect(lambda e: self.measure_section.follow())
+        self.viewer.layers.events.removed.connect(lambda e: self.measure_section.follow())
+        self.scan_combo.currentIndexChanged.connect(lambda _: self.measure_section.follow())
+
+    def _seg_algorithm(self) -> Any:
+        """The model whose prediction the mask is (semi-automatic: it may be corrected since), or None
+        for a mask that no prediction of this panel made (a DICOM SEG then says MANUAL)."""
+        from ..core.io.dicom_seg import Algorithm
+
+        mask = self.mask_layer()
+        made_by = str(L._md(mask).get("made_by", "")) if mask is not None else ""
+        if not made_by:
+            return None
+        if made_by.startswith("variant:"):
+            return Algorithm(made_by.split(":", 1)[1], "untrained", kind="SEMIAUTOMATIC")
+        from ..core import checkpoint
+
+        path = Path(made_by)
+        meta = checkpoint.read_meta(path) if path.is_file() else None
+        return Algorithm.from_checkpoint(path, meta, "SEMIAUTOMATIC")
+
+    def open_pacs(self) -> Any:
+        """Show the *PACS...* dialog (series browser, open, send the SEG); returns it."""
+        from .pacs_dialog import PacsDialog
+
+        if self.pacs is None:
+            self.pacs = PacsDialog(self.viewer, self.correct.prepare_seg, parent=self)
+        self.pacs.show()
+        self.pacs.raise_()
+        return self.pacs
+
+    def measurements(self) -> Any:
+        """The last measurement report of the current mask (``core.measure.Report``) or None."""
+        return self.measure_section.report
 
     # --- which layers -------------------------------------------------------------------------------
     def scan_layer(self) -> Any:
@@ -205,6 +267,7 @@ class SegStudioPanel(QScrollArea):
     def shutdown(self) -> None:
         """Before the window closes: stop jobs and write a last autosave of unsaved edits."""
         self.cancel()
+        self.measure_section.stop()
         self.autosaver.stop()
         if self._warm_job is not None and self._warm_job.running:
             # imports cannot be interrupted; let the warm-up end rather than emit into a dead window

@@ -210,7 +210,8 @@ class RunSection(QGroupBox):
             self.status.setText("the scan was closed; the prediction was dropped")
             return
         t0 = time.perf_counter()
-        self.add_prediction(pred, meta, layer)
+        mask = self.add_prediction(pred, meta, layer)
+        L._md(mask)["made_by"] = key[0]  # the checkpoint (or variant) behind this mask: a DICOM SEG names it
         log.info("prediction layers added in %.2f s (main thread)", time.perf_counter() - t0)
         self.last_prediction = pred
         if getattr(pred, "notes", None):

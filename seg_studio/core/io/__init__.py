@@ -121,7 +121,11 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
         raise ImageLoadError(f"{path} does not exist; check the path")
     try:
         if path.is_dir():
-            vol = read_series(choose_series(path, series), allow_nonuniform=allow_nonuniform)
+            info = choose_series(path, series)
+            if info.modality == "SEG" and info.slice_count == 1:  # a DICOM SEG alone in its series
+                vol = _read_file(info.files[0])
+            else:
+                vol = read_series(info, allow_nonuniform=allow_nonuniform)
             name = f"DICOM series in {path.name}"
         else:
             vol = _read_file(path)
@@ -155,7 +159,9 @@ def _read_file(path: Path) -> Volume:
         check_tiff(path)
     elif suffix_of(path) == ".mhd":
         check_mhd(path)
-    if fmt == "DICOM":
+    if fmt == "DICOM" and _dicom_seg().is_dicom_seg(path):
+        vol = _dicom_seg().read_seg(path)
+    elif fmt == "DICOM":
         vol = read_dicom_file(path)
     elif fmt in ("GIF", "BMP") or (fmt == "PNG" and _raster().is_palette_png(path)):
         vol = _raster().read_pillow(path, fmt)
@@ -187,6 +193,12 @@ def _parse_stored_labels(text: str) -> dict[int, LabelInfo]:
     except (ValueError, TypeError, AttributeError) as exc:
         log.debug("ignoring unreadable label names %r: %s", text[:80], exc)
         return {}
+
+
+def _dicom_seg():  # noqa: ANN202 - a module (highdicom is imported only for DICOM files)
+    from . import dicom_seg as mod
+
+    return mod
 
 
 def _raster():  # noqa: ANN202 - a module
@@ -337,8 +349,10 @@ def write(
     suffix = suffix_of(path)
     fmt = WRITE_FORMATS.get(suffix)
     if fmt is None:
+        dcm = " (a DICOM SEG needs its series: seg-studio export LABELS --like DICOM_DIR --out result.dcm)"
         raise ImageWriteError(
             f"cannot save as {suffix or '(no extension)'}; use one of {supported_write_list()}"
+            + (dcm if suffix in (".dcm", ".dicom") else "")
         )
     protected = list(protected) + sorted(_INPUT_SCANS)
     if volume.source is not None and volume.meta.get("source_kind", "image") != "labels":

@@ -36,7 +36,7 @@ TAGS = {
     "body_part": "0018|0015",
     "units": "0028|1054",
 }
-_IPP, _IOP, _INSTANCE = "0020|0032", "0020|0037", "0020|0013"
+_IPP, _IOP, _INSTANCE, _SOP_UID = "0020|0032", "0020|0037", "0020|0013", "0008|0018"
 _WINDOW_CENTER, _WINDOW_WIDTH = "0028|1050", "0028|1051"
 
 
@@ -197,6 +197,7 @@ def _slice_order(
         order = [int(i) for i in np.argsort(pos, kind="stable")]
         pos = pos[order]
         meta["slice_positions"] = [round(float(p), 6) for p in pos]
+        meta.update(_gantry_tilt(np.asarray(ipps, dtype=float)[order], normal, label))
         if len(pos) > 1:
             gaps = np.diff(pos)
             step = float(np.median(gaps))
@@ -232,6 +233,32 @@ def _slice_order(
         return sorted(range(len(files)), key=lambda i: numbers[i][0]), meta
     log.warning("DICOM series %s has neither positions nor instance numbers; slices sorted by name", label)
     return sorted(range(len(files)), key=lambda i: files[i].name), meta
+
+
+def _gantry_tilt(ipp: np.ndarray, normal: np.ndarray, label: str) -> dict[str, Any]:
+    """A gantry-tilted CT steps obliquely from slice to slice: ITK then takes the oblique step as the
+    slice spacing (too large by 1/cos(tilt), so every volume is too large) and places the slices
+    as if stacked straight. The spacing is put back to the true gap along the normal; the in-plane
+    shift, which no orthogonal grid can hold, is reported (a DICOM SEG keeps each frame's position)."""
+    if len(ipp) < 2:
+        return {}
+    steps = np.diff(ipp, axis=0)
+    along = steps @ normal
+    shift = steps - np.outer(along, normal)
+    per_slice = float(np.median(np.linalg.norm(shift, axis=1)))
+    gap = float(np.median(np.abs(along)))
+    if gap <= 0 or per_slice <= 1e-3 * gap + 1e-4:
+        return {}
+    tilt = float(np.degrees(np.arctan2(per_slice, gap)))
+    log.warning(
+        "DICOM series %s is sheared (gantry tilt %.2f deg, each slice shifted %.3f mm in-plane): the volume "
+        "keeps the slices as stored with the true %.4g mm gap; a NIfTI grid cannot hold the shift",
+        label,
+        tilt,
+        per_slice,
+        gap,
+    )
+    return {"gantry_tilt_deg": round(tilt, 3), "slice_gap_mm": gap}
 
 
 def _unreadable_dicom_files(folder: Path) -> list[Path]:
@@ -277,7 +304,12 @@ def read_series(info: SeriesInfo, allow_nonuniform: bool = False) -> Volume:
     except RuntimeError as exc:
         raise ImageLoadError(f"DICOM series {label} could not be read: {sitk_reason(exc)}") from exc
     vol = image_to_volume(img, f"DICOM series {label}")
+    if "gantry_tilt_deg" in meta:  # ITK took the oblique step as the gap (see _gantry_tilt)
+        vol.spacing = (*vol.spacing[:2], float(meta["slice_gap_mm"]))
     vol.meta.update(_tag_meta(headers[order[0]]))
+    uids = [_tag(headers[i], _SOP_UID) for i in order]
+    if all(uids):  # a DICOM SEG made on this volume references its instances in this order
+        vol.meta["sop_instance_uids"] = uids
     vol.meta.update(meta)
     vol.meta["format"] = "DICOM series"
     vol.meta.setdefault("series_uid", info.uid)
