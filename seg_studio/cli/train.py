@@ -271,6 +271,15 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-images", dest="val_images", type=Path, help="held-out images for Dice before/after")
     p.add_argument("--val-labels", dest="val_labels", type=Path)
     p.add_argument("--split", type=Path, help="a split.json to reuse")
+    p.add_argument(
+        "--replay",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="DIR",
+        help="one of a series: also train on the earlier corrected pairs of the series (kept in DIR, default "
+        "the folder the parent's provenance names, else <out>.replay/), and keep these pairs there",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=0)
@@ -319,6 +328,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         seed=args.seed,
+        replay=args.replay,
         cancel=CancelToken(),
     )
     res = drive(gen, Bar(quiet=args.quiet))
@@ -342,6 +352,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         "per_class_before": res.per_class_before,
         "per_class_after": res.per_class_after,
         "warnings": warnings,
+        "start": res.start.get("start"),
+        "replayed": res.replayed,
     }
     if args.json:
         _say(json.dumps(summary, indent=2))
@@ -352,6 +364,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         )
         for k in res.per_class_after:
             _say(f"  {k:<20} {res.per_class_before.get(k)} -> {res.per_class_after[k]}")
+        if res.start.get("start") == "fresh":
+            _say(f"trained fresh, not from the parent: {res.start.get('reason')}")
+        if res.replayed:
+            _say(f"replayed {len(res.replayed)} earlier pair(s) of the series: {', '.join(res.replayed)}")
     for w in warnings:
         sys.stderr.write(f"warning: {w}; its card says so; keep using {res.parent.name}\n")
     return 0

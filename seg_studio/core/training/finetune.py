@@ -51,6 +51,7 @@ from .data import (
     Split,
     apply_label_map,
     fit_patch,
+    image_hash,
     make_case,
     make_or_extend_split,
     pairs_from_list,
@@ -67,6 +68,7 @@ from .losses import SupervisedLoss
 from .parent_fit import ParentFit, assess_parent_fit, start_fresh
 from .plan import Batches, Compute, LoopState, Schedule, StoppingRule, TrainingPlan, Validation
 from .records import training_data_record
+from .replay import ReplayStore, replay_folder
 from .threads import ThreadTuner
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,8 @@ class FinetuneResult:
     threads: dict[str, Any] = field(default_factory=dict)
     #: what the child started from ("parent", or "fresh" when the parent did not fit) and why
     start: dict[str, Any] = field(default_factory=dict)
+    #: names of the series' earlier pairs it trained on again (replay)
+    replayed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -188,6 +192,7 @@ def iter_finetune(
     precision: str = "auto",
     seed: int = 0,
     name_not_better: bool = False,
+    replay: bool | str | Path = False,
     cancel: CancelToken | None = None,
 ) -> Generator[Progress, None, FinetuneResult]:
     """Fine-tune ``checkpoint`` on ``pairs`` of (image, labels) Volumes or paths; write ``out``.
@@ -196,7 +201,9 @@ def iter_finetune(
     to leave out (IGNORE_INDEX = -1 always is). ``steps`` caps the steps (the budget still applies).
     ``val_pairs`` score parent and child (e.g. the corrected region of the one scan, from
     ``acceptance.corrected_region_labels``). A child that is not better is written all the same, flagged
-    in its card, and with ``name_not_better`` under ``<out stem>.notbetter.segmodel``.
+    in its card, and with ``name_not_better`` under ``<out stem>.notbetter.segmodel``. ``replay`` (True,
+    or a folder) makes it one of a series: the earlier corrected pairs of the series train too, and this
+    fine-tune's pairs join them (``replay.py``).
     """
     from .. import checkpoint as ckpt
 
@@ -209,9 +216,12 @@ def iter_finetune(
         resolve_budget(budget_s, meta.spatial_dims), resolve_lr(lr, meta), lr is not None, steps, head_lr_mult,
         freeze_encoder, batch_size, patch_size, augment, device, precision, seed,
     )  # fmt: skip
-    corr = read_corrections(meta, pairs, val_pairs, label_map, ignore_value, class_names, cancel)
+    folder = replay_folder(replay, meta.provenance, out)
+    store = ReplayStore(folder) if folder is not None else None
+    earlier = store.pairs() if store is not None else []
+    corr = read_corrections(meta, pairs, val_pairs, label_map, ignore_value, class_names, cancel, earlier)
     choice = choose_validation(corr, meta, split, val_fraction)
-    setup = FinetuneSetup(parent, parent_hash, meta, opts, corr, choice, storage_dtype(parent))
+    setup = FinetuneSetup(parent, parent_hash, meta, opts, corr, choice, storage_dtype(parent), store)
     model, head_params = start_child(parent_model, meta, corr)
     plan = finetune_plan(model, meta, choice, corr.n_classes, head_params, opts)
     acceptance = Acceptance(
@@ -222,6 +232,9 @@ def iter_finetune(
     v = trained.verdict
     dest = out if v.better or not name_not_better else not_better_path(out)
     split_path = save_child(dest, plan, setup, trained)
+    if store is not None:
+        for h, name, img, values in corr.new_pairs:
+            store.add(h, name, img, values, dest.name)
     result = finetune_result(dest, plan, setup, trained, split_path)
     result.seconds = time.perf_counter() - t0
     log_result(result, v)
@@ -241,6 +254,7 @@ class FinetuneSetup:
     corr: Corrections
     choice: ValidationChoice
     dtype: torch.dtype | None  # the parent file's float type (None: fp32), which the child is stored in
+    store: ReplayStore | None = None  # the series' earlier pairs, when it is one
 
 
 # --- the steps of a fine-tune, in order ---------------------------------------------------------------
@@ -289,6 +303,10 @@ class Corrections:
     label_map: dict[int, int]
     #: parent classes the caller names otherwise (value 1 "heart" for a parent's value 1 "membrane")
     renamed: set[int] = field(default_factory=set)
+    #: this fine-tune's training pairs as (image hash, name, image, class values) for the series store
+    new_pairs: list[tuple[str, str, Volume, np.ndarray]] = field(default_factory=list)
+    #: names of earlier pairs of the series trained on again
+    replayed: list[str] = field(default_factory=list)
 
     @property
     def n_classes(self) -> int:
@@ -308,21 +326,34 @@ def read_corrections(
     ignore_value: int | None,
     class_names: Mapping[int, str] | None,
     cancel: CancelToken | None,
+    replay_pairs: Sequence[PairSource] = (),
 ) -> Corrections:
     """Read every pair; label values the parent lacks become new classes (named by ``class_names``,
-    the label file, or ``class_<value>``); a 3D pair for a 2D model gives its labelled slices."""
+    the label file, or ``class_<value>``); a 3D pair for a 2D model gives its labelled slices.
+    ``replay_pairs`` (earlier pairs of the series, class values already mapped) train too, unless the
+    same scan is among ``pairs`` (its new correction wins)."""
     lmap = parse_label_map(label_map)
     corr = Corrections(
         [], [c.name for c in meta.classes], {c.value: i for i, c in enumerate(meta.classes)}, [], lmap
     )
-    sources = [(s, False) for s in pairs_from_list(pairs)]
-    sources += [(s, True) for s in (pairs_from_list(val_pairs) if val_pairs is not None else [])]
+    sources = [(s, "train") for s in pairs_from_list(pairs)]
+    sources += [(s, "val") for s in (pairs_from_list(val_pairs) if val_pairs is not None else [])]
+    sources += [(s, "replay") for s in replay_pairs]
     raw: list[tuple[str, Volume, np.ndarray, bool]] = []
-    for src, is_val in sources:
+    for src, role in sources:
         if cancel is not None:
             cancel.raise_if_cancelled()
-        lab, items = read_correction(src, meta.spatial_dims, lmap, ignore_value)
-        raw += [(name, im, values, is_val) for name, im, values in items]
+        plain = role == "replay"  # stored class values: no label map, no ignore value
+        img, lab, values, items = read_correction(
+            src, meta.spatial_dims, {} if plain else lmap, None if plain else ignore_value
+        )
+        h = image_hash(img.array)
+        if role == "replay" and any(h == k for k, *_ in corr.new_pairs):
+            continue
+        if role == "train":
+            corr.new_pairs.append((h, src.name, img, values))
+        corr.replayed += [src.name] if role == "replay" else []
+        raw += [(name, im, values, role == "val") for name, im, values in items]
         found = np.unique(np.concatenate([np.unique(v) for _, _, v in items])) if items else []
         for v in (int(v) for v in found if v != IGNORE_INDEX):
             name = (class_names or {}).get(v) or (lab.labels[v].name if v in lab.labels else f"class_{v}")
@@ -352,19 +383,19 @@ def add_class(corr: Corrections, value: int, name: str, named_by_caller: bool, n
 
 def read_correction(
     src: PairSource, dims: int, lmap: Mapping[int, int], ignore_value: int | None
-) -> tuple[Volume, list[tuple[str, Volume, np.ndarray]]]:
-    """One pair as (labels, [(name, image, mapped values), ...]): one item, or the labelled z-slices
-    of a 3D pair for a 2D model."""
+) -> tuple[Volume, Volume, np.ndarray, list[tuple[str, Volume, np.ndarray]]]:
+    """One pair as (image, labels, mapped values, [(name, image, values) to train on]): the pair itself,
+    or the labelled z-slices of a 3D pair for a 2D model."""
     img, lab = read_pair(src)
     values = apply_label_map(lab.array, lmap, ignore_value)
     if img.ndim != dims:
         if dims == 2 and img.ndim == 3:
             slices = slices_as_2d(img, values)
-            return lab, [(f"{src.name}[z{k}]", im2, v2) for k, (im2, v2) in enumerate(slices)]
+            return img, lab, values, [(f"{src.name}[z{k}]", im2, v2) for k, (im2, v2) in enumerate(slices)]
         raise TrainingError(f"{src.name}: a {img.ndim}D image cannot fine-tune a {dims}D model")
     if not np.any(values != IGNORE_INDEX):
         raise TrainingError(f"{src.name}: every voxel is marked ignore; correct some of the mask first")
-    return lab, [(src.name, img, values)]
+    return img, lab, values, [(src.name, img, values)]
 
 
 def start_child(parent_model: SegModel, meta: Any, corr: Corrections) -> tuple[SegModel, list[str]]:
@@ -405,17 +436,8 @@ def choose_validation(
     if explicit:
         same_scans = {c.hash for c in explicit} <= {c.hash for c in pool}
         return ValidationChoice(pool, explicit, "corrected region" if same_scans else "validation")
-    existing = known_split(meta, split)
-    known = set(existing.val) | set(existing.train) if existing else set()
-    unknown = [c for c in pool if c.hash not in known]
-    fresh, _ = make_or_extend_split([c.hash for c in unknown], [c.name for c in unknown], val_fraction, None)
-    val_hashes = set(existing.val if existing else []) | set(fresh.val)
-    stored = Split(
-        sorted(val_hashes),
-        sorted((set(existing.train) if existing else set()) | set(fresh.train)),
-        {**(existing.names if existing else {}), **fresh.names},
-        fresh.created,
-    )
+    stored = extend_split(known_split(meta, split), pool, val_fraction)
+    val_hashes = set(stored.val)
     val_cases = [c for c in pool if c.hash in val_hashes]
     train_cases = [c for c in pool if c.hash not in val_hashes]
     if not val_cases or not train_cases:
@@ -425,13 +447,41 @@ def choose_validation(
 
 
 def known_split(meta: Any, split: str | Path | None) -> Split | None:
-    """The split to keep: the one named, else the parent's stored one (None when there is neither)."""
+    """The split to keep: the one named, else the parent's stored one, with every case the parent
+    trained on (its provenance's data) on the training side; None when there is none of these."""
     if split is not None:
         return Split.read(Path(split))
-    parent_split = meta.provenance.get("split") or {}
-    if parent_split.get("val") or parent_split.get("train"):
-        return Split(list(parent_split.get("val", [])), list(parent_split.get("train", [])))
-    return None
+    prov = meta.provenance or {}
+    parent_split = prov.get("split") or {}
+    val = list(parent_split.get("val", []))
+    trained = set(parent_split.get("train", [])) | (set((prov.get("data") or {}).get("cases", {})) - set(val))
+    if not val and not trained:
+        return None
+    return Split(val, sorted(trained))
+
+
+def extend_split(existing: Split | None, pool: Sequence[Case], val_fraction: float) -> Split:
+    """``existing`` with the pool's new cases placed; no known case ever moves.
+
+    Three or more new cases are split among themselves (``make_or_extend_split``); fewer (a series of
+    one corrected scan at a time) join the validation side while it holds less than ``val_fraction`` of
+    all cases (counted from three), so the held-back set grows with the series.
+    """
+    known = set(existing.val) | set(existing.train) if existing else set()
+    unknown = [c for c in pool if c.hash not in known]
+    fresh, _ = make_or_extend_split([c.hash for c in unknown], [c.name for c in unknown], val_fraction, None)
+    val, train = (
+        set(existing.val if existing else []) | set(fresh.val),
+        set(existing.train if existing else []) | set(fresh.train),
+    )
+    if existing is not None and 0 < len(unknown) < 3:
+        total = len(known) + len(unknown)
+        need = (max(1, round(val_fraction * total)) if total >= 3 and val_fraction > 0 else 0) - len(val)
+        for h in sorted(c.hash for c in unknown)[: max(0, need)]:
+            val.add(h)
+            train.discard(h)
+    names = {**(existing.names if existing else {}), **fresh.names}
+    return Split(sorted(val), sorted(train), names, fresh.created)
 
 
 def finetune_patch(
@@ -574,6 +624,8 @@ def finetune_provenance(plan: TrainingPlan, setup: FinetuneSetup, trained: Train
         "new_classes": corr.new_classes,
         "settings": finetune_settings(plan, setup.opts, v.steps),
     }
+    if setup.store is not None:
+        prov["replay"] = {"folder": str(setup.store.folder), "replayed": corr.replayed}
     if choice.stored_split is not None:
         prov["split"] = {"val": choice.stored_split.val, "train": choice.stored_split.train}
     elif meta.provenance.get("split"):
@@ -652,6 +704,7 @@ def finetune_result(
         not_better_reason=v.reason,
         threads=thread_record(plan),
         start=trained.fit.record(),
+        replayed=list(corr.replayed),
     )
 
 
