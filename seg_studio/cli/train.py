@@ -338,10 +338,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     summary = {
         "out": str(res.path),
         "parent": str(res.parent),
-        "dice_before": _r(res.dice_before),
-        "dice_after": _r(res.dice_after),
-        "parent_dice": _r(res.dice_before),
-        "child_dice": _r(res.dice_after),
+        "dice_before": _r(res.dice_before, 6),  # as the child's provenance records them
+        "dice_after": _r(res.dice_after, 6),
+        "parent_dice": _r(res.dice_before, 6),
+        "child_dice": _r(res.dice_after, 6),
         "better": res.better,
         "dice_on": res.dice_on,
         "val_cases": len(res.val_cases),
@@ -373,8 +373,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _r(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else round(v, 4)
+def _r(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(v, digits)
 
 
 # --- evaluate ----------------------------------------------------------------------------------------
