@@ -7,7 +7,9 @@ region (the slices the user changed, or the whole 2D image: ``acceptance.correct
 The new checkpoint goes next to the parent, or into the user's model folder when the parent's folder
 is read-only (e.g. the bundled resources/). Only a child that beats its parent is selected (then
 "Re-run prediction" applies it); one that does not is saved as ``*.notbetter.segmodel``, listed, and
-the parent stays selected, which the section says.
+the parent stays selected, which the section says. With "keep learning from earlier scans" (on by
+default) each fine-tune of a lineage also trains on the pairs corrected before it (``training.replay``);
+the lineage is listed after each fine-tune, and "use this version" selects any model along it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -60,7 +63,7 @@ def finetune_destination(parent: Path, stamp: str | None = None) -> Path:
     return out
 
 
-def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, token):  # noqa: ANN001, ANN202 - worker generator
+def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, series, token):  # noqa: ANN001, ANN202 - worker generator
     from ..core import checkpoint
     from ..core.training import iter_finetune
 
@@ -84,6 +87,7 @@ def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, token
         val_pairs=val_pairs,
         device=device,
         name_not_better=True,
+        replay=series,
         cancel=token,
     )
     return result
@@ -127,6 +131,15 @@ class FinetuneSection(QGroupBox):
         )
         self.budget.setValue(0)
         self.budget.setToolTip("time budget of the fine-tune, scoring and saving included")
+        self.series = QCheckBox("keep learning from earlier scans of this series")
+        self.series.setChecked(True)
+        self.series.setToolTip(
+            "each fine-tune also trains on the scans corrected before it in the same lineage; the corrected "
+            "pairs are kept in a '.replay' folder beside the first fine-tuned model"
+        )
+        self.versions = QComboBox()
+        self.versions.setToolTip("this model's lineage: each fine-tune back to the model it started from")
+        self.use_version_button = QPushButton("use this version")
         self.finetune_button = QPushButton("Fine-tune on my corrections")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -144,6 +157,7 @@ class FinetuneSection(QGroupBox):
         row.addWidget(QLabel("budget"))
         row.addWidget(self.budget)
         lay.addLayout(row)
+        lay.addWidget(self.series)
         row = QHBoxLayout()
         row.addWidget(self.finetune_button, 2)
         row.addWidget(self.cancel_button, 1)
@@ -152,6 +166,14 @@ class FinetuneSection(QGroupBox):
         lay.addWidget(self.status)
         lay.addWidget(self.plot)
         lay.addWidget(self.rerun_button)
+        self.versions_row = QWidget()
+        row = QHBoxLayout(self.versions_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.versions, 1)
+        row.addWidget(self.use_version_button)
+        self.versions_row.setVisible(False)
+        lay.addWidget(self.versions_row)
+        self.use_version_button.clicked.connect(lambda: self.use_version())
         self.finetune_button.clicked.connect(lambda: self.finetune())
         self.cancel_button.clicked.connect(self.cancel)
         self.rerun_button.clicked.connect(self.rerun)
@@ -230,7 +252,9 @@ class FinetuneSection(QGroupBox):
         self._outcome = "done"
         self.last_error = ""
         self.job = Job(
-            lambda token: _finetune_job(choice, scan, labels, val_labels, out, budget, device, token),
+            lambda token: _finetune_job(
+                choice, scan, labels, val_labels, out, budget, device, self.series.isChecked(), token
+            ),
             on_progress=self._progress,
             on_done=self._done,
             on_error=self._error,
@@ -245,6 +269,30 @@ class FinetuneSection(QGroupBox):
         if self.busy:
             self.status.setText("cancelling...")
             self.job.cancel()
+
+    def show_lineage(self, path: Path) -> list[Any]:
+        """List ``path``'s lineage (it, its parent, ...) for "use this version"; returns the versions."""
+        from ..core.autosave import user_model_dir
+        from ..core.training.lineage import lineage
+
+        chain = lineage(path, [user_model_dir(), *bundled_model_dirs()])
+        self.versions.clear()
+        for v in chain:
+            self.versions.addItem(v.label(), str(v.path))
+        self.versions_row.setVisible(len(chain) > 1)
+        return chain
+
+    def use_version(self, index: int | None = None) -> Path | None:
+        """Select the version picked in the lineage list (an earlier model of the series) for predicting."""
+        i = self.versions.currentIndex() if index is None else index
+        data = self.versions.itemData(i) if i >= 0 else None
+        if not data:
+            return None
+        path = Path(data)
+        self.models.select_checkpoint(path)
+        self.status.setText(f"using {path.name}; press Re-run prediction to apply it")
+        self.rerun_button.setVisible(True)
+        return path
 
     def rerun(self) -> bool:
         """Predict again with the model that is selected now (the new checkpoint after a fine-tune)."""
@@ -269,6 +317,7 @@ class FinetuneSection(QGroupBox):
         before, after = result.dice_before, result.dice_after
         scores = f"Dice {before:.3f} -> {after:.3f} on the {result.dice_on}"
         self.bar.setValue(1000)
+        self.show_lineage(path)
         if result.better:
             self.models.add_checkpoint(path, select=True)
             self.status.setText(f"saved {path.name} ({scores}); it is selected")
