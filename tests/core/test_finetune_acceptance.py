@@ -238,6 +238,8 @@ def test_a_parent_from_another_domain_is_replaced_by_a_fresh_model(
         iter_finetune(em, jsrt_pairs, out, budget_s=600, steps=2, label_map=JSRT_MAP, class_names=names)
     )
     assert r.start["start"] == "fresh" and not r.start["parent_fits"] and "knows none" in r.start["reason"]
+    # both X-rays train: the parent's own (EM) held-back cases do not pull one of them to the held-back side
+    assert r.dice_on == "training pairs" and sorted(r.train_cases) == ["JPCLN002", "JPCNN001"]
     assert r.lr == LR_FROM_SCRATCH
     meta = checkpoint.read_meta(r.path)
     assert meta.arch_args == {"depth": 4, **FRESH_ARCH_ARGS}  # the parent's variant at the fresh width

@@ -465,7 +465,8 @@ def extend_split(existing: Split | None, pool: Sequence[Case], val_fraction: flo
 
     Three or more new cases are split among themselves (``make_or_extend_split``); fewer (a series of
     one corrected scan at a time) join the validation side while it holds less than ``val_fraction`` of
-    all cases (counted from three), so the held-back set grows with the series.
+    the pool's cases (counted from three; cases of the parent's own data that are not in the pool do not
+    count), so the held-back set grows with the series.
     """
     known = set(existing.val) | set(existing.train) if existing else set()
     unknown = [c for c in pool if c.hash not in known]
@@ -475,8 +476,8 @@ def extend_split(existing: Split | None, pool: Sequence[Case], val_fraction: flo
         set(existing.train if existing else []) | set(fresh.train),
     )
     if existing is not None and 0 < len(unknown) < 3:
-        total = len(known) + len(unknown)
-        need = (max(1, round(val_fraction * total)) if total >= 3 and val_fraction > 0 else 0) - len(val)
+        total, held = len(pool), sum(1 for c in pool if c.hash in val)
+        need = (max(1, round(val_fraction * total)) if total >= 3 and val_fraction > 0 else 0) - held
         for h in sorted(c.hash for c in unknown)[: max(0, need)]:
             val.add(h)
             train.discard(h)
