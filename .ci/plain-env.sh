@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 MODE="${1:?usage: .ci/plain-env.sh newest|oldest [pytest args]}"
 shift
 VENV="build/$MODE-venv"
-export PIP_CONFIG_FILE=/dev/null  # no machine-wide version cap: the registry's releases as users get them
+# The registry's releases as users get them: no machine-wide version cap, and no local wheel folder
+# (its CPU-only torch 2.13.0+cpu cannot load PyPI's torchvision 0.28.0: "torchvision::nms does not exist").
+export PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS=
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python3.11 -m venv --clear "$VENV"
 pip=("$VENV/bin/python" -m pip install -q)

@@ -160,6 +160,11 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ext", help="mask file type in folder mode, e.g. .nii.gz (default: the scan's own if writable)"
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print what was written, the notes and the domain warnings as one JSON object on stdout",
+    )
 
 
 class _Bar:
@@ -250,14 +255,36 @@ def _with_tag(path: Path, tag: str) -> Path:
     return path.with_name(f"{stem}{tag}{suffix or _FLOAT_EXT}")
 
 
+def warn(text: str) -> None:
+    """A domain warning: one ``warning:`` line on stderr (stdout stays for results and JSON)."""
+    sys.stderr.write(f"warning: {text}\n")
+    sys.stderr.flush()
+
+
+def _domain_opts(meta, opts):  # noqa: ANN001, ANN202 - PredictOptions
+    """The options with probabilities on when the domain can judge the result's uncertainty."""
+    import dataclasses
+
+    dom = getattr(meta, "domain", None)
+    if dom is not None and dom.mean_uncertainty is not None and not opts.probabilities:
+        return dataclasses.replace(opts, probabilities=True), True
+    return opts, False
+
+
 def _predict_one(
     scan: Path, out: Path, model, meta, opts, extras: dict[str, Path | None], args
-) -> list[Path]:  # noqa: ANN001
-    """Read, predict, then write everything (nothing is written unless the prediction finished)."""
-    from ..core import io
+) -> tuple[list[Path], list[str], list[str]]:  # noqa: ANN001
+    """Read, check against the model's domain, predict, check the result, then write everything
+    (nothing is written unless the prediction finished). Returns (written, notes, warnings)."""
+    from ..core import domain, io
     from ..core.inference import iter_predict
 
     vol = io.read(scan, series=args.series)
+    prefix = f"{scan.name}: " if args.input.is_dir() and scan != args.input else ""
+    warnings = [w.message for w in domain.scan_warnings(meta, vol) if w.severity != "refuse"]
+    for text in warnings:  # before the run: a long prediction on the wrong scan is announced at once
+        warn(prefix + text)
+    opts, drop_probabilities = _domain_opts(meta, opts)
     bar = _Bar(scan.name)
     gen = iter_predict(vol, model, meta, opts)
     try:
@@ -267,6 +294,11 @@ def _predict_one(
         pred = stop.value
     finally:
         bar.close()
+    after = [w.message for w in domain.check_result(meta.domain, pred)]
+    for text in after:
+        warn(prefix + text)
+    if drop_probabilities:
+        pred.probabilities = None
     protected = [scan]
     if is_seg_path(out):  # result.dcm: a DICOM SEG on the series it was predicted from
         from ..core.io.dicom_seg import Algorithm, write_seg
@@ -282,9 +314,10 @@ def _predict_one(
     if extras.get("attention"):
         for i, att in enumerate(pred.attention):
             written.append(io.write(att, _with_tag(extras["attention"], f"_gate{i}"), protected=protected))
-    for note in pred.notes:
-        say(f"{scan.name}: note: {note}")
-    return written
+    if not args.json:
+        for note in pred.notes:
+            say(f"{scan.name}: note: {note}")
+    return written, list(pred.notes), warnings + after
 
 
 def is_seg_path(path: Path) -> bool:
@@ -355,10 +388,19 @@ def run_predict(args: argparse.Namespace) -> int:
             "attention": args.save_attention,
         }
         t = time.perf_counter()
-        written = _predict_one(args.input, args.out, model, meta, opts, extras, args)
+        written, notes, warnings = _predict_one(args.input, args.out, model, meta, opts, extras, args)
+        seconds = time.perf_counter() - t
+        if args.json:
+            record = {"input": str(args.input), "written": [str(w) for w in written], "notes": notes}
+            say(
+                json.dumps(
+                    {**record, "seconds": round(seconds, 2), "device": str(device), "warnings": warnings}
+                )
+            )
+            return 0
         for w in written:
             say(f"wrote {w}")
-        say(f"done in {time.perf_counter() - t:.1f} s on {device}")
+        say(f"done in {seconds:.1f} s on {device}")
         return 0
 
     scans = _gather(args.input)
@@ -379,7 +421,7 @@ def run_predict(args: argparse.Namespace) -> int:
         names.setdefault(name, 0)
         jobs.append((scan, name))
     mine = jobs[rank::world]
-    results: list[tuple[str, str, str]] = []  # (scan, status, detail)
+    results: list[tuple[str, str, str, list[str]]] = []  # (scan, status, detail, domain warnings)
     t0 = time.perf_counter()
     for scan, name in mine:
         from ..core.atomic import split_suffix
@@ -391,18 +433,36 @@ def run_predict(args: argparse.Namespace) -> int:
             "attention": _float_name(args.save_attention, stem) if args.save_attention else None,
         }
         try:
-            written = _predict_one(scan, args.out / name, model, meta, opts, extras, args)
+            written, _, warnings = _predict_one(scan, args.out / name, model, meta, opts, extras, args)
         except SegStudioError as exc:
-            say(f"skipped {scan.name}: {exc}")
-            results.append((str(scan), "failed", str(exc)))
+            if not args.json:
+                say(f"skipped {scan.name}: {exc}")
+            results.append((str(scan), "failed", str(exc), []))
             continue
-        say(f"wrote {written[0]}")
-        results.append((str(scan), "ok", str(written[0])))
+        if not args.json:
+            say(f"wrote {written[0]}")
+        results.append((str(scan), "ok", str(written[0]), warnings))
     if world > 1:
         results = _gather_results(results, rank, world)
         if rank != 0:
             return 0 if all(r[1] == "ok" for r in results) else 1
     failed = [r for r in results if r[1] != "ok"]
+    if args.json:
+        scans_json = [
+            {
+                "input": r[0],
+                "status": r[1],
+                ("written" if r[1] == "ok" else "error"): r[2],
+                "warnings": r[3],
+            }
+            for r in results
+        ]
+        say(
+            json.dumps(
+                {"scans": scans_json, "failed": len(failed), "seconds": round(time.perf_counter() - t0, 2)}
+            )
+        )
+        return 1 if failed else 0
     say(
         f"{len(results) - len(failed)} of {len(results)} scans done in {time.perf_counter() - t0:.1f} s"
         + (f" ({world} processes)" if world > 1 else "")

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .domain import Domain
 from .errors import CheckpointError, ModelError
 from .models import SegModel, create_model
 
@@ -104,9 +105,14 @@ class ModelMeta:
     provenance: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    #: what the model was trained on (``core.domain``); optional: older files have none
+    domain: Domain | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("domain")
+        if self.domain is not None:
+            d["domain"] = self.domain.to_dict()
         d["classes"] = [{"value": c.value, "name": c.name, "color": list(c.color)} for c in self.classes]
         d["spacing"] = None if self.spacing is None else list(self.spacing)
         d["patch_size"] = list(self.patch_size)
@@ -146,6 +152,7 @@ class ModelMeta:
                 provenance=dict(d.get("provenance") or {}),
                 card=dict(d.get("card") or {}),
                 schema_version=version,
+                domain=None if d.get("domain") is None else Domain.from_dict(d["domain"], where),
             )
         except KeyError as exc:
             raise CheckpointError(f"{where}: metadata lacks the field {exc.args[0]!r}") from None
@@ -171,6 +178,7 @@ def new_meta(
     patch_size: tuple[int, ...] | None = None,
     provenance: Mapping[str, Any] | None = None,
     card: Mapping[str, Any] | None = None,
+    domain: Domain | None = None,
 ) -> ModelMeta:
     """Describe ``model`` (built with ``create_model(architecture, ..., **arch_args)``).
 
@@ -204,6 +212,7 @@ def new_meta(
         patch_size=tuple(int(p) for p in patch_size),
         provenance=dict(provenance or {}),
         card=dict(card or {}),
+        domain=domain,
     )
 
 
@@ -533,8 +542,31 @@ def model_card(meta: ModelMeta, path: str | os.PathLike[str] | None = None) -> s
         f"patch size     {' x '.join(str(p) for p in meta.patch_size)}",
         f"schema         {meta.schema_version}",
     ]
+    from .domain import describe
+
+    lines += [f"{'domain' if i == 0 else '':<14} {line}" for i, line in enumerate(describe(meta.domain))]
     for k, v in sorted(meta.card.items()):
         lines.append(f"card.{k:<10} {v}")
     for k, v in sorted(meta.provenance.items()):
         lines.append(f"{k:<14} {json.dumps(v, sort_keys=True) if not isinstance(v, str) else v}")
     return "\n".join(lines)
+
+
+def replace_meta(path: str | os.PathLike[str], meta: ModelMeta) -> Path:
+    """Rewrite a checkpoint's JSON record and keep its tensors byte for byte (same dtype, same values):
+    adding a domain or a card to a shipped file must not touch its weights. Atomic, like ``save``."""
+    from safetensors.torch import load_file, save_file
+
+    from .atomic import atomic_write
+
+    path = Path(path)
+    read_meta(path)  # refuse anything that is not a readable checkpoint
+    tensors = load_file(str(path), device="cpu")
+    build = build_model(meta, where=path.name)
+    own = build.state_dict()
+    if set(own) != set(tensors) or any(tuple(own[k].shape) != tuple(v.shape) for k, v in tensors.items()):
+        raise CheckpointError(
+            f"{path.name}: the new metadata describes another architecture; nothing was changed"
+        )
+    record = json.dumps(meta.to_dict(), sort_keys=True)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META_KEY: record}))

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 from . import layers as L
 from .autosave import Autosaver
 from .correct_section import CorrectSection
+from .domain_banner import DomainBanner, DomainWatch
 from .finetune_section import FinetuneSection
 from .measure_section import MeasureSection
 from .model_section import ModelSection
@@ -63,6 +64,9 @@ class SegStudioPanel(QScrollArea):
         self.pacs_button.setToolTip("browse a PACS's series, open one, send the mask back as a DICOM SEG")
         top.addRow("", self.pacs_button)
         lay.addLayout(top)
+        #: persistent notice when the model does not fit the scan or its result (see domain_banner)
+        self.banner = DomainBanner()
+        lay.addWidget(self.banner)
 
         self.models = ModelSection()
         self.run = RunSection(self.viewer, self.models, self.scan_layer)
@@ -82,6 +86,8 @@ class SegStudioPanel(QScrollArea):
             lay.addWidget(section)
         self._hospital_wiring()
         lay.addStretch(1)
+        self.domain_watch = DomainWatch(self.banner, self.models, self._scan_volume)
+        self.run.finished.connect(self._check_result)
 
         kwargs = {} if autosave_interval_s is None else {"interval_s": autosave_interval_s}
         self.autosaver = Autosaver(self.viewer, self.scan_layer, self._mask_of, parent=self, **kwargs)
@@ -191,14 +197,27 @@ class SegStudioPanel(QScrollArea):
         self.correct.refresh_classes()
         self._suit_model_to_scan()
 
-    def _suit_model_to_scan(self) -> None:
-        """Tell the model section the dimensionality of the scan in view (see ``suit_scan``)."""
+    def _scan_volume(self) -> Any:
+        """The scan in view as a Volume (None without one, or for a layer that is not 2D/3D)."""
         scan = self.scan_layer()
         try:
-            ndim = L.layer_volume(scan).ndim if scan is not None else None
+            return L.layer_volume(scan) if scan is not None else None
         except ValueError:  # not 2D or 3D: the run section will say so when asked to predict
-            ndim = None
-        self.models.suit_scan(ndim)
+            return None
+
+    def _suit_model_to_scan(self) -> None:
+        """Tell the model section which scan is in view: the default model follows its domain."""
+        self.models.suit_scan(self._scan_volume())
+        self.domain_watch.refresh()
+
+    def _check_result(self, outcome: str) -> None:
+        """After a prediction: the banner compares it with what the model produced on validation."""
+        if outcome == "done":
+            self.domain_watch.result_ready(self.run.last_prediction, self.models.last_meta())
+
+    def domain_warnings(self) -> list[str]:
+        """What the domain banner says now (empty when it is hidden)."""
+        return self.banner.warnings()
 
     # --- the actions (buttons call these) -----------------------------------------------------------
     def predict(self) -> bool:

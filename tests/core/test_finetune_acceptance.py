@@ -106,6 +106,10 @@ def test_a_child_that_is_worse_or_too_short_is_written_flagged_and_in_the_parent
         size, parent_size = child.stat().st_size, HIPPOCAMPUS_UNET.stat().st_size
         assert abs(size - parent_size) < 0.05 * parent_size, (size, parent_size)
     assert checkpoint.file_hash(HIPPOCAMPUS_UNET) == parent_hash
+    # the child's domain is its parent's, widened by the scan it was fine-tuned on
+    parent_domain = checkpoint.read_meta(HIPPOCAMPUS_UNET).domain
+    child_domain = checkpoint.read_meta(short.path).domain
+    assert parent_domain is not None and child_domain.cases == parent_domain.cases + 1
 
 
 def test_a_time_budget_ends_within_ten_percent_and_the_threads_follow_the_load(
@@ -246,6 +250,7 @@ def test_a_parent_from_another_domain_is_replaced_by_a_fresh_model(
     assert [c.name for c in meta.classes] == ["background", "heart", "left lung", "right lung"]
     assert meta.card["start"].startswith("trained fresh") and meta.provenance["start"]["start"] == "fresh"
     assert meta.provenance["parent"] == checkpoint.file_hash(em)  # the lineage still names the parent
+    assert meta.domain.cases == 2 and meta.domain.dims == 2  # a fresh model's domain: the two X-rays
     model, _ = checkpoint.load(r.path)  # the file holds the fresh model's weights
     assert sum(p.numel() for p in model.parameters()) < 0.3 * sum(
         p.numel() for p in checkpoint.load(em)[0].parameters()

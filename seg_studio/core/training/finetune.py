@@ -67,7 +67,7 @@ from .loop import make_optimizer, patch_forward, run_plan
 from .losses import SupervisedLoss
 from .parent_fit import ParentFit, assess_parent_fit, start_fresh
 from .plan import Batches, Compute, LoopState, Schedule, StoppingRule, TrainingPlan, Validation
-from .records import training_data_record
+from .records import child_domain, training_data_record
 from .replay import ReplayStore, replay_folder
 from .threads import ThreadTuner
 
@@ -673,8 +673,10 @@ def save_child(dest: Path, plan: TrainingPlan, setup: FinetuneSetup, trained: Tr
     model = unwrap(plan.model)
     unfreeze(model)
     model = model.to("cpu").to(memory_format=torch.contiguous_format)
-    ckpt.save(dest, model, child_meta(meta, classes, finetune_provenance(plan, setup, trained), card, arch_args),
-              dtype=setup.dtype)  # fmt: skip
+    child = child_meta(meta, classes, finetune_provenance(plan, setup, trained), card, arch_args)
+    scans = [(img, v) for _, _, img, v in corr.new_pairs if img.ndim == meta.spatial_dims]
+    child.domain = child_domain(meta, child, scans, trained.fit.start == "fresh")
+    ckpt.save(dest, model, child, dtype=setup.dtype)
     if setup.choice.stored_split is None:
         return None
     split_path = dest.with_name(dest.name[: -len(ckpt.SUFFIX)] + ".split.json")

@@ -271,6 +271,8 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
         import shutil
 
         shutil.copyfile(saver.last_path, saver.best_path)  # without validation, the last is the best we know
+    if info.is_main and saver.best_path.exists():
+        stamp_domain(cfg, saver.best_path, data, cases, set(split.val), info)
     best, last = saver.best_path, saver.last_path
     return FitResult(
         best if best.exists() else None,
@@ -550,6 +552,25 @@ class RunFolderSaver(LoopHook):
         assert self.plan.optimizer is not None
         _save_resume(self.out / "resume.pt", self.plan.optimizer, state)
         _write_history(self.out / "history.json", state)
+
+
+def stamp_domain(
+    cfg: FitConfig, best_path: Path, data: FitData, cases: list[Case], val_set: set[str], info: DistInfo
+) -> None:
+    """What the model was trained on, into ``best.segmodel`` (``core/domain.py``): the training cases'
+    geometry and intensities, and what the model produces on the validation cases."""
+    from ..domain import stamp_checkpoint
+
+    pairs = list(zip(data.loaded, cases, strict=True))
+    train_imgs = [(img, v) for (_, img, v), c in pairs if c.hash not in val_set]
+    val_imgs = [img for (_, img, _), c in pairs if c.hash in val_set]
+    stamp_checkpoint(
+        best_path,
+        train_imgs,
+        val_imgs,
+        expected_input=f"scans like its training cases ({cfg.images or cfg.dataset_json or 'given pairs'})",
+        device=str(info.device),
+    )
 
 
 def record_ddp_checksums(info: DistInfo, model: Any, last_path: Path) -> None:
