@@ -54,7 +54,7 @@ def main() -> int:
         print("banner:", line)  # noqa: T201 - a script reporting what it shows
     viewer.dims.set_current_step(0, 12)  # a slice through the middle of the head
     panel.mask_layer().opacity = 0.5
-    panel.verticalScrollBar().setValue(0)
+    panel.show_section(panel.models)  # the card beside the banner
     viewer.reset_view()
     save(viewer, "domain_banner.png", app)
     panel.shutdown()

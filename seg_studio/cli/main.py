@@ -8,11 +8,13 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .. import selftest
@@ -175,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the versions of seg-studio, torch, napari, Qt and the compute device, and exit",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--allow-external-data",
+        action="store_true",
+        help="read .mhd/.nrrd headers whose pixel data file lies outside the header's folder",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_, add, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -201,7 +208,33 @@ def _gui_shortcut(argv: list[str], command_line: bool = True) -> list[str]:
     return argv
 
 
+#: Exit code when the reader of stdout went away (128 + SIGPIPE, what ``yes | head`` gives ``yes``).
+EXIT_STDOUT_CLOSED = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a closed stdout (``seg-studio info X | head``) ends it quietly, whatever it was."""
+    try:
+        try:
+            code = _main(argv)
+        finally:  # also after --help's SystemExit
+            sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints a traceback
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """Point stdout at the null device so that nothing more (not even the final flush) fails."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+        pass
+    return EXIT_STDOUT_CLOSED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
     if "--self-test" in raw:  # the installer's spelling of ``seg-studio self-test``
@@ -211,14 +244,90 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    from ..core.text import printable
+
     try:
-        return int(args._run(args) or 0)
+        with _sigterm_as_exception(), _external_data(args.allow_external_data), _safe_output():
+            return int(args._run(args) or 0)
     except SegStudioError as exc:
-        print(f"seg-studio {args.command}: error: {exc}", file=sys.stderr)
+        print(f"seg-studio {args.command}: error: {printable(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        from ..core.limits import memory_error_line
+
+        print(
+            f"seg-studio {args.command}: error: {memory_error_line(exc, f'running {args.command}')}",
+            file=sys.stderr,
+        )
+        return 2
+    except RuntimeError as exc:  # torch's CPU allocator says so in a RuntimeError
+        text = str(exc).lower()
+        if not any(w in text for w in ("can't allocate memory", "not enough memory", "out of memory")):
+            raise
+        from ..core.limits import memory_error_line
+
+        print(
+            f"seg-studio {args.command}: error: {memory_error_line(exc, f'running {args.command}')}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"seg-studio {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"seg-studio {args.command}: terminated; nothing was written", file=sys.stderr)
+        return 143
+
+
+@contextlib.contextmanager
+def _safe_output() -> Iterator[None]:
+    """Names from files (class names, DICOM tags, label names) reach the terminal inert: every
+    command's output passes through ``SafeStream``."""
+    from ..core.text import SafeStream
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(sys.stdout), SafeStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+@contextlib.contextmanager
+def _external_data(allowed: bool) -> Iterator[None]:
+    """``--allow-external-data`` for this command only (``core.io`` reads the variable)."""
+    key = "SEG_STUDIO_ALLOW_EXTERNAL_DATA"
+    before = os.environ.get(key)
+    if allowed:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if allowed:
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised as an exception so every save in progress removes its temp file."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not the main thread (code calling main() from a worker)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

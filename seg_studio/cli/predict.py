@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..core.defaults import OVERLAP
 from ..core.errors import CheckpointError, SegStudioError
 
 
@@ -146,7 +147,9 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
     )
-    p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
+    p.add_argument(
+        "--overlap", type=float, default=OVERLAP, help=f"window overlap in [0, 1) (default {OVERLAP:g})"
+    )
     p.add_argument("--batch-size", type=int, default=4, help="windows per batch (halved on out-of-memory)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
@@ -299,21 +302,29 @@ def _predict_one(
         warn(prefix + text)
     if drop_probabilities:
         pred.probabilities = None
-    protected = [scan]
-    if is_seg_path(out):  # result.dcm: a DICOM SEG on the series it was predicted from
-        from ..core.io.dicom_seg import Algorithm, write_seg
+    from ..core.atomic import transaction
 
-        alg = Algorithm.from_checkpoint(args.model, meta)
-        written = [write_seg(pred.labels, scan, out, alg, series_uid=args.series, protected=protected)]
-    else:
-        written = [io.write(pred.labels, out, protected=protected)]
-    if extras.get("probabilities") and pred.probabilities is not None:
-        written.append(io.write(pred.probabilities, extras["probabilities"], protected=protected))
-    if extras.get("uncertainty") and pred.uncertainty is not None:
-        written.append(io.write(pred.uncertainty, extras["uncertainty"], protected=protected))
-    if extras.get("attention"):
-        for i, att in enumerate(pred.attention):
-            written.append(io.write(att, _with_tag(extras["attention"], f"_gate{i}"), protected=protected))
+    protected = [scan]
+    written: list[Path] = []
+    with transaction():  # every output of this scan, or none (a failed one removes the others)
+        if is_seg_path(out):  # result.dcm: a DICOM SEG on the series it was predicted from
+            from ..core.io.dicom_seg import Algorithm, write_seg
+
+            alg = Algorithm.from_checkpoint(args.model, meta)
+            written.append(
+                write_seg(pred.labels, scan, out, alg, series_uid=args.series, protected=protected)
+            )
+        else:
+            written.append(io.write(pred.labels, out, protected=protected))
+        if extras.get("probabilities") and pred.probabilities is not None:
+            written.append(io.write(pred.probabilities, extras["probabilities"], protected=protected))
+        if extras.get("uncertainty") and pred.uncertainty is not None:
+            written.append(io.write(pred.uncertainty, extras["uncertainty"], protected=protected))
+        if extras.get("attention"):
+            for i, att in enumerate(pred.attention):
+                written.append(
+                    io.write(att, _with_tag(extras["attention"], f"_gate{i}"), protected=protected)
+                )
     if not args.json:
         for note in pred.notes:
             say(f"{scan.name}: note: {note}")
@@ -323,6 +334,48 @@ def _predict_one(
 def is_seg_path(path: Path) -> bool:
     """``--out result.dcm`` asks for a DICOM SEG."""
     return path.suffix.lower() in (".dcm", ".dicom")
+
+
+_FLOAT_FORMATS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".tif", ".tiff")
+
+
+def _check_outputs(args: argparse.Namespace, folder_mode: bool) -> None:
+    """Every output path (type, folder, writability, not an input, not twice) before any work."""
+    from ..core.atomic import check_output_folder, check_outputs
+    from ..core.errors import ImageWriteError, InferenceError
+    from ..core.io import WRITE_FORMATS
+    from ..core.io._formats import suffix_of, supported_write_list
+
+    floats = {
+        "--save-probabilities": args.save_probabilities,
+        "--save-uncertainty": args.save_uncertainty,
+        "--save-attention": args.save_attention,
+    }
+    if folder_mode:
+        if args.out.exists() and not args.out.is_dir():
+            raise InferenceError(f"--out {args.out} is a file; with a folder of scans give an output folder")
+        if args.ext and suffix_of("x" + args.ext) not in WRITE_FORMATS:
+            raise ImageWriteError(
+                f"--ext {args.ext}: cannot save masks as that; use one of {supported_write_list()}"
+            )
+        for flag, folder in {"--out": args.out, **floats}.items():
+            if folder is not None:
+                check_output_folder(folder, flag)
+        return
+    if args.out.is_dir():
+        raise InferenceError(f"--out {args.out} is a folder; give a file name such as mask.nii.gz")
+    if suffix_of(args.out) not in WRITE_FORMATS and not is_seg_path(args.out):
+        raise ImageWriteError(
+            f"--out {args.out.name}: cannot save a mask as {suffix_of(args.out) or '(no extension)'}; "
+            f"use one of {supported_write_list()}"
+        )
+    for flag, p in floats.items():
+        if p is not None and suffix_of(p) not in _FLOAT_FORMATS:
+            raise ImageWriteError(
+                f"{flag} {p.name}: float maps need one of {', '.join(_FLOAT_FORMATS)} "
+                f"(not {suffix_of(p) or 'no extension'})"
+            )
+    check_outputs({"--out": args.out, **floats}, protected=[args.input, args.model])
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -350,6 +403,10 @@ def run_predict(args: argparse.Namespace) -> int:
         )
     if not args.input.exists():
         raise InferenceError(f"{args.input} does not exist; check the path")
+    if not (args.input.is_file() or args.input.is_dir()):
+        raise InferenceError(f"{args.input} is not a regular file or folder (a pipe or a device?)")
+    folder_mode = args.input.is_dir() and not _is_dicom_folder(args.input)
+    _check_outputs(args, folder_mode)  # before the model is loaded or a voxel is predicted
     post = {}
     if args.min_size:
         post["min_size"] = args.min_size
@@ -370,12 +427,9 @@ def run_predict(args: argparse.Namespace) -> int:
     )
     model, meta = ckpt.load(args.model, device="cpu")
 
-    folder_mode = args.input.is_dir() and not _is_dicom_folder(args.input)
     if not folder_mode:
         if rank != 0:
             return 0
-        if args.out.is_dir():
-            raise InferenceError(f"--out {args.out} is a folder; give a file name such as mask.nii.gz")
         if is_seg_path(args.out) and not (
             args.input.is_dir() or args.input.suffix.lower() in (".dcm", ".dicom", "")
         ):

@@ -18,6 +18,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+from ..core.atomic import expect_unchanged
 from ..core.defaults import FINETUNE_BUDGET_2D_S, FINETUNE_BUDGET_3D_S
 from ..core.errors import SegStudioError, TrainingError
 from ..core.progress import CancelToken, Progress
@@ -215,11 +216,16 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..core.atomic import check_output_folder
     from ..core.training import iter_fit
 
     cfg = train_config(args)
     token = CancelToken()
-    res = drive(iter_fit(cfg, token), Bar(quiet=args.quiet))
+    out = Path(cfg.out)
+    if out.suffix != ".segmodel":  # (a .segmodel --out gets its own message from iter_fit)
+        check_output_folder(out, "--out")
+    with expect_unchanged(out / "best.segmodel", out / "last.segmodel"):
+        res = drive(iter_fit(cfg, token), Bar(quiet=args.quiet))
     if os.environ.get("RANK") not in (None, "0"):
         return 0
     summary = {
@@ -312,6 +318,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         if not (args.val_images and args.val_labels):
             raise TrainingError("give both --val-images and --val-labels")
         val = _pairs(args.val_images, args.val_labels)
+    _check_finetune_out(args)  # before a whole training budget is spent
     gen = iter_finetune(
         args.model,
         _pairs(args.images, args.labels),
@@ -331,7 +338,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         replay=args.replay,
         cancel=CancelToken(),
     )
-    res = drive(gen, Bar(quiet=args.quiet))
+    with expect_unchanged(args.out):  # a second fine-tune to the same --out must not be lost silently
+        res = drive(gen, Bar(quiet=args.quiet))
     warnings = (
         [] if res.better else [f"the fine-tuned model is not better than its parent: {res.not_better_reason}"]
     )
@@ -371,6 +379,19 @@ def run_finetune(args: argparse.Namespace) -> int:
     for w in warnings:
         sys.stderr.write(f"warning: {w}; its card says so; keep using {res.parent.name}\n")
     return 0
+
+
+def _check_finetune_out(args: argparse.Namespace) -> None:
+    from ..core.atomic import check_output
+
+    if args.out.suffix != ".segmodel":
+        raise TrainingError(f"the fine-tuned model is a .segmodel file; got --out {args.out.name}")
+    protected = [args.model, args.images, args.labels, args.val_images, args.val_labels]
+    if args.model.exists() and args.out.exists() and os.path.samefile(args.model, args.out):
+        raise TrainingError(
+            "the fine-tuned model must go to a new file; the parent checkpoint is never overwritten"
+        )
+    check_output(args.out, protected, "--out")
 
 
 def _r(v: float | None, digits: int = 4) -> float | None:
@@ -413,16 +434,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
         w.writerows(rows)
         sys.stdout.write(buf.getvalue())
         return 0
-    _say(f"{'case':<24} {'class':<18} {'Dice':>7} {'IoU':>7} {'HD95 mm':>9} {'vol ml':>9} {'ref ml':>9}")
-    for r in rows:
-        _say(
-            f"{r['case'][:24]:<24} {str(r['class']) + ' ' + r['name']:<18.18} {_f(r['dice'])} {_f(r['iou'])} "
-            f"{_f(r['hd95_mm'], 9, 2)} {_f(r['volume_pred_ml'], 9, 3)} {_f(r['volume_truth_ml'], 9, 3)}"
-        )
-    if len(cases) > 1:
-        for c in mean["dice"]:
+    first = cases[0] if cases else None
+    lu = first.length_unit if first else "mm"
+    su = first.size_unit if first else "ml"
+    sn = "area" if first and first.size_name == "area" else "vol"
+    _say(
+        f"{'case':<24} {'class':<18} {'Dice':>7} {'IoU':>7} {'HD95 ' + lu:>9} {sn + ' ' + su:>9} {'ref ' + su:>9}"
+    )
+    for cm in cases:
+        for c in cm.dice:
+            name = cm.class_names.get(c, f"class {c}")
             _say(
-                f"{'mean':<24} {str(c):<18} {_f(mean['dice'][c])} {_f(mean['iou'][c])} {_f(mean['hd95_mm'][c], 9, 2)}"
+                f"{cm.name[:24]:<24} {str(c) + ' ' + name:<18.18} {_f(cm.dice[c])} {_f(cm.iou[c])} "
+                f"{_f(cm.hd95[c], 9, 2)} {_f(cm.size_pred[c], 9, 3)} {_f(cm.size_truth[c], 9, 3)}"
+            )
+    if len(cases) > 1:
+        names = {c: n for case in cases for c, n in case.class_names.items()}
+        for c in mean["dice"]:
+            label = f"{c} {names.get(c, f'class {c}')}"
+            _say(
+                f"{'mean':<24} {label:<18.18} {_f(mean['dice'][c])} {_f(mean['iou'][c])} "
+                f"{_f(mean[f'hd95_{lu}'][c], 9, 2)}"
             )
     return 0
 

@@ -138,6 +138,8 @@ class FinetuneSection(QGroupBox):
             "pairs are kept in a '.replay' folder beside the first fine-tuned model"
         )
         self.versions = QComboBox()
+        self.versions.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.versions.setMinimumContentsLength(12)  # long file names must not widen the narrow panel
         self.versions.setToolTip("this model's lineage: each fine-tune back to the model it started from")
         self.use_version_button = QPushButton("use this version")
         self.finetune_button = QPushButton("Fine-tune on my corrections")
@@ -152,10 +154,11 @@ class FinetuneSection(QGroupBox):
         self.plot = LossPlot()
 
         lay = QVBoxLayout(self)
+        lay.addWidget(self.only_changed)  # on its own row: the panel is narrow (see panel.PANEL_WIDTH)
         row = QHBoxLayout()
-        row.addWidget(self.only_changed, 1)
         row.addWidget(QLabel("budget"))
         row.addWidget(self.budget)
+        row.addStretch(1)
         lay.addLayout(row)
         lay.addWidget(self.series)
         row = QHBoxLayout()
@@ -191,8 +194,9 @@ class FinetuneSection(QGroupBox):
 
         vol = L.labels_volume(mask, scan)
         arr = np.asarray(vol.array)
-        base = self.run.baseline(mask)
-        changed = arr != base if base is not None and base.shape == arr.shape else None
+        changed = self.run.user_voxels(mask)  # what the user corrected (None: no prediction to compare)
+        if changed is not None and changed.shape != arr.shape:
+            changed = None
         if only_changed:
             if changed is None:
                 raise ValueError(

@@ -25,6 +25,43 @@ ROLE_MASK = "mask"
 ROLE_OUTPUT = "output"
 
 
+#: Width (px) of a layer name that napari's layer list shows whole at its default width. Measured
+#: under Xvfb (bold 9 pt): names of 192-193 px such as "hippocampus_003: p(vessel)" showed whole,
+#: "PGBM-003_19950329 T1post mask" (233 px) was cut in the middle.
+LAYER_NAME_PX = 193
+#: Without a QApplication to measure with: about 8 px a character.
+LAYER_NAME_CHARS = 24
+
+
+def _fits(text: str) -> bool:
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return len(text) <= LAYER_NAME_CHARS
+    from qtpy.QtGui import QFont, QFontMetrics
+
+    font = QFont(QApplication.font())
+    font.setBold(True)  # napari draws layer names in bold
+    return QFontMetrics(font).horizontalAdvance(text) <= LAYER_NAME_PX
+
+
+def derived_name(scan_name: str, what: str, sep: str = " ") -> str:
+    """The name of a layer made from a scan (``what`` = "mask", "p(lung)"...) that napari shows whole.
+
+    ``"{scan}{sep}{what}"`` when it fits; else ``"{what} ({scan shortened in the middle})"``, so what
+    the layer is stays readable and the scan is still recognisable by both ends of its name.
+    """
+    full = f"{scan_name}{sep}{what}"
+    if _fits(full):
+        return full
+    for keep in range(len(scan_name) - 1, 3, -1):
+        head = (keep + 1) // 2
+        short = f"{what} ({scan_name[:head]}\u2026{scan_name[len(scan_name) - (keep - head) :]})"
+        if _fits(short):
+            return short
+    return what
+
+
 def _md(layer: Any) -> dict[str, Any]:
     md = layer.metadata.get(META_KEY) if hasattr(layer, "metadata") else None
     return md if isinstance(md, dict) else {}

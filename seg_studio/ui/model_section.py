@@ -22,13 +22,14 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QWidget,
 )
 
+from ..core.defaults import OVERLAP
 from ..core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,15 @@ def bundled_model_dirs() -> list[Path]:
 
 def find_checkpoints(extra: list[Path] | None = None) -> list[Path]:
     """Every ``.segmodel`` in the bundled folder, the user's model folder and ``extra`` files."""
+    from ..core.atomic import clean_stale_temps, is_temp_name
     from ..core.autosave import user_model_dir
 
+    clean_stale_temps(user_model_dir(), force=True)  # what a fine-tune killed mid-save left behind
     found: dict[Path, None] = {}
     for d in [*bundled_model_dirs(), user_model_dir()]:
         for p in sorted(d.rglob(f"*{CHECKPOINT_SUFFIX}")):
-            found[p.resolve()] = None
+            if not is_temp_name(p.name):  # a save in progress, or one a killed run left
+                found[p.resolve()] = None
     for p in extra or []:
         if p.is_file():
             found[p.resolve()] = None
@@ -240,7 +244,7 @@ class ModelSection(QGroupBox):
         self.overlap = QDoubleSpinBox()
         self.overlap.setRange(0.0, 0.9)
         self.overlap.setSingleStep(0.125)
-        self.overlap.setValue(0.25)
+        self.overlap.setValue(OVERLAP)  # the CLI's default too (core/defaults.py)
         self.overlap.setToolTip("overlap between sliding windows: more is smoother and slower")
         self.tta = QCheckBox("test-time augmentation (flips)")
         self.want_probabilities = QCheckBox("probabilities")
@@ -251,20 +255,25 @@ class ModelSection(QGroupBox):
         )
         for box in (self.want_probabilities, self.want_attention):
             box.setChecked(True)
+        self.want_attention.setVisible(False)  # offered for models with attention gates only
 
+        for combo in (self.variant, self.checkpoint, self.device):
+            # long names must not widen the docked panel (and squeeze napari's canvas): they elide
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(10)
+        self.open_button.setToolTip("add a .segmodel file to the list and select it")
         form = QFormLayout(self)
         form.addRow("Variant", self.variant)
-        row = QHBoxLayout()
-        row.addWidget(self.checkpoint, 1)
-        row.addWidget(self.open_button)
-        form.addRow("Checkpoint", row)
+        form.addRow("Checkpoint", self.checkpoint)
+        form.addRow("", self.open_button)
         form.addRow(self.card)
         form.addRow("Device", self.device)
         form.addRow("Overlap", self.overlap)
         form.addRow(self.tta)
-        outs = QHBoxLayout()
-        for box in (self.want_probabilities, self.want_uncertainty, self.want_attention):
-            outs.addWidget(box)
+        outs = QGridLayout()
+        outs.addWidget(self.want_probabilities, 0, 0)
+        outs.addWidget(self.want_uncertainty, 0, 1)
+        outs.addWidget(self.want_attention, 1, 0)
         form.addRow("Show", outs)
 
         self.variant.currentIndexChanged.connect(self._variant_changed)
@@ -502,7 +511,18 @@ class ModelSection(QGroupBox):
     def _checkpoint_changed(self) -> None:
         choice = self.current_choice()
         self.card.setText(card_html(self.current_info(), choice))
+        self._offer_attention(choice)
         self.choice_changed.emit(choice)
+
+    def _offer_attention(self, choice: ModelChoice | None) -> None:
+        """Show "attention maps" only for a model that has attention gates (a plain U-Net has none)."""
+        has = False
+        if choice is not None:
+            from ..core.models import makes_attention_maps  # torch is in after the probe
+
+            args = choice.config if choice.untrained else getattr(choice.meta, "arch_args", {})
+            has = makes_attention_maps(choice.variant, args)
+        self.want_attention.setVisible(has)
 
     def _open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -525,7 +545,7 @@ class ModelSection(QGroupBox):
         return {
             "probabilities": self.want_probabilities.isChecked(),
             "uncertainty": self.want_uncertainty.isChecked(),
-            "attention": self.want_attention.isChecked(),
+            "attention": self.want_attention.isChecked() and not self.want_attention.isHidden(),
         }
 
     def predict_options(self) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""The seg_studio dock widget: Model, Run, View, Correct and Fine-tune sections in one panel.
+"""The seg_studio dock widget: the scan and Run always in view, the other sections in tabs.
+
+The Run section (Predict, Cancel, progress, status) sits above the tabs, so the main action is
+never scrolled away, and so does the domain banner; Model, View, Correct, Fine-tune and Measure are
+one tab each, and a tab that is taller than the window scrolls on its own. Adding a section is one ``add_section``
+call. The panel keeps a small minimum size so that docking it never squeezes napari's canvas.
 
 Every button calls a public method of this panel (or of a section it forwards to), so scripts and
 tests drive the panel exactly as a user does: ``predict()``, ``cancel()``, ``finetune()``,
@@ -18,8 +23,12 @@ from qtpy.QtWidgets import (
     QApplication,
     QComboBox,
     QFormLayout,
+    QHBoxLayout,
+    QLabel,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -36,11 +45,15 @@ from .view_section import ViewSection
 
 log = logging.getLogger(__name__)
 
-#: How long closing the window waits for running workers (the start-up warm-up) to end.
-WARM_UP_WAIT_MS = 10_000
+#: The panel's width: napari gives a docked widget its size hint, and at 470 px (the old single
+#: column) a 1400 px window left the canvas 580 px; this width fits every section's widest row.
+PANEL_WIDTH = 390
+#: The window size (without the panel) that ``make_room`` grows napari's window to, screen permitting:
+#: napari's own layer controls take ~330 px, so the canvas then keeps ~700 px.
+MIN_WINDOW = (1030, 860)
 
 
-class SegStudioPanel(QScrollArea):
+class SegStudioPanel(QWidget):
     """Pick a model, predict in the background, look, correct, fine-tune, save."""
 
     def __init__(self, napari_viewer: Any, autosave_interval_s: float | None = None) -> None:
@@ -48,21 +61,31 @@ class SegStudioPanel(QScrollArea):
 
         guard_triton()  # before any fine-tune imports torch._dynamo (see native_guard)
         super().__init__()
+        from .app import prefer_reader
+
+        prefer_reader()  # docked from napari's Plugins menu: File > Open then uses our reader too
         self.viewer = napari_viewer
-        self.setWidgetResizable(True)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setMinimumWidth(380)
-        body = QWidget()
-        self.setWidget(body)
-        lay = QVBoxLayout(body)
+        self._grew_window = False
+        self.setMinimumWidth(PANEL_WIDTH - 60)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
 
         self.scan_combo = QComboBox()
         self.scan_combo.setToolTip("the scan that Predict and Fine-tune use")
-        top = QFormLayout()
-        top.addRow("Scan", self.scan_combo)
+        # long DICOM series names must not widen the panel; the full name is in the tooltip
+        self.scan_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.scan_combo.setMinimumContentsLength(12)
+        self.model_label = QLabel("looking for models...")
+        self.model_label.setToolTip("the model Predict uses (choose it in the Model tab)")
+        self.model_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.pacs_button = QPushButton("PACS...")
         self.pacs_button.setToolTip("browse a PACS's series, open one, send the mask back as a DICOM SEG")
-        top.addRow("", self.pacs_button)
+        scan_row = QHBoxLayout()
+        scan_row.addWidget(self.scan_combo, 1)
+        scan_row.addWidget(self.pacs_button)
+        top = QFormLayout()
+        top.addRow("Scan", scan_row)
+        top.addRow("Model", self.model_label)
         lay.addLayout(top)
         #: persistent notice when the model does not fit the scan or its result (see domain_banner)
         self.banner = DomainBanner()
@@ -74,18 +97,18 @@ class SegStudioPanel(QScrollArea):
         self.correct = CorrectSection(self.viewer, self.scan_layer, self.mask_layer)
         self.finetune_section = FinetuneSection(self.viewer, self.models, self.run, self.scan_layer)
         self.measure_section = MeasureSection(self.viewer, self.scan_layer, self.mask_layer)
-        sections = (
-            self.models,
-            self.run,
-            self.view,
-            self.correct,
-            self.measure_section,
-            self.finetune_section,
-        )
-        for section in sections:
-            lay.addWidget(section)
+        lay.addWidget(self.run)  # Predict / Cancel / progress: always in view
+        self.tabs = QTabWidget()
+        self.tabs.setUsesScrollButtons(True)
+        lay.addWidget(self.tabs, 1)
+        self._tab_pages: dict[str, QVBoxLayout] = {}
+        self.add_section("Model", self.models)
+        self.add_section("View", self.view)
+        self.add_section("Correct", self.correct)
+        self.add_section("Fine-tune", self.finetune_section)
+        self.add_section("Measure", self.measure_section)
+        self.models.choice_changed.connect(self._show_model)
         self._hospital_wiring()
-        lay.addStretch(1)
         self.domain_watch = DomainWatch(self.banner, self.models, self._scan_volume)
         self.run.finished.connect(self._check_result)
 
@@ -113,6 +136,85 @@ class SegStudioPanel(QScrollArea):
         if app is not None:  # standalone app and napari plugin alike: a last autosave on quit
             app.aboutToQuit.connect(self.shutdown)
         self.models.start_probe()
+
+    # --- layout ---------------------------------------------------------------------------------------
+    def add_section(self, tab: str, section: QWidget) -> None:
+        """Put ``section`` at the end of tab ``tab`` (a new tab if there is none of that name)."""
+        page = self._tab_pages.get(tab)
+        if page is None:
+            body = QWidget()
+            page = QVBoxLayout(body)
+            page.setContentsMargins(2, 2, 2, 2)
+            page.addStretch(1)
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+            scroll.setWidget(body)
+            self.tabs.addTab(scroll, tab)
+            self._tab_pages[tab] = page
+        page.insertWidget(page.count() - 1, section)  # above the stretch
+
+    def section_tab(self, section: QWidget) -> str | None:
+        """The name of the tab that holds ``section``."""
+        for i in range(self.tabs.count()):
+            if self.tabs.widget(i).isAncestorOf(section):
+                return self.tabs.tabText(i)
+        return None
+
+    def show_section(self, section: QWidget) -> None:
+        """Bring the tab that holds ``section`` to the front (e.g. the autosave offer in Correct)."""
+        for i in range(self.tabs.count()):
+            if self.tabs.widget(i).isAncestorOf(section):
+                self.tabs.setCurrentIndex(i)
+                return
+
+    def sizeHint(self) -> Any:  # noqa: N802 - Qt's name
+        hint = super().sizeHint()
+        hint.setWidth(PANEL_WIDTH)
+        return hint
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if not self._grew_window:
+            self._grew_window = True
+            from qtpy.QtCore import QTimer
+
+            timer = QTimer(self)  # a child: it goes with the panel if the window closes first
+            timer.setSingleShot(True)
+            timer.timeout.connect(self.make_room)
+            timer.start(0)
+
+    def make_room(self) -> bool:
+        """Widen the main window by the panel, as far as the screen allows, so the canvas keeps its width.
+
+        napari opens at 1089x630 on a 1400x900 screen with fresh settings; docking the panel there
+        left the canvas a 270 px strip. A maximised or full-screen window is left alone.
+        Returns True if the window was resized.
+        """
+        win = self.window()
+        if win is self or not win.isVisible() or win.isMaximized() or win.isFullScreen():
+            return False
+        screen = win.screen().availableGeometry() if win.screen() is not None else None
+        if screen is None:
+            return False
+        width = min(screen.width(), max(win.width(), MIN_WINDOW[0] + PANEL_WIDTH))
+        height = min(screen.height(), max(win.height(), MIN_WINDOW[1]))
+        if (width, height) == (win.width(), win.height()) or width < win.width() or height < win.height():
+            return False
+        win.resize(width, height)
+        frame = win.frameGeometry()
+        left = max(screen.left(), min(frame.left(), screen.right() - frame.width() + 1))
+        top = max(screen.top(), min(frame.top(), screen.bottom() - frame.height() + 1))
+        win.move(left, top)
+        return True
+
+    def _show_model(self, choice: Any) -> None:
+        text = choice.label if choice is not None else "none: pick one in the Model tab"
+        self.model_label.setText(text)
+        self.model_label.setToolTip(
+            str(choice.checkpoint) if choice is not None and choice.checkpoint else text
+        )
 
     def _warm_up(self) -> None:
         """Once, after the model list is in: import what the first run needs (see ``warmup``)."""
@@ -190,6 +292,8 @@ class SegStudioPanel(QScrollArea):
         self.scan_combo.blockSignals(True)
         self.scan_combo.clear()
         self.scan_combo.addItems(names)
+        for i, name in enumerate(names):
+            self.scan_combo.setItemData(i, name, Qt.ItemDataRole.ToolTipRole)
         if event is not None and getattr(event, "type", "") == "inserted" and L.is_scan_layer(event.value):
             current = event.value.name  # a newly opened scan becomes the current one
         self.scan_combo.setCurrentIndex(names.index(current) if current in names else len(names) - 1)
@@ -229,6 +333,7 @@ class SegStudioPanel(QScrollArea):
         self.finetune_section.cancel()
 
     def finetune(self, budget_s: float | None = None, only_changed: bool | None = None) -> bool:
+        self.show_section(self.finetune_section)  # its plot and the Re-run offer
         return self.finetune_section.finetune(budget_s=budget_s, only_changed=only_changed)
 
     def rerun(self) -> bool:
@@ -288,14 +393,9 @@ class SegStudioPanel(QScrollArea):
         self.cancel()
         self.measure_section.stop()
         self.autosaver.stop()
-        if self._warm_job is not None and self._warm_job.running:
-            # imports cannot be interrupted; let the warm-up end rather than emit into a dead window
-            from napari.qt.threading import GeneratorWorker
+        from .workers import await_jobs
 
-            try:
-                GeneratorWorker.await_workers(msecs=WARM_UP_WAIT_MS)
-            except RuntimeError:
-                log.warning("a worker was still running when the window closed")
+        await_jobs()  # imports (the warm-up) cannot be interrupted: let them end, not emit into a dead window
         if self.autosaver.dirty:
             try:
                 self.autosaver.autosave_now()
@@ -312,6 +412,7 @@ class SegStudioPanel(QScrollArea):
         )
         self.correct.restore_button.setVisible(True)
         self.correct.discard_button.setVisible(True)
+        self.show_section(self.correct)
         show_info(f"autosaved labels from {info.age_text} found for {layer.name}: see Correct > Restore")
 
     def _hide_offer(self) -> None:

@@ -4,7 +4,9 @@ The worker loads the model (or builds an untrained variant) and drives ``inferen
 the main thread then adds the mask as a Labels layer with the checkpoint's class names and colours
 and the optional maps (probabilities, uncertainty, one per attention gate level) as hidden,
 additive, colormapped Image layers, all on the scan's physical grid. A re-run over an existing mask
-writes into it as one undoable step (Ctrl+Z brings the previous mask back). The scan is only read.
+writes into it as one undoable step (Ctrl+Z brings the previous mask back) and, with "Keep my
+corrections" ticked (the default), fills only the voxels the user has not changed since the model
+wrote them (``core.corrections``). The scan is only read.
 """
 
 from __future__ import annotations
@@ -16,8 +18,18 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
+from ..core.corrections import ModelBaseline, merge_prediction, user_voxels
 from ..core.progress import Progress
 from ..core.volume import LabelInfo, Volume
 from . import layers as L
@@ -107,8 +119,11 @@ class RunSection(QGroupBox):
         self.job: Any = None
         self.last_prediction: Any = None
         self.last_error: str = ""
-        #: mask layer -> the array the model produced (for "fine-tune on what changed")
-        self._baselines: dict[Any, np.ndarray] = {}
+        #: mask layer id -> what the model wrote into it (tells the user's corrections from the rest)
+        self._baselines: dict[Any, ModelBaseline] = {}
+        #: the user's voxels the last prediction kept (None: it made a new mask)
+        self.last_kept: int | None = None
+        self._kept_note = ""
         viewer.layers.events.removed.connect(
             lambda e: self._baselines.pop(getattr(e.value, "unique_id", None), None)
         )
@@ -126,11 +141,18 @@ class RunSection(QGroupBox):
         self.bar.setValue(0)
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
+        self.keep_corrections = QCheckBox("keep my corrections")
+        self.keep_corrections.setChecked(True)
+        self.keep_corrections.setToolTip(
+            "Predict and Re-run fill only the voxels you have not painted, filled or erased since the "
+            "model wrote them; untick to replace the whole mask (Ctrl+Z undoes either in one step)"
+        )
         lay = QVBoxLayout(self)
         row = QHBoxLayout()
         row.addWidget(self.predict_button, 2)
         row.addWidget(self.cancel_button, 1)
         lay.addLayout(row)
+        lay.addWidget(self.keep_corrections)
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
         self.predict_button.clicked.connect(lambda: self.predict())
@@ -220,7 +242,9 @@ class RunSection(QGroupBox):
             for note in pred.notes:
                 show_info(note)
         self.bar.setValue(1000)
-        self.status.setText(f"done in {time.perf_counter() - self._t0:.1f} s on {pred.device}")
+        self.status.setText(
+            f"done in {time.perf_counter() - self._t0:.1f} s on {pred.device}{self._kept_note}"
+        )
 
     def _error(self, message: str, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
@@ -245,9 +269,11 @@ class RunSection(QGroupBox):
         self.cancel_button.setEnabled(False)
         self.finished.emit(self._outcome)
 
-    def baseline(self, mask: Any) -> np.ndarray | None:
-        """What the model predicted into ``mask`` last (to find the voxels the user changed)."""
-        return self._baselines.get(mask.unique_id)
+    def user_voxels(self, mask: Any) -> np.ndarray | None:
+        """The voxels of ``mask`` the user corrected (see ``core.corrections``); None if the model never
+        wrote into it."""
+        base = self._baselines.get(mask.unique_id)
+        return user_voxels(np.asarray(mask.data), base) if base is not None else None
 
     # --- layers -----------------------------------------------------------------------------------
     def mask_layer(self, scan_layer: Any) -> Any:
@@ -278,21 +304,38 @@ class RunSection(QGroupBox):
         place = L.layer_kwargs(pred.labels, like=scan_layer)
         mask = self.mask_layer(scan_layer)
         if mask is not None and L._md(mask).get("role") == L.ROLE_MASK:
-            L.replace_labels(mask, labels)
+            keep = self.keep_corrections.isChecked()
+            before = self._baselines.get(mask.unique_id)
+            merged, baseline, self.last_kept = merge_prediction(
+                np.asarray(mask.data), labels, before, keep=keep
+            )
+            if keep and before is None:
+                # e.g. restored from an autosave: nothing tells the corrections from the rest
+                self._kept_note = (
+                    "; the mask has no prediction behind it, so all of it was kept "
+                    "(untick 'keep my corrections' to replace it)"
+                )
+            elif self.last_kept:
+                self._kept_note = f"; {self.last_kept} voxel(s) you corrected were kept"
+            else:
+                self._kept_note = ""
+            L.replace_labels(mask, merged)  # one undo step
             mask.colormap = L.class_colormap(classes)
             mask.features = L.class_features(classes)
             mask.metadata = {**mask.metadata, **md}
         else:
+            self.last_kept, self._kept_note = None, ""
+            baseline = ModelBaseline.of_prediction(labels)
             mask = self.viewer.add_labels(
                 labels.copy(),
-                name=f"{scan_layer.name} mask",
+                name=L.derived_name(scan_layer.name, "mask"),
                 colormap=L.class_colormap(classes),
                 features=L.class_features(classes),
                 metadata=md,
                 opacity=0.5,
                 **place,
             )
-        self._baselines[mask.unique_id] = labels.copy()
+        self._baselines[mask.unique_id] = baseline
         self._add_maps(pred, classes, scan_layer)
         self.viewer.layers.selection.active = mask
         mask.mode = "pan_zoom"
@@ -300,7 +343,10 @@ class RunSection(QGroupBox):
 
     def _add_maps(self, pred: Any, classes: list[Any], scan_layer: Any) -> None:
         """Probability / uncertainty / attention maps: hidden, additive, colormapped, on the scan grid."""
-        prefix = f"{scan_layer.name}:"
+
+        def named(what: str) -> str:
+            return L.derived_name(scan_layer.name, what, sep=": ")
+
         maps: list[tuple[str, Volume, str]] = []
         if pred.probabilities is not None:
             probs = pred.probabilities
@@ -310,23 +356,25 @@ class RunSection(QGroupBox):
                     continue
                 maps.append(
                     (
-                        f"{prefix} p({c.name})",
+                        named(f"p({c.name})"),
                         probs.with_array(arr[i]) if probs.channels > 1 else probs,
                         "green",
                     )
                 )
         if pred.uncertainty is not None:
-            maps.append((f"{prefix} uncertainty", pred.uncertainty, "magma"))
+            maps.append((named("uncertainty"), pred.uncertainty, "magma"))
         n = len(pred.attention)
         for k, att in enumerate(pred.attention):
             # deepest level first (SegOutput's order); name them by level from the top for the user
             maps.append(
-                (f"{prefix} attention level {n - k}", att, ATTENTION_COLORMAPS[k % len(ATTENTION_COLORMAPS)])
+                (named(f"attention L{n - k}"), att, ATTENTION_COLORMAPS[k % len(ATTENTION_COLORMAPS)])
             )
         # maps of an earlier run that this one does not make go now; the others are updated in place
         wanted = {name for name, _, _ in maps}
         for ly in [
-            ly for ly in self.viewer.layers if L.role(ly) == L.ROLE_OUTPUT and ly.name.startswith(prefix)
+            ly
+            for ly in self.viewer.layers
+            if L.role(ly) == L.ROLE_OUTPUT and L._md(ly).get("scan_layer") == scan_layer.name
         ]:
             if ly.name not in wanted:
                 self.viewer.layers.remove(ly)

@@ -142,7 +142,13 @@ def test_folder_with_a_bad_file_skips_it(models: dict[str, Path], tmp_path: Path
     captured = capsys.readouterr()
     assert rc == 1
     assert "skipped broken.nii.gz" in captured.out and "2 of 3 scans done" in captured.out
-    assert sorted(p.name for p in out.iterdir()) == ["s0.nii.gz", "s1.nii.gz"]
+    # each mask with its class names beside it (NIfTI has no room for them)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "s0.labels.json",
+        "s0.nii.gz",
+        "s1.labels.json",
+        "s1.nii.gz",
+    ]
     assert "windows" in captured.err  # plain progress lines, not a bar: stderr is not a terminal here
     for s in scans:
         assert io.read(out / s.name).same_geometry(io.read(s))
@@ -162,7 +168,9 @@ def test_torchrun_two_processes_shard_the_folder(models: dict[str, Path], tmp_pa
     wrote = [line.split("wrote ", 1)[1] for line in res.stdout.splitlines() if line.startswith("wrote ")]
     assert sorted(Path(w).name for w in wrote) == [f"s{i}.nii.gz" for i in range(4)]  # each exactly once
     assert "4 of 4 scans done" in res.stdout and "(2 processes)" in res.stdout
-    assert sorted(p.name for p in out.iterdir()) == [f"s{i}.nii.gz" for i in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"s{i}.nii.gz" for i in range(4)] + [f"s{i}.labels.json" for i in range(4)]
+    )
     # correct: the same masks as a single process
     single = tmp_path / "single"
     assert main(["predict", str(tmp_path / "in"), "--model", str(models["3d"]), "--out", str(single)]) == 0

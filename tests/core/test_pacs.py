@@ -37,6 +37,13 @@ def _dimse(orthanc) -> list[str]:  # noqa: ANN001
     return ["--host", "127.0.0.1", "--port", str(orthanc.dicom_port), "--aet", "ORTHANC_TEST"]
 
 
+def _seg_series(orthanc) -> dict[str, dict]:  # noqa: ANN001
+    """Orthanc's SEG series by ID."""
+    return {
+        s["ID"]: s for s in orthanc.get_json("/series?expand") if s["MainDicomTags"].get("Modality") == "SEG"
+    }
+
+
 def test_round_trip_pull_segment_push_find_read_back(
     orthanc, stored, pacs_cache: Path, tmp_path: Path, capsys
 ) -> None:  # noqa: ANN001
@@ -58,8 +65,9 @@ def test_round_trip_pull_segment_push_find_read_back(
     info = capsys.readouterr().out
     assert "segment 1: organ" in info and stored["series"] in info and "demo3d_unet" in info
 
+    earlier = _seg_series(orthanc)  # the Orthanc fixture is shared with the other PACS tests
     assert main(["pacs", "send", str(seg_path), *web]) == 0
-    segs = [s for s in orthanc.get_json("/series?expand") if s["MainDicomTags"].get("Modality") == "SEG"]
+    segs = [s for sid, s in _seg_series(orthanc).items() if sid not in earlier]
     assert len(segs) == 1
     inst = orthanc.get_json(f"/instances/{segs[0]['Instances'][0]}/tags?simplify")
     assert inst["ReferencedSeriesSequence"][0]["SeriesInstanceUID"] == stored["series"]

@@ -91,10 +91,18 @@ def test_pacs_dialog_round_trip_with_measurements(
     assert ms.report.classes[0].voxels == int((np.asarray(mask.data) == 1).sum())
     assert ms.gui_seconds < 0.1
 
+    def seg_series() -> dict[str, dict]:
+        return {
+            s["ID"]: s
+            for s in orthanc.get_json("/series?expand")
+            if s["MainDicomTags"].get("Modality") == "SEG"
+        }
+
+    earlier = seg_series()  # the Orthanc fixture is shared with the CLI round-trip tests
     _click(qtbot, dlg.send_button)
     qtbot.waitUntil(lambda: not dlg.busy, timeout=TIMEOUT_MS)
     assert "stored 1" in dlg.status.text(), dlg.status.text()
-    segs = [s for s in orthanc.get_json("/series?expand") if s["MainDicomTags"].get("Modality") == "SEG"]
+    segs = [s for sid, s in seg_series().items() if sid not in earlier]
     assert len(segs) == 1
     inst = segs[0]["Instances"][0]
     tags = orthanc.get_json(f"/instances/{inst}/tags?simplify")

@@ -148,16 +148,9 @@ def test_predict_adds_mask_and_maps_on_the_scan_grid(dims, tmp_path, make_panel,
         assert tuple(ly.contrast_limits) == (0.0, 1.0) and ly.opacity <= 0.5
     np.testing.assert_array_equal(scan_layer.data, before)  # the scan is never modified
 
-    # a re-run writes into the same mask as one undo step
-    edited = np.array(mask.data, copy=True)
-    centre = tuple(np.array([i]) for i in np.array(image.spatial_shape) // 2)
-    mask.data_setitem(centre, (int(mask.data[centre][0]) + 1) % len(labels.labels))
-    painted = np.array(mask.data, copy=True)
+    # a re-run writes into the same mask (the user's corrections are kept: see test_rerun_... below)
     assert run_predict(panel, qtbot) == "done"
     assert panel.mask_layer() is mask
-    np.testing.assert_array_equal(mask.data, edited)
-    mask.undo()
-    np.testing.assert_array_equal(mask.data, painted)
 
 
 def test_cancel_leaves_no_layer_and_no_file(tmp_path, make_panel, qtbot, _app_home):
@@ -475,3 +468,107 @@ def test_an_untrained_variant_is_built_narrow_for_the_one_click_budget(tmp_path,
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in wide.parameters()) / 3
     panel.models.select_variant("attention_unet", untrained=True, features=12)
     assert panel.models.current_choice().config == {"features": 12}
+
+
+# --- corrections are never overwritten ---------------------------------------------------------------
+
+
+def _other_model(ckpt: Path, out: Path) -> Path:
+    """The same architecture with perturbed weights: it predicts differently."""
+    model, meta = checkpoint.load(ckpt)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(0.7 * torch.randn_like(prm))
+    return checkpoint.save(out, model, meta)
+
+
+def test_rerun_with_another_model_keeps_every_kind_of_correction(tmp_path, make_panel, qtbot):
+    scan_path, image, labels = write_scan(tmp_path, 3)
+    classes = sample_classes(labels)
+    ckpt1 = tiny_checkpoint(tmp_path / "models", 3, classes)
+    ckpt2 = _other_model(ckpt1, tmp_path / "models" / "other3d.segmodel")
+    viewer, panel = make_panel(scan_path)
+    panel.open_checkpoint(ckpt1)
+    assert run_predict(panel, qtbot) == "done", panel.run.last_error
+    mask = panel.mask_layer()
+    p1 = np.array(mask.data, copy=True)
+    nz, ny, nx = p1.shape
+    z = nz // 2
+    viewer.dims.set_current_step(0, z)  # "the slice in view"
+
+    # napari's tools, called as its mouse bindings call them
+    mask.brush_size = 5
+    brush_at = (z, ny // 3, nx // 3)
+    mask.paint(brush_at, (int(p1[brush_at]) + 1) % 4)  # brush
+    mask.paint((z, 2 * ny // 3, 2 * nx // 3), 0)  # eraser (paints the background label)
+    mask.fill((z + 1, 0, 0), (int(p1[z + 1, 0, 0]) + 1) % 4)  # bucket fill of a whole region
+    undone_at = (z - 1, ny // 2, nx // 2)
+    mask.paint(undone_at, (int(p1[undone_at]) + 1) % 4)
+    mask.undo()  # Ctrl+Z: that voxel is the model's again
+    # the panel's clean-up helper on a stray island the user adds
+    island = np.zeros_like(p1)
+    island[z - 2, 1:3, 1:3] = 1
+    idx = np.nonzero(island & (p1 != 1))
+    mask.data_setitem(idx, 1)
+    assert panel.remove_small_islands(10) > 0
+    edited = np.array(mask.data, copy=True)
+    user = edited != p1
+    assert user[z].any() and user[z + 1].any() and not user[undone_at]
+
+    panel.open_checkpoint(ckpt2)
+    assert panel.run.keep_corrections.isChecked()  # the default
+    assert run_predict(panel, qtbot) == "done", panel.run.last_error
+    assert panel.mask_layer() is mask
+    merged = np.array(mask.data, copy=True)
+    np.testing.assert_array_equal(merged[user], edited[user])
+    assert f"{int(user.sum())} voxel(s) you corrected were kept" in panel.run.status.text()
+    assert panel.run.last_kept == int(user.sum())
+
+    mask.undo()  # the re-run is ONE undo step
+    np.testing.assert_array_equal(mask.data, edited)
+
+    # untick: the new model's mask replaces everything (what the lock prevented)
+    panel.run.keep_corrections.setChecked(False)
+    assert run_predict(panel, qtbot) == "done", panel.run.last_error
+    p2 = np.array(mask.data, copy=True)
+    assert (p2[user] != edited[user]).any()  # without the lock a correction is overwritten
+    assert (p2[~user] != p1[~user]).any()  # model 2 really predicts differently
+    np.testing.assert_array_equal(merged[~user], p2[~user])  # the lock filled the rest with model 2
+    assert merged[undone_at] == p2[undone_at]  # an undone edit is not a correction
+    mask.undo()
+    np.testing.assert_array_equal(mask.data, edited)
+    np.testing.assert_array_equal(panel.run.user_voxels(mask), user)  # undoing the overwrite: locked again
+
+
+def test_painting_then_rerunning_the_same_model_keeps_the_paint(tmp_path, make_panel, qtbot):
+    scan_path, image, labels = write_scan(tmp_path, 2)
+    ckpt = tiny_checkpoint(tmp_path / "models", 2, sample_classes(labels))
+    viewer, panel = make_panel(scan_path)
+    panel.open_checkpoint(ckpt)
+    assert run_predict(panel, qtbot) == "done"
+    mask = panel.mask_layer()
+    centre = tuple(np.array([i]) for i in np.array(image.spatial_shape) // 2)
+    mask.data_setitem(centre, (int(mask.data[centre][0]) + 1) % len(labels.labels))
+    painted = np.array(mask.data, copy=True)
+    assert run_predict(panel, qtbot) == "done"
+    np.testing.assert_array_equal(mask.data, painted)
+    # "only what I changed" trains on exactly the corrected voxels
+    from seg_studio.core.training.data import IGNORE_INDEX
+
+    train = panel.finetune_section.training_labels(mask, image, True)
+    assert (np.asarray(train.array) != IGNORE_INDEX).sum() == 1
+
+
+def test_saved_labels_keep_their_class_names(tmp_path, make_panel, qtbot):
+    """Save labels as NIfTI: the names travel in NAME.labels.json and come back (in napari and info)."""
+    scan_path, image, labels = write_scan(tmp_path, 3)
+    viewer, panel = make_panel(scan_path)
+    add_labels(viewer, labels)
+    out = panel.save_labels(tmp_path / "out" / "result.nii.gz")  # no 'label' in the name
+    assert sio.sidecar_path(out).is_file()
+    back = sio.read(out)
+    assert back.meta["kind"] == "labels"
+    assert {v: c.name for v, c in back.labels.items()} == {v: c.name for v, c in labels.labels.items()}
+    (layer,) = viewer.open(out, plugin="seg-studio")
+    assert type(layer).__name__ == "Labels" and "vessel" in list(layer.features["class"])

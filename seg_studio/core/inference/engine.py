@@ -34,6 +34,7 @@ from torch import nn
 
 from .. import postprocess as _post
 from ..checkpoint import ModelMeta
+from ..defaults import OVERLAP
 from ..errors import InferenceError
 from ..models.base import AUX_ATTENTION, AUX_UNCERTAINTY, SegModel
 from ..progress import CancelToken, EtaClock, Progress
@@ -58,7 +59,7 @@ class PredictOptions:
     """
 
     device: str = "auto"
-    overlap: float = 0.5
+    overlap: float = OVERLAP
     batch_size: int = 4
     tta: bool = False
     precision: str = "auto"

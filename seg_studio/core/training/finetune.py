@@ -43,6 +43,7 @@ from ..progress import CancelToken, Progress
 from ..volume import Volume
 from .acceptance import MIN_OFFERED_STEPS, WARMUP_STEPS, Acceptance, Verdict, not_better_path
 from .augment import AugmentConfig
+from .checks import check_has_foreground, check_label_values
 from .child import child_card, child_classes, child_meta, round_weights, storage_dtype
 from .data import (
     IGNORE_INDEX,
@@ -360,6 +361,7 @@ def read_corrections(
             add_class(corr, v, name, bool((class_names or {}).get(v)), len(meta.classes))
     if not raw:
         raise TrainingError("no labelled voxels in the pairs; correct some of the mask first")
+    check_has_foreground((name, v) for name, _, v, _ in raw)
     corr.cases = [
         (make_case(name, img, values, corr.value_to_index, meta.normalization, meta.in_channels), is_val)
         for name, img, values, is_val in raw
@@ -388,6 +390,7 @@ def read_correction(
     or the labelled z-slices of a 3D pair for a 2D model."""
     img, lab = read_pair(src)
     values = apply_label_map(lab.array, lmap, ignore_value)
+    check_label_values(values, src.name)
     if img.ndim != dims:
         if dims == 2 and img.ndim == 3:
             slices = slices_as_2d(img, values)

@@ -27,6 +27,7 @@ from ..models import create_model, get_spec
 from ..progress import CancelToken, Progress
 from .adversarial import AdversarialConfig, AdversarialStep
 from .augment import AugmentConfig
+from .checks import check_has_foreground, check_label_values
 from .data import (
     Case,
     DatasetInfo,
@@ -270,7 +271,11 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
     if not val_cases and info.is_main and saver.last_path.exists():
         import shutil
 
-        shutil.copyfile(saver.last_path, saver.best_path)  # without validation, the last is the best we know
+        from ..atomic import atomic_write
+
+        # without validation, the last is the best we know (copied atomically: a kill leaves no half file)
+        last = saver.last_path
+        atomic_write(saver.best_path, lambda tmp: shutil.copyfile(last, tmp))
     if info.is_main and saver.best_path.exists():
         stamp_domain(cfg, saver.best_path, data, cases, set(split.val), info)
     best, last = saver.best_path, saver.last_path
@@ -331,6 +336,9 @@ def read_training_data(cfg: FitConfig, cancel: CancelToken | None) -> Generator[
             for v, li in lab.labels.items():
                 ds_info.labels.setdefault(int(v), li.name)
         yield Progress(i + 1, len(sources), "load", f"read {src.name}")
+    for name, _, values in loaded:
+        check_label_values(values, name)
+    check_has_foreground((name, v) for name, _, v in loaded)
     dims = {img.ndim for _, img, _ in loaded}
     chans = {img.channels for _, img, _ in loaded}
     if len(dims) != 1 or len(chans) != 1:
@@ -385,7 +393,7 @@ def start_model(cfg: FitConfig, out: Path, data: FitData) -> ModelStart:
             )
         rp = out / "resume.pt"
         if rp.exists():
-            resume_state = torch.load(rp, map_location="cpu", weights_only=True)
+            resume_state = checkpoint.load_resume_state(rp)
     if init_path is None:
         arch_args = _arch_args(cfg)
         model = create_model(
@@ -454,8 +462,10 @@ def restore_resume(plan: TrainingPlan, resume_state: dict[str, Any] | None) -> N
     """Put a saved ``resume.pt`` (optimiser state, step, best, history) back into the plan."""
     if resume_state is None:
         return
+    from .. import checkpoint
+
     assert plan.optimizer is not None
-    plan.optimizer.load_state_dict(resume_state["optimizer"])
+    checkpoint.restore_optimizer(plan.optimizer, resume_state["optimizer"], "resume.pt")
     st = resume_state["state"]
     plan.state = LoopState(
         int(st["step"]),
