@@ -7,6 +7,7 @@ the Dice it reports is the Dice of the file.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import torch
 from ..models import SegModel
 from .acceptance import Verdict
 from .parent_fit import ParentFit
+
+log = logging.getLogger(__name__)
 
 _SAFETENSORS_FLOATS = {
     "F16": torch.float16,
@@ -44,13 +47,23 @@ def storage_dtype(parent: Path) -> torch.dtype | None:
 
 
 @torch.no_grad()
-def round_weights(model: SegModel, dtype: torch.dtype | None) -> None:
-    """Round floating-point weights and buffers to ``dtype`` and back, in place: what saving will keep."""
+def round_weights(model: SegModel, dtype: torch.dtype | None) -> torch.dtype | None:
+    """Round floating-point weights and buffers to ``dtype`` and back, in place: what saving will keep.
+
+    Returns the dtype the child will be stored in: ``dtype``, or None (fp32) when some value lies beyond
+    ``dtype``'s range (a float16 file would hold infinities; the weights are then left as they are)."""
     if dtype is None:
-        return
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.is_floating_point():
-            t.copy_(t.to(dtype).to(t.dtype))
+        return None
+    tensors = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    limit = torch.finfo(dtype).max
+    if any(bool((t.abs() > limit).any()) for t in tensors):
+        log.warning(
+            "the fine-tuned weights exceed the %s range of the parent's file; storing them in fp32", dtype
+        )
+        return None
+    for t in tensors:
+        t.copy_(t.to(dtype).to(t.dtype))
+    return dtype
 
 
 def child_card(meta: Any, verdict: Verdict, fit: ParentFit | None = None) -> dict[str, Any]:

@@ -587,7 +587,7 @@ def train_and_judge(
         if state.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
             raise Cancelled("fine-tuning cancelled; nothing was written")
         child = unwrap(plan.model)
-        round_weights(child, setup.dtype)
+        setup.dtype = round_weights(child, setup.dtype)
         verdict = yield from acceptance.score_child(child, state.step, cancel)
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -626,7 +626,7 @@ def finetune_provenance(plan: TrainingPlan, setup: FinetuneSetup, trained: Train
         "acceptance": v.record(),
         "data": training_data_record([c for c, _ in corr.cases], corr.label_map),
         "new_classes": corr.new_classes,
-        "settings": finetune_settings(plan, setup.opts, v.steps),
+        "settings": {**finetune_settings(plan, setup.opts, v.steps), "stored_as": str(setup.dtype or "fp32")},
     }
     if setup.store is not None:
         prov["replay"] = {"folder": str(setup.store.folder), "replayed": corr.replayed}
