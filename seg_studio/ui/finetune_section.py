@@ -185,19 +185,19 @@ class FinetuneSection(QGroupBox):
     def busy(self) -> bool:
         return self.job is not None and self.job.running
 
-    def training_labels(self, mask: Any, scan: Any, only_changed: bool) -> tuple[Any, Any]:
-        """The mask as (training labels, validation labels) Volumes. With ``only_changed``, voxels the
-        user left as predicted get the ignore value in the training labels. The validation labels are the
-        corrected region of the mask (None when there is no prediction to compare with, or no change)."""
-        from ..core.training.acceptance import corrected_region_labels
+    def _changed(self, mask: Any, arr: np.ndarray) -> np.ndarray | None:
+        """The voxels the user corrected (None: no prediction of ours to compare with)."""
+        changed = self.run.user_voxels(mask)
+        return changed if changed is not None and changed.shape == arr.shape else None
+
+    def training_labels(self, mask: Any, scan: Any, only_changed: bool) -> Any:
+        """The mask as a label Volume; with ``only_changed``, untouched voxels get the ignore value."""
         from ..core.training.data import IGNORE_INDEX
 
         vol = L.labels_volume(mask, scan)
         arr = np.asarray(vol.array)
-        changed = self.run.user_voxels(mask)  # what the user corrected (None: no prediction to compare)
-        if changed is not None and changed.shape != arr.shape:
-            changed = None
         if only_changed:
+            changed = self._changed(mask, arr)
             if changed is None:
                 raise ValueError(
                     "nothing to compare with: run a prediction first, or untick 'only what I changed'"
@@ -206,12 +206,22 @@ class FinetuneSection(QGroupBox):
                 raise ValueError("you have not changed the mask yet: paint a correction first")
             train = np.full(arr.shape, IGNORE_INDEX, dtype=np.int32)
             train[changed] = arr[changed]
+            arr = train
         else:
-            train = arr.astype(np.int32, copy=True)
-        val = None
-        if changed is not None and changed.any():
-            val = vol.with_array(corrected_region_labels(arr, changed), meta={"kind": "labels"})
-        return vol.with_array(train, meta={"kind": "labels"}), val
+            arr = arr.astype(np.int32, copy=True)
+        return vol.with_array(arr, meta={"kind": "labels"})
+
+    def validation_labels(self, mask: Any, scan: Any) -> Any:
+        """The corrected region of the mask (the slices the user changed in 3D, the whole 2D image) as
+        the labels parent and child are scored on; None when nothing was corrected on a prediction."""
+        from ..core.training.acceptance import corrected_region_labels
+
+        vol = L.labels_volume(mask, scan)
+        arr = np.asarray(vol.array)
+        changed = self._changed(mask, arr)
+        if changed is None or not changed.any():
+            return None
+        return vol.with_array(corrected_region_labels(arr, changed), meta={"kind": "labels"})
 
     def finetune(self, budget_s: float | None = None, only_changed: bool | None = None) -> bool:
         """Start fine-tuning on the scan and its corrected mask; False (and a notification) if it cannot."""
@@ -233,9 +243,10 @@ class FinetuneSection(QGroupBox):
             return False
         try:
             scan = L.layer_volume(layer)
-            labels, val_labels = self.training_labels(
+            labels = self.training_labels(
                 mask, scan, self.only_changed.isChecked() if only_changed is None else only_changed
             )
+            val_labels = self.validation_labels(mask, scan)
         except (ValueError, ImportError) as exc:
             show_error(str(exc))
             return False
