@@ -29,6 +29,12 @@ def _seed() -> None:
         torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _compiled_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Graphs the compiled inference backends export go to a temp folder, not the user's cache."""
+    os.environ.setdefault("SEG_STUDIO_CACHE", str(tmp_path_factory.mktemp("seg-cache")))
+
+
 # --- a real Orthanc (tests/orthanc_server.py); .ci/run installs the Debian packages --------------------
 
 

@@ -152,8 +152,27 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=4, help="windows per batch (halved on out-of-memory)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "torch", "openvino", "onnxruntime"),
+        help="auto: OpenVINO on the CPU when installed (pip install 'seg-studio[fast]'), else torch; "
+        "GPUs always run torch",
+    )
     p.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
-    p.add_argument("--save-probabilities", type=Path, metavar="P", help="class probabilities (float NIfTI)")
+    p.add_argument(
+        "--save-probabilities",
+        type=Path,
+        metavar="P",
+        help="class probabilities, one channel per class: uint8 where 255 means 1 (see --probabilities-dtype)",
+    )
+    p.add_argument(
+        "--probabilities-dtype",
+        choices=("uint8", "float32"),
+        default="uint8",
+        help="uint8 (default): round(p * 255), a quarter of float32's memory and file size; "
+        "float32: exact values (a 512x512x400 CT with 2 classes then needs ~5 GB)",
+    )
     p.add_argument("--save-attention", type=Path, metavar="A", help="attention-gate maps, one file per gate")
     p.add_argument("--save-uncertainty", type=Path, metavar="U", help="spread over flip TTA (turns --tta on)")
     p.add_argument("--largest-component", action="store_true", help="keep each class's largest component")
@@ -421,6 +440,8 @@ def run_predict(args: argparse.Namespace) -> int:
         tta=args.tta or args.save_uncertainty is not None,
         precision=args.precision,
         probabilities=args.save_probabilities is not None,
+        probability_dtype=args.probabilities_dtype,
+        backend=args.backend,
         attention=args.save_attention is not None,
         uncertainty=args.save_uncertainty is not None,
         postprocess=post or None,

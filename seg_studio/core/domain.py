@@ -329,8 +329,12 @@ def _stat_of(values: Sequence[float]) -> Stat | None:
 
 
 def uncertainty_of(probabilities: Volume) -> np.ndarray:
-    """Per voxel ``1 - max class probability`` (0 = certain); a single-channel map is P(foreground)."""
+    """Per voxel ``1 - max class probability`` (0 = certain); a single-channel map is P(foreground).
+    Quantised (uint8) probabilities carry their step in ``meta["scale"]`` (``PredictOptions.probability_dtype``)."""
     p = np.asarray(probabilities.channel_first(), dtype=np.float32)
+    scale = probabilities.meta.get("scale")
+    if scale is not None and probabilities.array.dtype.kind == "u":
+        p *= np.float32(scale)
     if p.shape[0] == 1:
         return 1.0 - np.maximum(p[0], 1.0 - p[0])
     return 1.0 - p.max(axis=0)

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import layers as L
+from .about_section import AboutSection
 from .autosave import Autosaver
 from .correct_section import CorrectSection
 from .domain_banner import DomainBanner, DomainWatch
@@ -107,6 +108,9 @@ class SegStudioPanel(QWidget):
         self.add_section("Correct", self.correct)
         self.add_section("Fine-tune", self.finetune_section)
         self.add_section("Measure", self.measure_section)
+        self.about = AboutSection()
+        self.add_section("About", self.about)
+        self.models.probed.connect(self.about.devices_probed)
         self.models.choice_changed.connect(self._show_model)
         self._hospital_wiring()
         self.domain_watch = DomainWatch(self.banner, self.models, self._scan_volume)

@@ -11,6 +11,7 @@ the freshly opened window, they cost nothing later.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import time
 from collections.abc import Generator
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 #: What prediction, fine-tuning and landing their results import lazily, in the order they need it.
 MODULES = (
     "seg_studio.core.inference",
+    # the compiled backend (when installed) and the exporter the first prediction of a checkpoint uses
+    *(("openvino",) if importlib.util.find_spec("openvino") is not None else ()),
+    "torch.onnx",
     "seg_studio.core.postprocess",
     "scipy.ndimage",
     "scipy.linalg",

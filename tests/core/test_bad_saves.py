@@ -370,8 +370,23 @@ def test_full_disk_during_the_save_says_so_and_keeps_nothing(tmp_path: Path) -> 
     io.write(Volume.from_array(rng.normal(size=(1100, 1100)).astype(np.float32)), tmp_path / "s.nii.gz")
     m = tiny_model(tmp_path / "m.segmodel", patch_size=(550, 550))
     disk = tmp_path / "disk"
-    rc, err, left = _in_small_disk(tmp_path, "6m", 0, ["predict", str(tmp_path / "s.nii.gz"), "--model", str(m),
-                                   "--out", str(disk / "mask.nii.gz"), "--save-probabilities", str(disk / "p.nii.gz")])  # fmt: skip
+    rc, err, left = _in_small_disk(
+        tmp_path,
+        "6m",
+        0,
+        [
+            "predict",
+            str(tmp_path / "s.nii.gz"),
+            "--model",
+            str(m),
+            "--out",
+            str(disk / "mask.nii.gz"),
+            "--save-probabilities",
+            str(disk / "p.nii.gz"),
+            "--probabilities-dtype",
+            "float32",
+        ],
+    )  # fmt: skip  (float32: 9.7 MB, more than the disk)
     lines = [ln for ln in err.splitlines() if ln.startswith("seg-studio")]
     record("sv-disk-full", "saves", "a full disk during the save of several outputs (blamed a truncated source, kept the mask before)",
            rc, lines[-1] if lines else err[-300:], tmp_path)  # fmt: skip

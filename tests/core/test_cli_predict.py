@@ -98,12 +98,28 @@ def test_predict_writes_probabilities_attention_uncertainty(
             "predict", str(scan), "--model", str(models["3d_att"]), "--out", str(tmp_path / "m.nii.gz"),
             "--save-probabilities", str(tmp_path / "p.nii.gz"), "--save-attention", str(tmp_path / "a.nii.gz"),
             "--save-uncertainty", str(tmp_path / "u.nii.gz"), "--largest-component",
+            "--probabilities-dtype", "float32",
         ]
     )  # fmt: skip
     assert rc == 0
     src = io.read(scan)
     probs = io.read(tmp_path / "p.nii.gz")
     assert probs.channels == 2 and np.allclose(probs.array.sum(0), 1, atol=1e-4)
+    # the default: uint8, 255 = probability 1, the same maps to within half a step (same run as above)
+    args = ["predict", str(scan), "--model", str(models["3d_att"]), "--out", str(tmp_path / "m8.nii.gz")]
+    extras = [
+        "--save-attention",
+        str(tmp_path / "a8.nii.gz"),
+        "--save-uncertainty",
+        str(tmp_path / "u8.nii.gz"),
+    ]
+    assert (
+        main([*args, *extras, "--largest-component", "--save-probabilities", str(tmp_path / "p8.nii.gz")])
+        == 0
+    )
+    p8 = io.read(tmp_path / "p8.nii.gz")
+    assert p8.array.dtype == np.uint8 and p8.channels == 2
+    assert np.abs(p8.array / 255.0 - probs.array).max() <= 0.5 / 255 + 1e-6
     for name in ("u.nii.gz", "a_gate0.nii.gz", "a_gate1.nii.gz"):
         v = io.read(tmp_path / name)
         assert v.spatial_shape == src.spatial_shape and np.allclose(v.spacing, src.spacing)

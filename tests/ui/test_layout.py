@@ -146,6 +146,8 @@ def test_layer_names_fit_the_layer_list_and_the_slider_names_its_axis(
     panel.models.want_probabilities.setChecked(True)
     assert run_predict(panel, qtbot) == "done", panel.run.last_error
     qtbot.waitUntil(lambda: not panel.run.busy, timeout=60_000)
+    for name in panel.run.map_names():  # maps become layers when first shown
+        panel.run.show_map(name)
     view = viewer.window._qt_viewer.layers
     font = QFont(view.font())
     font.setBold(True)

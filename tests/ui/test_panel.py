@@ -133,15 +133,18 @@ def test_predict_adds_mask_and_maps_on_the_scan_grid(dims, tmp_path, make_panel,
         np.testing.assert_allclose(mask.colormap.map(c.value)[:3], np.array(c.color) / 255, atol=1e-3)
     assert set(np.unique(mask.data)) <= {c.value for c in sample_classes(labels)}
 
-    outputs = [ly for ly in viewer.layers if L.role(ly) == L.ROLE_OUTPUT]
+    # the maps wait in the menu; each becomes a layer when first shown (no hidden layers at landing)
+    assert [ly for ly in viewer.layers if L.role(ly) == L.ROLE_OUTPUT] == []
+    outputs = [panel.run.show_map(name) for name in panel.run.map_names()]
     attention = [ly for ly in outputs if "attention" in ly.name]
     probs = [ly for ly in outputs if "p(" in ly.name]
     assert len(attention) == 2  # one per gate level (depth 2)
     assert len(probs) == len(labels.labels) - 1  # one per foreground class
     extent = np.array(image.spatial_shape) * np.array(image.spacing_zyx)
     for ly in outputs:
-        assert not ly.visible and ly.blending == "additive"
+        assert L.role(ly) == L.ROLE_OUTPUT and ly.visible and ly.blending == "additive"
         np.testing.assert_allclose(np.array(ly.data.shape) * np.array(ly.scale), extent, rtol=1e-6)
+    assert viewer.layers.selection.active is mask  # showing a map leaves the mask selected
     for ly in attention:
         # shown additively, a map must add nothing where attention is 0 and not wash the scan out
         np.testing.assert_allclose(ly.colormap.map(np.array([0.0]))[0][:3], 0.0, atol=0.02)
@@ -347,33 +350,35 @@ def test_window_presets_and_views(tmp_path, make_panel):
     assert viewer.dims.ndisplay == 2
 
 
-def test_prediction_maps_are_added_one_per_event_loop_turn(tmp_path, make_panel, qtbot, _app_home):
-    """Adding every map layer in one go froze the window for their sum (16 s measured for the 3D
-    sample under load): the mask lands at once, the hidden maps follow one per turn without taking
-    the selection, and ``finished`` waits for the last one."""
-    from seg_studio.core import checkpoint
-
+def test_prediction_maps_become_layers_only_when_first_shown(tmp_path, make_panel, qtbot, _app_home):
+    """A napari layer costs 0.35-1.5 s of main thread whatever its data or visibility (GL visual,
+    layer controls): adding every map when a result landed froze the window for their sum (16 s
+    measured for the 3D sample under load). The mask lands alone; the maps wait in the menu, and each
+    becomes a layer when the user first shows it, without taking the selection."""
     scan_path, image, labels = write_scan(tmp_path, 2)
     ckpt = tiny_checkpoint(tmp_path / "models", 2, sample_classes(labels))
     viewer, panel = make_panel(scan_path)
     panel.open_checkpoint(ckpt)
+    inserted: list[str] = []
+    viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value.name))
     assert run_predict(panel, qtbot) == "done", panel.run.last_error
-    n_maps = len([ly for ly in viewer.layers if L.role(ly) == L.ROLE_OUTPUT])
-    assert n_maps >= 3
+    mask = panel.mask_layer()
+    assert inserted == [mask.name] and not panel.run.busy
+    names = panel.run.map_names()
+    actions = panel.run.maps_button.menu().actions()
+    assert len(names) >= 3 and [a.data() for a in actions] == names and panel.run.maps_button.isEnabled()
+    assert not any(a.isChecked() for a in actions)
 
-    _, meta = checkpoint.load(ckpt)
-    for ly in [ly for ly in viewer.layers if L.role(ly) == L.ROLE_OUTPUT]:
-        viewer.layers.remove(ly)  # as on the first prediction: every map is a new layer
-    mask = panel.run.add_prediction(panel.run.last_prediction, meta, panel.scan_layer())
-    assert [ly for ly in viewer.layers if L.role(ly) == L.ROLE_OUTPUT] == []  # queued, not added yet
-    assert panel.run.busy  # a second predict must wait for the queue
-    counts: list[int] = []
-    viewer.layers.events.inserted.connect(
-        lambda e: counts.append(len([ly for ly in viewer.layers if L.role(ly) == L.ROLE_OUTPUT]))
-    )
-    qtbot.waitUntil(lambda: not panel.run.busy, timeout=JOB_TIMEOUT_MS)
-    assert counts == list(range(1, n_maps + 1))
+    actions[0].trigger()  # the user picks a map in the menu
+    layer = viewer.layers[names[0]]
+    assert inserted == [mask.name, names[0]] and layer.visible and actions[0].isChecked()
     assert viewer.layers.selection.active is mask and viewer.layers.selection == {mask}
+    actions[0].trigger()  # and hides it again: the layer stays, for the next time
+    assert not layer.visible and not actions[0].isChecked() and names[0] in viewer.layers
+    layer.visible = True  # shown from the layer list: the menu follows
+    assert actions[0].isChecked()
+    panel.run.show_map(names[0])
+    assert inserted == [mask.name, names[0]]  # never a second layer for the same map
 
 
 def test_a_rerun_updates_the_maps_in_place(tmp_path, make_panel, qtbot, _app_home):
@@ -386,9 +391,10 @@ def test_a_rerun_updates_the_maps_in_place(tmp_path, make_panel, qtbot, _app_hom
     viewer, panel = make_panel(scan_path)
     panel.open_checkpoint(ckpt)
     assert run_predict(panel, qtbot) == "done", panel.run.last_error
-    maps = {ly.name: ly for ly in viewer.layers if L.role(ly) == L.ROLE_OUTPUT}
+    maps = {name: panel.run.show_map(name) for name in panel.run.map_names()}
     shown = next(iter(maps.values()))
-    shown.visible = True
+    for ly in maps.values():
+        ly.visible = ly is shown  # the user keeps one map in view
     before = {name: np.array(ly.data, copy=True) for name, ly in maps.items()}
 
     # a different model on the same scan: same map names, other values
@@ -408,10 +414,11 @@ def test_a_rerun_updates_the_maps_in_place(tmp_path, make_panel, qtbot, _app_hom
     assert shown.visible and all(not ly.visible for ly in now.values() if ly is not shown)
 
 
-def test_a_map_that_fails_to_add_does_not_stall_the_queue(
+def test_a_map_that_fails_to_show_does_not_break_the_others(
     tmp_path, make_panel, qtbot, _app_home, monkeypatch
 ):
-    """One map failing (e.g. the window closing mid-queue) must not leave the run section busy forever."""
+    """One map failing (e.g. the GL context going away) must not leave the run section busy or stop the
+    other maps from showing."""
     scan_path, image, labels = write_scan(tmp_path, 2)
     ckpt = tiny_checkpoint(tmp_path / "models", 2, sample_classes(labels))
     viewer, panel = make_panel(scan_path)
@@ -419,14 +426,16 @@ def test_a_map_that_fails_to_add_does_not_stall_the_queue(
     real = panel.run._add_map
     calls: list[str] = []
 
-    def first_fails(name, *args):  # noqa: ANN001, ANN202
-        calls.append(name)
+    def first_fails(spec, *args):  # noqa: ANN001, ANN202
+        calls.append(spec.name)
         if len(calls) == 1:
             raise RuntimeError("the GL context went away")
-        return real(name, *args)
+        return real(spec, *args)
 
     monkeypatch.setattr(panel.run, "_add_map", first_fails)
     assert run_predict(panel, qtbot) == "done", panel.run.last_error
+    shown = [panel.run.show_map(name) for name in panel.run.map_names()]
+    assert shown[0] is None and all(ly is not None for ly in shown[1:])
     assert not panel.run.busy and len(calls) >= 3
     names = [ly.name for ly in viewer.layers if L.role(ly) == L.ROLE_OUTPUT]
     assert calls[0] not in names and names == calls[1:]
@@ -572,3 +581,36 @@ def test_saved_labels_keep_their_class_names(tmp_path, make_panel, qtbot):
     assert {v: c.name for v, c in back.labels.items()} == {v: c.name for v, c in labels.labels.items()}
     (layer,) = viewer.open(out, plugin="seg-studio")
     assert type(layer).__name__ == "Labels" and "vessel" in list(layer.features["class"])
+
+
+def test_about_tab_names_the_versions_and_the_device(make_panel, qtbot):
+    """The panel's About tab says what ``seg-studio --version`` says, the device once probed."""
+    from importlib import metadata
+
+    from seg_studio.core.about import version_report
+
+    _, panel = make_panel()
+    assert panel.section_tab(panel.about) == "About"
+    qtbot.waitUntil(lambda: "probing" not in panel.about.text(), timeout=60_000)
+    assert panel.about.text() == version_report()
+    assert f"napari: {metadata.version('napari')}" in panel.about.label.text()
+    panel.about.copy()
+    from qtpy.QtWidgets import QApplication
+
+    assert QApplication.clipboard().text() == panel.about.text()
+
+
+def test_a_rerun_with_the_same_classes_leaves_the_mask_colormap_alone(make_napari_viewer) -> None:
+    """Re-setting an unchanged colormap and features table cost a re-run's landing 130 ms of main thread."""
+    from seg_studio.core.volume import LabelInfo
+
+    viewer = make_napari_viewer()
+    classes = [LabelInfo(0, "background", (0, 0, 0)), LabelInfo(1, "organ", (255, 0, 0))]
+    mask = viewer.add_labels(np.zeros((4, 5), np.uint8))
+    assert L.set_classes(mask, classes)  # a new mask gets them
+    mask.metadata = {L.META_KEY: {"role": L.ROLE_MASK, "labels": L.classes_metadata(classes)}}
+    np.testing.assert_allclose(mask.colormap.map(1)[:3], [1, 0, 0], atol=1e-3)
+    assert not L.set_classes(mask, classes)  # the same classes again: nothing to redo
+    other = [classes[0], LabelInfo(1, "lesion", (0, 255, 0))]
+    assert L.set_classes(mask, other) and list(mask.features["class"]) == ["background", "lesion"]
+    np.testing.assert_allclose(mask.colormap.map(1)[:3], [0, 1, 0], atol=1e-3)
