@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.atomic import expect_unchanged
+from ..core.defaults import FINETUNE_BUDGET_2D_S, FINETUNE_BUDGET_3D_S
 from ..core.errors import SegStudioError, TrainingError
 from ..core.progress import CancelToken, Progress
 
@@ -256,7 +257,12 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="the NEW .segmodel to write")
     p.add_argument("--label-map", dest="label_map", help="e.g. 255:1 or 250:1,200:2,150:3")
     p.add_argument("--ignore-value", dest="ignore_value", type=int, help="label value of untouched voxels")
-    p.add_argument("--budget", type=float, help="time budget in seconds (default 50 in 2D, 100 in 3D)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        help=f"time budget in seconds, evaluation and saving included (default {FINETUNE_BUDGET_2D_S:g} in 2D, "
+        f"{FINETUNE_BUDGET_3D_S:g} in 3D, as in the app)",
+    )
     p.add_argument("--steps", type=int, help="at most this many steps")
     p.add_argument("--lr", type=float, default=None, help="default: 3e-3 from an untrained parent, else 1e-3")
     p.add_argument("--freeze-encoder", dest="freeze_encoder", action="store_true")
@@ -271,6 +277,15 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-images", dest="val_images", type=Path, help="held-out images for Dice before/after")
     p.add_argument("--val-labels", dest="val_labels", type=Path)
     p.add_argument("--split", type=Path, help="a split.json to reuse")
+    p.add_argument(
+        "--replay",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="DIR",
+        help="one of a series: also train on the earlier corrected pairs of the series (kept in DIR, default "
+        "the folder the parent's provenance names, else <out>.replay/), and keep these pairs there",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=0)
@@ -320,15 +335,22 @@ def run_finetune(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         seed=args.seed,
+        replay=args.replay,
         cancel=CancelToken(),
     )
     with expect_unchanged(args.out):  # a second fine-tune to the same --out must not be lost silently
         res = drive(gen, Bar(quiet=args.quiet))
+    warnings = (
+        [] if res.better else [f"the fine-tuned model is not better than its parent: {res.not_better_reason}"]
+    )
     summary = {
         "out": str(res.path),
         "parent": str(res.parent),
-        "dice_before": _r(res.dice_before),
-        "dice_after": _r(res.dice_after),
+        "dice_before": _r(res.dice_before, 6),  # as the child's provenance records them
+        "dice_after": _r(res.dice_after, 6),
+        "parent_dice": _r(res.dice_before, 6),
+        "child_dice": _r(res.dice_after, 6),
+        "better": res.better,
         "dice_on": res.dice_on,
         "val_cases": len(res.val_cases),
         "train_cases": len(res.train_cases),
@@ -337,16 +359,25 @@ def run_finetune(args: argparse.Namespace) -> int:
         "seconds": round(res.seconds, 1),
         "per_class_before": res.per_class_before,
         "per_class_after": res.per_class_after,
+        "warnings": warnings,
+        "start": res.start.get("start"),
+        "replayed": res.replayed,
     }
     if args.json:
         _say(json.dumps(summary, indent=2))
     else:
         _say(f"wrote {res.path} ({res.steps} steps, {res.seconds:.1f} s)")
         _say(
-            f"Dice on {res.dice_on} ({len(res.val_cases)} case(s)): {_r(res.dice_before)} -> {_r(res.dice_after)}"
+            f"Dice on {res.dice_on} ({len(res.val_cases)} case(s)): parent {_r(res.dice_before)}, child {_r(res.dice_after)}"
         )
         for k in res.per_class_after:
             _say(f"  {k:<20} {res.per_class_before.get(k)} -> {res.per_class_after[k]}")
+        if res.start.get("start") == "fresh":
+            _say(f"trained fresh, not from the parent: {res.start.get('reason')}")
+        if res.replayed:
+            _say(f"replayed {len(res.replayed)} earlier pair(s) of the series: {', '.join(res.replayed)}")
+    for w in warnings:
+        sys.stderr.write(f"warning: {w}; its card says so; keep using {res.parent.name}\n")
     return 0
 
 
@@ -363,8 +394,8 @@ def _check_finetune_out(args: argparse.Namespace) -> None:
     check_output(args.out, protected, "--out")
 
 
-def _r(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else round(v, 4)
+def _r(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(v, digits)
 
 
 # --- evaluate ----------------------------------------------------------------------------------------
