@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import SegStudioError
+from .volume import Volume
 
 
 class BiometryError(SegStudioError):
@@ -156,3 +157,18 @@ def ellipse_mask(
     c, s = math.cos(ellipse.angle), math.sin(ellipse.angle)
     u, v = x * c + y * s, -x * s + y * c
     return (u / ellipse.a) ** 2 + (v / ellipse.b) ** 2 <= 1.0
+
+
+def measure_head(labels: Volume, head_value: int = 1) -> HeadBiometry:
+    """HC, BPD and OFD of the ``head_value`` region of a 2D label map, in its own spacing (mm).
+
+    A 3D map with one slice (a 2D scan read as a volume) is measured on that slice. The label map
+    must carry the scan's true pixel size: a PNG stores none, and 1 mm per pixel is then assumed.
+    """
+    a = np.asarray(labels.array)
+    spacing = tuple(labels.spacing)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a, spacing = a[0], spacing[:2]
+    if a.ndim != 2:
+        raise BiometryError(f"head biometry measures one 2D image; this label map is {a.ndim}D {a.shape}")
+    return head_biometry(a == head_value, spacing)

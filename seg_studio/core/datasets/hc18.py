@@ -177,3 +177,48 @@ def held_back_names(split_path: Path) -> list[str]:
 
     split = Split.read(Path(split_path))
     return sorted(split.names[h] for h in split.val)
+
+
+def evaluate_biometry(
+    checkpoint_path: Path | Sequence[Path], source: Path, names: Sequence[str], device: str = "cpu"
+) -> dict[str, Any]:
+    """Segment HC18 cases at their own resolution and compare HC with the CSV's, per case (mm).
+
+    What the challenge scores: the head circumference of the ellipse fitted to the predicted mask
+    against the sonographer's. Several checkpoints are scored as one ensemble.
+    """
+    from .. import checkpoint
+    from ..biometry import BiometryError, measure_head
+    from ..inference import PredictOptions, predict
+    from ..models.ensemble import Ensemble
+
+    paths = [checkpoint_path] if isinstance(checkpoint_path, str | Path) else list(checkpoint_path)
+    model, meta = checkpoint.load(paths[0]) if len(paths) == 1 else Ensemble.from_checkpoints(paths)
+    refs = read_reference(source)
+    cases: dict[str, dict[str, float | None]] = {}
+    for name in names:
+        image, _ = read_case(source, name, refs)
+        pred = predict(image, model, meta, PredictOptions(device=device))
+        try:
+            hb = measure_head(pred.labels)
+            hc: float | None = hb.hc_mm
+        except BiometryError:
+            hc = None  # no head found: counted as a failure below, never skipped silently
+        cases[name] = {"hc_mm": hc, "reference_hc_mm": refs[name].hc_mm}
+    diffs = np.array([c["hc_mm"] - c["reference_hc_mm"] for c in cases.values() if c["hc_mm"] is not None])
+    nan = float("nan")
+    return {
+        "mean_abs_hc_error_mm": float(np.abs(diffs).mean()) if diffs.size else nan,
+        "max_abs_hc_error_mm": float(np.abs(diffs).max()) if diffs.size else nan,
+        "mean_hc_error_mm": float(diffs.mean()) if diffs.size else nan,  # the bias: + = too large
+        "failed": [n for n, c in cases.items() if c["hc_mm"] is None],
+        "cases": cases,
+    }
+
+
+def held_back_pairs(source: Path, split_path: Path) -> list[Any]:
+    """The split's held-back cases at their own resolution, as training pairs (for scoring)."""
+    from ..training.data import PairSource
+
+    refs = read_reference(source)
+    return [PairSource(n, *read_case(source, n, refs)) for n in held_back_names(split_path)]
