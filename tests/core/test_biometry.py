@@ -107,3 +107,19 @@ def test_hc_of_the_hc18_head_masks_matches_the_sonographers_csv(data_dir: Path) 
         errors.append(head_biometry(np.asarray(mask.array), mask.spacing).hc_mm - refs[name].hc_mm)
     err = np.abs(errors)
     assert err.mean() < 0.1 and err.max() < 0.5, (err.mean(), err.max())
+
+
+def test_measure_head_reads_the_label_map_and_its_spacing() -> None:
+    from seg_studio.core.biometry import measure_head
+    from seg_studio.core.volume import Volume
+
+    truth = Ellipse(30.0, 20.0, 15.0, 10.0, 0.5)
+    mask = ellipse_mask(truth, (200, 300), (0.2, 0.2)).astype(np.uint8) * 2  # head stored as class 2
+    labels = Volume.from_array(mask, spacing=(0.2, 0.2))
+    assert measure_head(labels, head_value=2).hc_mm == pytest.approx(truth.circumference, rel=0.005)
+    one_slice = Volume.from_array(mask[None], spacing=(0.2, 0.2, 3.0))  # a 2D scan read as a volume
+    assert measure_head(one_slice, head_value=2).hc_mm == pytest.approx(truth.circumference, rel=0.005)
+    with pytest.raises(BiometryError, match="empty"):
+        measure_head(labels, head_value=1)
+    with pytest.raises(BiometryError, match="one 2D image"):
+        measure_head(Volume.from_array(np.zeros((3, 20, 20), np.uint8)))

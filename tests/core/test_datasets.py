@@ -153,3 +153,27 @@ def test_sunnybrook_reads_instance_numbers_from_the_header_not_the_file_name(
     assert [(i.instance, i.dicom.name) for i in items] == [(48, "phase_52.dcm"), (59, "phase_41.dcm")]
     summary = sunnybrook.prepare(root, tmp_path / "out")
     assert summary == {"images": 2, "with_epicardium": 1, "held_back": "P1", "val_images": 2}
+
+
+def test_hippocampus_245_keeps_the_dev_folders_held_back_cases(data_dir: Path, tmp_path: Path) -> None:
+    """Each folder is split by the training rule, so the dev folder's held-back cases stay held back."""
+    from seg_studio.core.datasets import hippocampus
+
+    dev, extra = data_dir / "msd_task04_hippocampus", data_dir / "msd_task04_hippocampus_extra"
+    sources = []
+    for folder, n in ((dev, 6), (extra, 5)):
+        dst = tmp_path / folder.name
+        for sub in ("images", "labels"):
+            (dst / sub).mkdir(parents=True)
+            for p in sorted((folder / sub).iterdir())[:n]:
+                shutil.copy(p, dst / sub)
+        sources.append(dst)
+    summary = hippocampus.prepare(sources, tmp_path / "all")
+    assert summary == {"cases": 11, "val_cases": 2, "train_cases": 9}
+    split = Split.read(tmp_path / "all" / "split.json")
+    hashes = [image_hash(io.read(p).array) for p in sorted((sources[0] / "images").iterdir())]
+    alone, _ = make_or_extend_split(hashes, [str(i) for i in range(6)], 0.2)
+    assert set(alone.val) <= set(split.val)
+    assert len(list((tmp_path / "all" / "images").iterdir())) == 11
+    with pytest.raises(ImageLoadError, match="also in an earlier folder"):
+        hippocampus.prepare([sources[0], sources[0]], tmp_path / "again")
