@@ -390,13 +390,15 @@ def write_index(path: Path = ROOT / "docs" / "models_zoo.md") -> Path:
 Every file in `resources/models/` is an ordinary `.segmodel` (safetensors + JSON; float16 weights)
 trained with `seg-studio train` from a recipe in `resources/recipes/`, and carries its model card in
 its metadata (`seg-studio inspect FILE`) and as Markdown beside it. Only weights trained on MSD
-(CC BY-SA 4.0), the ISBI 2012 stack (non-commercial, cite) or seg_studio's own synthetic samples
-are shipped; DRIVE, JSRT and TCIA are used for tests and benchmarks only.
+(CC BY-SA 4.0), the ISBI 2012 stack (non-commercial, cite), HC18 (CC BY 4.0), Sunnybrook (CC0) or
+seg_studio's own synthetic samples are shipped; DRIVE, JSRT and TCIA are used for tests and
+benchmarks only.
 
-"Validation Dice" is the stored file segmenting the run's held-back cases (20 % of the dev data,
-fixed by image hash) through the app's own inference; `tests/core/test_zoo.py` re-checks one of
-those cases for every checkpoint. Training ran on the 2 CPU cores of the development machine, so
-the step counts are small; the same recipe on a GPU (raise `max_steps`) trains further.
+"Validation Dice" is the stored file segmenting the run's held-back cases (a fixed split: 20 % of
+the dev data by image hash, 10 % of the HC18 fetuses, one whole Sunnybrook patient; each card says
+which) through the app's own inference; `tests/core/test_zoo.py` re-checks one of those cases for
+every checkpoint (and, for `hc18_fetal_head`, its head circumference in mm). Training ran on the
+2 CPU cores of the development machine, so the step counts are small; the same recipe on a GPU (raise `max_steps`) trains further.
 
 | file | model | size | validation mean Dice (per class) | cases | training | terms | command |
 |---|---|---|---|---:|---|---|---|
@@ -405,7 +407,8 @@ the step counts are small; the same recipe on a GPU (raise `max_steps`) trains f
 To reproduce one: `seg-studio train resources/recipes/NAME.toml`, then
 `python resources/recipes/package.py NAME` (float16, re-score, card, Markdown) and
 `python resources/recipes/package.py --index` (this page). The demo models need their data first:
-`python resources/recipes/make_demo_data.py --out runs/data/demo`.
+`python resources/recipes/make_demo_data.py --out runs/data/demo`; HC18 and Sunnybrook too:
+`python resources/recipes/prepare_data.py hc18` (or `sunnybrook`).
 
 What was tried to lift the hippocampus and ISBI models towards their targets (longer runs, mirroring,
 instance norm, ensembles, thresholds), with figures and commands: [zoo_experiments.md](zoo_experiments.md).
