@@ -379,6 +379,8 @@ def write_index(path: Path = ROOT / "docs" / "models_zoo.md") -> Path:
             continue
         v, t = card["validation"], card["training"]
         dice = ", ".join(f"{k} {d}" for k, d in v["dice"].items())
+        if v.get("hc_mean_abs_error_mm") is not None:
+            dice += f"; head circumference off by {v['hc_mean_abs_error_mm']} mm (mean absolute)"
         rows.append(
             f"| [`{f.name}`](../resources/models/{card['name']}.md) | {card['title']} |"
             f" {card['parameters'] / 1e6:.2f} M, {f.stat().st_size / 1e6:.2f} MB | **{v['mean_dice']}** ({dice}) |"
