@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,22 @@ def threshold_sweep(paths: list[str], pairs: list, recipe: dict, thresholds: lis
     return {str(t): round(float(np.mean(v)), 4) for t, v in scores.items()}
 
 
+def _with_model_spacing(path: Path, info: dict | None, tmp: Path) -> Path:
+    """A run's checkpoint as package.py will ship it: with the spacing its data was resampled to.
+
+    Training does not store a spacing (the run trained on data already at it); package.py writes it
+    into the shipped file so the app resamples scans. A candidate gets the same, in a temporary copy.
+    """
+    spacing = (info or {}).get("model_spacing")
+    if not spacing:
+        return path
+    model, meta = checkpoint.load(path)
+    if meta.spacing is not None:
+        return path
+    meta.spacing = tuple(float(v) for v in spacing)
+    return checkpoint.save(tmp / f"{len(list(tmp.iterdir()))}_{path.name}", model, meta)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipe", help="a recipe name in resources/recipes (e.g. hippocampus_unet)")
@@ -90,7 +107,8 @@ def main() -> int:
         pairs = held_out_pairs(
             pairs_from_folders(REPO / recipe["images"], REPO / recipe["labels"]), split_path
         )
-    paths = [str(p) for p in args.checkpoints]
+    tmp = tempfile.TemporaryDirectory()
+    paths = [str(_with_model_spacing(p, info, Path(tmp.name))) for p in args.checkpoints]
     ev = evaluate_checkpoint(
         paths, pairs, recipe.get("label_map"), recipe.get("ignore_value"), device="cpu", tta=args.tta
     )
