@@ -37,6 +37,7 @@ from seg_studio.core.training import load_recipe, pairs_from_folders
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "resources" / "recipes"
+DATA = ROOT.parent / "shared" / "data"
 MODELS = ROOT / "resources" / "models"
 
 _SYNTHETIC = {
@@ -83,6 +84,50 @@ _ISBI = {
     },
 }
 
+_HC18 = {
+    "data": "HC18 grand challenge training set (van den Heuvel et al. 2018): 500 of its 999 2D B-mode ultrasound"
+    " images of the fetal head in ../shared/data/hc18_fetal_head_ultrasound. Each sonographer's ellipse outline"
+    " became the head mask (the ellipse fitted to the outline's pixels, which reproduces the CSV's head"
+    " circumference to 0.006 mm), each image got the CSV's pixel size and was resampled to 0.5 mm"
+    " (resources/recipes/prepare_data.py hc18)",
+    "terms": "CC BY 4.0 (HC18, Zenodo record 1327317): attribution applies to these weights (cite below)",
+    "citation": "van den Heuvel T.L.A., de Bruijn D., de Korte C.L., van Ginneken B., 'Automated measurement of"
+    " fetal head circumference using 2D ultrasound images', PLoS ONE 13(8): e0200412 (2018)",
+    "intended_use": "research: the fetal head outline in 2D obstetric ultrasound, and from the ellipse fitted to it"
+    " the head circumference (HC), biparietal (BPD) and occipito-frontal (OFD) diameters"
+    " (seg_studio.core.biometry.measure_head). Not a medical device: a sonographer checks every measurement.",
+    "expected_input": "2D gray-scale B-mode ultrasound of the fetal head in the standard HC plane, probe at the"
+    " top, with its TRUE pixel size (training: 0.054-0.39 mm/pixel, fields of view 43-315 mm wide, heads of"
+    " 44-331 mm HC). The model resamples the scan to 0.5 mm, so a wrong pixel size (a PNG stores none: 1 mm is"
+    " then assumed) gives a wrong mask and a wrong HC",
+    "spacing": "0.5 x 0.5 mm (stored in the model: the app resamples every scan to it from the scan's own pixel size)",
+    "model_spacing": (0.5, 0.5),
+    "held_back": "10 % of the fetuses, chosen by SHA-256 of the fetus number so that all images of a fetus are"
+    " on one side, each image scored at its own resolution against the mask made from its outline",
+    "eval_data": {"kind": "hc18", "folder": "hc18_fetal_head_ultrasound"},
+}
+_SUNNYBROOK = {
+    "data": "Sunnybrook Cardiac Data (Radau et al. 2009; heart failure with infarction): the 74 contoured cine"
+    " short-axis SSFP MRI images (GE Signa HDx, 256 x 256, 1.29-1.37 mm) of 4 patients in"
+    " ../shared/data/sunnybrook_cardiac_mri. Endocardium contours (all 74) give the blood pool, epicardium"
+    " contours (37, all at one of the two contoured phases) the myocardium; where no epicardium was drawn a"
+    " 20 mm band around the endocardium is not trained on (resources/recipes/prepare_data.py sunnybrook)",
+    "terms": "CC0 1.0 (public domain dedication, per the Cardiac Atlas Project); please cite below",
+    "citation": "Radau P., Lu Y., Connelly K., Paul G., Dick A.J., Wright G.A., 'Evaluation Framework for"
+    " Algorithms Segmenting Short Axis Cardiac MRI', The MIDAS Journal - Cardiac MR Left Ventricle"
+    " Segmentation Challenge (2009)",
+    "intended_use": "research: left-ventricle blood pool (cavity area per image, volume per patient) and"
+    " myocardium in cine short-axis MRI. Trained on 3 patients: expect it to fail on other scanners,"
+    " sequences and pathologies. Not a medical device.",
+    "expected_input": "one 2D cine short-axis SSFP MRI image (a DICOM file of a cine series, one phase of one"
+    " slice position) at about 1.3-1.4 mm in-plane, the heart near the centre of a ~350 mm field of view, right"
+    " ventricle on the image's left as in the training scans; mid-ventricular slices (basal and apical"
+    " slices without a contour were not in the data)",
+    "spacing": "native (trained on 1.29-1.37 mm pixels; resample scans far from that)",
+    "held_back": "one whole patient, SCD0000201 (the first by SHA-256 of the patient id), all its contoured images",
+    "eval_data": {"kind": "sunnybrook", "folder": "sunnybrook_cardiac_mri", "ignore_value": 255},
+}
+
 ZOO: dict[str, dict[str, Any]] = {
     "demo2d_unet": {
         **_SYNTHETIC,
@@ -119,6 +164,14 @@ ZOO: dict[str, dict[str, Any]] = {
         **_ISBI,
         "title": "2D Attention U-Net, EM neuronal membranes (ISBI 2012); attention-gate maps",
         "spacing": "4 x 4 nm per pixel (the stack's published spacing; the PNGs store none)",
+    },
+    "hc18_fetal_head": {
+        **_HC18,
+        "title": "2D U-Net, fetal head in obstetric ultrasound (HC18); HC, BPD and OFD from the fitted ellipse",
+    },
+    "sunnybrook_lv": {
+        **_SUNNYBROOK,
+        "title": "2D U-Net, left-ventricle blood pool and myocardium in cine short-axis MRI (Sunnybrook)",
     },
 }
 
@@ -229,18 +282,18 @@ def package(name: str) -> Path:
             f"{best} does not exist: train first with 'seg-studio train {recipe_path.relative_to(ROOT)}'"
         )
     model, meta = checkpoint.load(best)
+    if info.get("model_spacing"):  # trained on data resampled to one spacing: the app resamples scans to it
+        meta.spacing = tuple(float(v) for v in info["model_spacing"])
     out = MODELS / f"{name}.segmodel"
     MODELS.mkdir(parents=True, exist_ok=True)
     checkpoint.save(out, model, meta, dtype=torch.float16)
 
-    images = Path(recipe["images"])
-    labels = Path(recipe["labels"])
-    images = images if images.is_absolute() else ROOT / images
-    labels = labels if labels.is_absolute() else ROOT / labels
-    val_pairs = held_out_pairs(pairs_from_folders(images, labels), run / "split.json")
+    split_path = _root_path(recipe["split"]) if recipe.get("split") else run / "split.json"
+    val_pairs = _validation_pairs(info, recipe, split_path)
     ev = evaluate_checkpoint(
         out, val_pairs, recipe.get("label_map"), recipe.get("ignore_value"), device="cpu"
     )
+    extra = _extra_validation(info, out, split_path)
 
     history = json.loads((run / "history.json").read_text())
     prov = meta.provenance
@@ -261,9 +314,10 @@ def package(name: str) -> Path:
         "classes": classes,
         "label_map": recipe.get("label_map"),
         "eval_data": {**info["eval_data"], "note": "folders relative to ../shared/data (not shipped)"}
-        if info["eval_data"]["kind"] == "folders"
+        if info["eval_data"]["kind"] != "sample"
         else info["eval_data"],
         "spacing": info["spacing"],
+        "expected_input": info.get("expected_input"),
         "normalization": meta.normalization,
         "patch_size": list(meta.patch_size),
         "validation": {
@@ -273,8 +327,10 @@ def package(name: str) -> Path:
             "cases": [c["case"] for c in ev.cases],
             "per_case_mean_dice": {c["case"]: _r(_mean(c["dice"].values())) for c in ev.cases},
             "how": "the stored float16 file, segmented through seg_studio.core.inference (sliding window,"
-            " overlap 0.5, no TTA) on the run's held-back split (20 % of the dev cases, chosen by image hash)",
+            " overlap 0.5, no TTA) on the run's held-back split: "
+            + info.get("held_back", "20 % of the dev cases, chosen by image hash"),
             "training_loop_best_val_dice": pm.get("best_val_dice"),
+            **extra,
         },
         "training": {
             "command": f"seg-studio train resources/recipes/{name}.toml",
@@ -312,6 +368,58 @@ def _domain_markdown(dom: domain.Domain | None) -> str:
 """
 
 
+def _root_path(p: str | Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else ROOT / p
+
+
+def _validation_pairs(info: dict[str, Any], recipe: dict[str, Any], split_path: Path) -> list[Any]:
+    """The held-back cases to score: HC18's at each image's own resolution, else the recipe's folders."""
+    if info["eval_data"]["kind"] == "hc18":
+        from seg_studio.core.datasets import hc18
+
+        return hc18.held_back_pairs(DATA / info["eval_data"]["folder"], split_path)
+    images, labels = _root_path(recipe["images"]), _root_path(recipe["labels"])
+    return held_out_pairs(pairs_from_folders(images, labels), split_path)
+
+
+def _extra_validation(info: dict[str, Any], out: Path | list[Path], split_path: Path) -> dict[str, Any]:
+    """Clinical figures beyond Dice: HC18's head circumference error (mm) on the held-back images."""
+    if info["eval_data"]["kind"] != "hc18":
+        return {}
+    from seg_studio.core.datasets import hc18
+
+    folder = DATA / info["eval_data"]["folder"]
+    bio = hc18.evaluate_biometry(out, folder, hc18.held_back_names(split_path))
+    return {
+        "hc_mean_abs_error_mm": _r(bio["mean_abs_hc_error_mm"], 3),
+        "hc_max_abs_error_mm": _r(bio["max_abs_hc_error_mm"], 3),
+        "hc_mean_error_mm": _r(bio["mean_hc_error_mm"], 3),
+        "hc_failed": bio["failed"],
+        "per_case_hc_abs_error_mm": {
+            n: None if c["hc_mm"] is None else _r(abs(c["hc_mm"] - c["reference_hc_mm"]), 3)
+            for n, c in bio["cases"].items()
+        },
+        "hc_how": "head circumference of the ellipse fitted to the predicted mask"
+        " (seg_studio.core.biometry.measure_head, Ramanujan perimeter) against the sonographer's HC in the CSV",
+    }
+
+
+def _optional_rows(card: dict[str, Any]) -> str:
+    """Table rows only some cards have: the expected input, the head circumference error."""
+    rows = ""
+    if card.get("expected_input"):
+        rows += f"\n| Expected input | {card['expected_input']} |"
+    v = card["validation"]
+    if v.get("hc_mean_abs_error_mm") is not None:
+        rows += (
+            f"\n| **Head circumference error** | **{v['hc_mean_abs_error_mm']} mm** mean absolute"
+            f" (bias {v['hc_mean_error_mm']} mm, worst {v['hc_max_abs_error_mm']} mm;"
+            f" {len(v['hc_failed'])} image(s) without a head found) |"
+        )
+    return rows
+
+
 def card_markdown(card: dict[str, Any], path: Path, dom: domain.Domain | None = None) -> str:
     v, t = card["validation"], card["training"]
     cls = ", ".join(f"{c['value']} = {c['name']}" for c in card["classes"])
@@ -327,7 +435,7 @@ def card_markdown(card: dict[str, Any], path: Path, dom: domain.Domain | None = 
 | | |
 |---|---|
 | Classes | {cls} |
-| Spacing | {card["spacing"]} |
+| Spacing | {card["spacing"]} |{_optional_rows(card)}
 | Normalisation | `{json.dumps(card["normalization"])}` |
 | Patch | {" x ".join(str(p) for p in card["patch_size"])} |
 | **Validation mean Dice** | **{v["mean_dice"]}** on {len(v["cases"])} held-back case(s) |
@@ -343,7 +451,8 @@ def card_markdown(card: dict[str, Any], path: Path, dom: domain.Domain | None = 
 
 **Intended use.** {card["intended_use"]}
 {_domain_markdown(dom)}
-**How the Dice was measured.** {v["how"]}. Held-back cases: {", ".join(v["cases"])}.
+**How the Dice was measured.** {v["how"]}.{" HC: " + v["hc_how"] + "." if v.get("hc_how") else ""}
+Held-back cases: {", ".join(v["cases"])}.
 
 **Reproduce.**
 
@@ -367,6 +476,8 @@ def write_index(path: Path = ROOT / "docs" / "models_zoo.md") -> Path:
             continue
         v, t = card["validation"], card["training"]
         dice = ", ".join(f"{k} {d}" for k, d in v["dice"].items())
+        if v.get("hc_mean_abs_error_mm") is not None:
+            dice += f"; head circumference off by {v['hc_mean_abs_error_mm']} mm (mean absolute)"
         rows.append(
             f"| [`{f.name}`](../resources/models/{card['name']}.md) | {card['title']} |"
             f" {card['parameters'] / 1e6:.2f} M, {f.stat().st_size / 1e6:.2f} MB | **{v['mean_dice']}** ({dice}) |"
@@ -378,13 +489,15 @@ def write_index(path: Path = ROOT / "docs" / "models_zoo.md") -> Path:
 Every file in `resources/models/` is an ordinary `.segmodel` (safetensors + JSON; float16 weights)
 trained with `seg-studio train` from a recipe in `resources/recipes/`, and carries its model card in
 its metadata (`seg-studio inspect FILE`) and as Markdown beside it. Only weights trained on MSD
-(CC BY-SA 4.0), the ISBI 2012 stack (non-commercial, cite) or seg_studio's own synthetic samples
-are shipped; DRIVE, JSRT and TCIA are used for tests and benchmarks only.
+(CC BY-SA 4.0), the ISBI 2012 stack (non-commercial, cite), HC18 (CC BY 4.0), Sunnybrook (CC0) or
+seg_studio's own synthetic samples are shipped; DRIVE, JSRT and TCIA are used for tests and
+benchmarks only.
 
-"Validation Dice" is the stored file segmenting the run's held-back cases (20 % of the dev data,
-fixed by image hash) through the app's own inference; `tests/core/test_zoo.py` re-checks one of
-those cases for every checkpoint. Training ran on the 2 CPU cores of the development machine, so
-the step counts are small; the same recipe on a GPU (raise `max_steps`) trains further.
+"Validation Dice" is the stored file segmenting the run's held-back cases (a fixed split: 20 % of
+the dev data by image hash, 10 % of the HC18 fetuses, one whole Sunnybrook patient; each card says
+which) through the app's own inference; `tests/core/test_zoo.py` re-checks one of those cases for
+every checkpoint (and, for `hc18_fetal_head`, its head circumference in mm). Training ran on the
+2 CPU cores of the development machine, so the step counts are small; the same recipe on a GPU (raise `max_steps`) trains further.
 
 | file | model | size | validation mean Dice (per class) | cases | training | terms | command |
 |---|---|---|---|---:|---|---|---|
@@ -393,7 +506,8 @@ the step counts are small; the same recipe on a GPU (raise `max_steps`) trains f
 To reproduce one: `seg-studio train resources/recipes/NAME.toml`, then
 `python resources/recipes/package.py NAME` (float16, re-score, card, Markdown) and
 `python resources/recipes/package.py --index` (this page). The demo models need their data first:
-`python resources/recipes/make_demo_data.py --out runs/data/demo`.
+`python resources/recipes/make_demo_data.py --out runs/data/demo`; HC18 and Sunnybrook too:
+`python resources/recipes/prepare_data.py hc18` (or `sunnybrook`).
 
 Each file also records its domain (what it was trained on); which scans in ../shared/data each model is
 and is not meant for, with the warning each gets: [model_domains.md](model_domains.md).
