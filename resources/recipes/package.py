@@ -109,23 +109,21 @@ _HC18 = {
 _SUNNYBROOK = {
     "data": "Sunnybrook Cardiac Data (Radau et al. 2009; heart failure with infarction): the 74 contoured cine"
     " short-axis SSFP MRI images (GE Signa HDx, 256 x 256, 1.29-1.37 mm) of 4 patients in"
-    " ../shared/data/sunnybrook_cardiac_mri. Endocardium contours (all 74) give the blood pool, epicardium"
-    " contours (37, all at one of the two contoured phases) the myocardium; where no epicardium was drawn a"
-    " 20 mm band around the endocardium is not trained on (resources/recipes/prepare_data.py sunnybrook)",
+    " ../shared/data/sunnybrook_cardiac_mri, two phases per slice position; each endocardium contour filled"
+    " as the blood pool on the DICOM image of its instance number (resources/recipes/prepare_data.py sunnybrook)",
     "terms": "CC0 1.0 (public domain dedication, per the Cardiac Atlas Project); please cite below",
     "citation": "Radau P., Lu Y., Connelly K., Paul G., Dick A.J., Wright G.A., 'Evaluation Framework for"
     " Algorithms Segmenting Short Axis Cardiac MRI', The MIDAS Journal - Cardiac MR Left Ventricle"
     " Segmentation Challenge (2009)",
-    "intended_use": "research: left-ventricle blood pool (cavity area per image, volume per patient) and"
-    " myocardium in cine short-axis MRI. Trained on 3 patients: expect it to fail on other scanners,"
+    "intended_use": "research: the left-ventricle blood pool (cavity area per image; volume per patient from"
+    " the slices) in cine short-axis MRI. Trained on 3 patients: expect it to fail on other scanners,"
     " sequences and pathologies. Not a medical device.",
-    "expected_input": "one 2D cine short-axis SSFP MRI image (a DICOM file of a cine series, one phase of one"
-    " slice position) at about 1.3-1.4 mm in-plane, the heart near the centre of a ~350 mm field of view, right"
-    " ventricle on the image's left as in the training scans; mid-ventricular slices (basal and apical"
-    " slices without a contour were not in the data)",
+    "expected_input": "one 2D cine short-axis SSFP MRI image (one phase at one slice position, e.g. one DICOM"
+    " file of a cine series) at about 1.3-1.4 mm in-plane, the heart within a ~330-350 mm field of view;"
+    " mid-ventricular to apical slices, as contoured in the training data",
     "spacing": "native (trained on 1.29-1.37 mm pixels; resample scans far from that)",
     "held_back": "one whole patient, SCD0000201 (the first by SHA-256 of the patient id), all its contoured images",
-    "eval_data": {"kind": "sunnybrook", "folder": "sunnybrook_cardiac_mri", "ignore_value": 255},
+    "eval_data": {"kind": "sunnybrook", "folder": "sunnybrook_cardiac_mri"},
 }
 
 ZOO: dict[str, dict[str, Any]] = {
@@ -171,7 +169,7 @@ ZOO: dict[str, dict[str, Any]] = {
     },
     "sunnybrook_lv": {
         **_SUNNYBROOK,
-        "title": "2D U-Net, left-ventricle blood pool and myocardium in cine short-axis MRI (Sunnybrook)",
+        "title": "2D U-Net, left-ventricle blood pool in cine short-axis MRI (Sunnybrook)",
     },
 }
 
@@ -383,14 +381,16 @@ def _validation_pairs(info: dict[str, Any], recipe: dict[str, Any], split_path: 
     return held_out_pairs(pairs_from_folders(images, labels), split_path)
 
 
-def _extra_validation(info: dict[str, Any], out: Path | list[Path], split_path: Path) -> dict[str, Any]:
+def _extra_validation(
+    info: dict[str, Any], out: Path | list[Path], split_path: Path, tta: bool = False
+) -> dict[str, Any]:
     """Clinical figures beyond Dice: HC18's head circumference error (mm) on the held-back images."""
     if info["eval_data"]["kind"] != "hc18":
         return {}
     from seg_studio.core.datasets import hc18
 
     folder = DATA / info["eval_data"]["folder"]
-    bio = hc18.evaluate_biometry(out, folder, hc18.held_back_names(split_path))
+    bio = hc18.evaluate_biometry(out, folder, hc18.held_back_names(split_path), tta=tta)
     return {
         "hc_mean_abs_error_mm": _r(bio["mean_abs_hc_error_mm"], 3),
         "hc_max_abs_error_mm": _r(bio["max_abs_hc_error_mm"], 3),

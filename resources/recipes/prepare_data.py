@@ -8,7 +8,8 @@ Run from the repository root, before ``seg-studio train`` of the recipe that nam
 
 hc18: fills the sonographer's ellipse outlines, gives each image the CSV's pixel size and resamples
 it to 0.5 mm (``seg_studio.core.datasets.hc18``); 10 % of the fetuses are held back. sunnybrook: one
-NIfTI pair per contoured DICOM image (``seg_studio.core.datasets.sunnybrook``); one patient is held back.
+NIfTI pair per contoured DICOM image, the LV blood pool (``--myocardium``: blood pool and myocardium,
+on the images with both contours; ``seg_studio.core.datasets.sunnybrook``); one patient is held back.
 hippocampus: the 45 + 200 MSD Task04 pairs in one folder, 20 % of each held back by image hash (the
 45's held-back 9 are those of the shipped hippocampus models; ``seg_studio.core.datasets.hippocampus``).
 Nothing is written outside ``--out`` (the data's terms: do not commit what this writes).
@@ -30,6 +31,11 @@ def main() -> None:
     p.add_argument("dataset", choices=["hc18", "sunnybrook", "hippocampus"])
     p.add_argument("--source", type=Path, help="the data set's folder (default: ../shared/data/<its folder>)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/data/<dataset>)")
+    p.add_argument(
+        "--myocardium",
+        action="store_true",
+        help="sunnybrook: blood pool + myocardium, images with both contours",
+    )
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = a.out or ROOT / "runs" / "data" / a.dataset
@@ -45,7 +51,7 @@ def main() -> None:
     else:
         from seg_studio.core.datasets import sunnybrook
 
-        summary = sunnybrook.prepare(a.source or DATA / "sunnybrook_cardiac_mri", out)
+        summary = sunnybrook.prepare(a.source or DATA / "sunnybrook_cardiac_mri", out, a.myocardium)
     sys.stdout.write(", ".join(f"{k} {v}" for k, v in summary.items()) + "\n")
 
 

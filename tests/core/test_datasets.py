@@ -125,14 +125,15 @@ def test_sunnybrook_contours_find_their_cine_image_by_instance_number(data_dir: 
 def test_sunnybrook_images_at_one_slice_position_get_their_own_labels(data_dir: Path) -> None:
     items = {i.name: i for i in sunnybrook.contoured_images(data_dir / "sunnybrook_cardiac_mri")}
     a, la = sunnybrook.read_item(items["SCD0000101_0048"])  # the same slice position, two phases
-    b, lb = sunnybrook.read_item(items["SCD0000101_0059"])
+    b, lb = sunnybrook.read_item(items["SCD0000101_0059"], myocardium=True)
     la, lb = np.asarray(la.array), np.asarray(lb.array)
-    assert set(np.unique(la)) == {0, 1, sunnybrook.IGNORE_VALUE}  # no epicardium drawn: a band is ignored
-    assert set(np.unique(lb)) == {0, 1, 2}
+    assert set(np.unique(la)) == {0, 1} and set(np.unique(lb)) == {0, 1, 2}
     assert (la == 1).sum() < 0.7 * (lb == 1).sum()  # 48 is the contracted phase: a smaller blood pool
     img = np.asarray(b.array, float)
     assert img[lb == 1].mean() > 2 * img[lb == 2].mean()  # bright blood, dark wall: contours sit right
     assert la.shape == a.spatial_shape and a.spacing == pytest.approx((1.367188, 1.367188))
+    with pytest.raises(ImageLoadError, match="no epicardium"):
+        sunnybrook.read_item(items["SCD0000101_0048"], myocardium=True)
 
 
 def test_sunnybrook_reads_instance_numbers_from_the_header_not_the_file_name(
@@ -153,6 +154,8 @@ def test_sunnybrook_reads_instance_numbers_from_the_header_not_the_file_name(
     assert [(i.instance, i.dicom.name) for i in items] == [(48, "phase_52.dcm"), (59, "phase_41.dcm")]
     summary = sunnybrook.prepare(root, tmp_path / "out")
     assert summary == {"images": 2, "with_epicardium": 1, "held_back": "P1", "val_images": 2}
+    assert sunnybrook.prepare(root, tmp_path / "myo", myocardium=True)["images"] == 1
+    assert [p.name for p in (tmp_path / "myo" / "labels").iterdir()] == ["P1_0059.nii.gz"]
 
 
 def test_hippocampus_245_keeps_the_dev_folders_held_back_cases(data_dir: Path, tmp_path: Path) -> None:

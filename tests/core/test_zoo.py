@@ -21,7 +21,7 @@ from seg_studio.core.inference import PredictOptions, predict
 from seg_studio.core.models import create_model
 from seg_studio.core.samples import make_sample_2d, make_sample_3d
 from seg_studio.core.training import parse_label_map
-from seg_studio.core.training.data import IGNORE_INDEX, apply_label_map
+from seg_studio.core.training.data import apply_label_map
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = sorted((REPO / "resources" / "models").glob("*.segmodel"))
@@ -80,10 +80,7 @@ def test_card_is_complete_and_matches_the_checkpoint(path: Path) -> None:
 
 
 def _validation_case(card: dict, data_dir: Path) -> tuple[str, object, np.ndarray]:
-    """The first held-back case named in the card: regenerated (samples) or read from ../shared/data.
-
-    Truth voxels that are not scored (Sunnybrook's band without an epicardium) are IGNORE_INDEX.
-    """
+    """The first held-back case named in the card: regenerated (samples) or read from ../shared/data."""
     name = card["validation"]["cases"][0]
     ev = card["eval_data"]
     if ev["kind"] == "sample":
@@ -95,10 +92,10 @@ def _validation_case(card: dict, data_dir: Path) -> tuple[str, object, np.ndarra
     if ev["kind"] == "hc18":  # the PNG with the CSV's pixel size, the head mask from the outline
         image, labels = hc18.read_case(data_dir / ev["folder"], name)
         return name, image, np.asarray(labels.array).astype(np.int64)
-    if ev["kind"] == "sunnybrook":  # the DICOM image its contour file names, contours filled
+    if ev["kind"] == "sunnybrook":  # the DICOM image its contour file names, the contour filled
         items = {i.name: i for i in sunnybrook.contoured_images(data_dir / ev["folder"])}
         image, labels = sunnybrook.read_item(items[name])
-        return name, image, apply_label_map(labels.array, {}, ev["ignore_value"])
+        return name, image, np.asarray(labels.array).astype(np.int64)
     images = [p for p in (data_dir / ev["images"]).iterdir() if p.name.split(".")[0] == name]
     labels = [p for p in (data_dir / ev["labels"]).iterdir() if p.name.split(".")[0] == name]
     assert len(images) == 1 and len(labels) == 1, name
@@ -114,8 +111,7 @@ def test_shipped_model_still_segments_a_validation_case(path: Path, data_dir: Pa
     pred = predict(image, model, meta, PredictOptions(device="cpu"))
     assert pred.labels.spatial_shape == image.spatial_shape
     classes = [c.value for c in meta.classes if c.value != 0]
-    ignore = IGNORE_INDEX if (truth == IGNORE_INDEX).any() else None
-    d = metrics.dice(np.asarray(pred.labels.array).astype(np.int64), truth, classes, ignore)
+    d = metrics.dice(np.asarray(pred.labels.array).astype(np.int64), truth, classes)
     mean = metrics.mean_ignoring_nan(d.values())
     expected = card["validation"]["per_case_mean_dice"][name]
     assert not math.isnan(mean)

@@ -180,7 +180,11 @@ def held_back_names(split_path: Path) -> list[str]:
 
 
 def evaluate_biometry(
-    checkpoint_path: Path | Sequence[Path], source: Path, names: Sequence[str], device: str = "cpu"
+    checkpoint_path: Path | Sequence[Path],
+    source: Path,
+    names: Sequence[str],
+    device: str = "cpu",
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Segment HC18 cases at their own resolution and compare HC with the CSV's, per case (mm).
 
@@ -198,7 +202,7 @@ def evaluate_biometry(
     cases: dict[str, dict[str, float | None]] = {}
     for name in names:
         image, _ = read_case(source, name, refs)
-        pred = predict(image, model, meta, PredictOptions(device=device))
+        pred = predict(image, model, meta, PredictOptions(device=device, tta=tta))
         try:
             hb = measure_head(pred.labels)
             hc: float | None = hb.hc_mm
