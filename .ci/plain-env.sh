@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# CI job: seg_studio as a napari user installs it, at either end of the ranges pyproject.toml claims
-# (installer/constraints.txt, the locked set, runs in installer/test.sh):
+# seg_studio as a napari user installs it, at either end of the ranges pyproject.toml claims (CI runs
+# newest; oldest by hand; installer/constraints.txt, the locked set, runs in installer/test.sh):
 #   newest  a plain venv that already has the newest torch the registry serves; `pip install` of
 #           seg_studio must keep that torch (ranges, not pins); then everything else at its newest;
 #   oldest  the lowest version of each direct dependency that resolves (installer/constraints-oldest.txt).
