@@ -259,7 +259,7 @@ def test_the_click_simulator_adds_guidance_and_a_one_structure_target() -> None:
 
     spec = GuidanceSpec(1, 2.0, "gaussian", True)
     model = create_model("unet", 2, 1, 2, guidance_channels=3, **TINY)
-    sim = ClickSimulator(ClickTraining(max_rounds=2), spec, 3, (1.0, 1.0), None, seed=0)
+    sim = ClickSimulator(ClickTraining(max_rounds=2, p_start_mask=0.0), spec, 3, (1.0, 1.0), None, seed=0)
     y = torch.zeros(2, 32, 32, dtype=torch.long)
     y[:, 5:15, 5:15] = 1
     y[:, 20:30, 20:30] = 2
@@ -272,3 +272,10 @@ def test_the_click_simulator_adds_guidance_and_a_one_structure_target() -> None:
         pos = x2[b, 1]
         peak = np.unravel_index(int(pos.argmax()), pos.shape)
         assert y2[b][peak] == 1 and pos.max() == pytest.approx(1.0)
+
+    # starting from a mask (an automatic result): the previous-mask channel holds a corrupted copy
+    sim = ClickSimulator(ClickTraining(max_rounds=0, p_start_mask=1.0), spec, 3, (1.0, 1.0), None, seed=1)
+    x3, y3 = sim.prepare_batch(0, torch.randn(2, 1, 32, 32), y, model)
+    for b in range(2):
+        prev, target = x3[b, 3] > 0.5, y3[b] == 1
+        assert prev.any() and (prev & target).sum() > 0.5 * target.sum()

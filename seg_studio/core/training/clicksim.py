@@ -34,6 +34,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "sigma": (1e-3, 100.0),
     "max_rounds": (0, 20),
     "p_previous": (0.0, 1.0),
+    "p_start_mask": (0.0, 1.0),
     "val_clicks": (1, 20),
 }
 
@@ -47,6 +48,8 @@ class ClickTraining:
     previous_mask: bool = True
     max_rounds: int = 3
     p_previous: float = 0.7
+    #: the share of samples that start from a mask (an automatic result), not from nothing
+    p_start_mask: float = 0.3
     val_clicks: int = 3
     name: str = "structure"
 
@@ -135,9 +138,11 @@ class ClickSimulator(LoopHook):
         clicks: list[tuple[list[tuple[int, ...]], list[tuple[int, ...]]]] = [([], []) for _ in range(n)]
         prev = np.zeros((n, *shape), bool)
         guide = np.zeros((n, self.spec.guidance_channels, *shape), np.float32)
-        empty = np.zeros(shape, bool)
         for b in range(n):
-            self.add_click(clicks[b], next_click(empty, targets[b] & valid[b], self.spacing), shape)
+            if self.spec.previous_mask and self.rng.random() < self.cfg.p_start_mask:
+                prev[b] = corrupt(targets[b], self.rng)
+            seen = np.where(valid[b], prev[b], targets[b])
+            self.add_click(clicks[b], next_click(seen, targets[b], self.spacing), shape)
             guide[b] = self.draw(clicks[b], prev[b], shape)
         rounds = self.rng.integers(0, self.cfg.max_rounds + 1, n)
         for r in range(int(rounds.max(initial=0))):
@@ -162,6 +167,29 @@ class ClickSimulator(LoopHook):
 
     def draw(self, lists: tuple[list, list], prev: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return guidance_maps(shape, self.spacing, lists[0], lists[1], prev, self.spec)
+
+
+def corrupt(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A mask like an automatic model's result for ``target``: its border a voxel in or one or two
+    out, and (each half the time) a ball of it missing and a spurious ball added."""
+    from scipy import ndimage
+
+    m = target.copy()
+    k = int(rng.integers(-1, 3))
+    if k > 0:
+        m = ndimage.binary_dilation(m, iterations=k)
+    elif k < 0:
+        m = ndimage.binary_erosion(m, iterations=1)
+    grid = np.indices(m.shape, sparse=True)
+    for add in (False, True):
+        pool = np.argwhere(~target if add else target)
+        if not len(pool) or rng.random() < 0.5:
+            continue
+        c = pool[rng.integers(len(pool))]
+        r = rng.uniform(0.05, 0.15) * min(m.shape)
+        ball = sum((g - ci) ** 2 for g, ci in zip(grid, c, strict=True)) <= r * r
+        m = m | ball if add else m & ~ball
+    return m
 
 
 def dice(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> float:
