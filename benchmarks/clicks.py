@@ -295,6 +295,12 @@ def write_card(key: str, res: dict[str, Any], bench_line: str) -> None:
     path.with_suffix(".md").write_text(md)
 
 
+def domain_lines(meta: Any) -> str:
+    from seg_studio.core.domain import describe
+
+    return "\n".join(f"- {line}" for line in describe(meta.domain))
+
+
 def card_markdown(card: dict, meta: Any, s: dict, sa: dict, res: dict, bench_line: str, path: Path) -> str:
     v, t = card["validation"], card["training"]
     per = ", ".join(f"{k} {x}" for k, x in v["dice_per_structure"].items())
@@ -308,14 +314,18 @@ a whole scan on its own; the app never picks it for an automatic prediction.
 
 | | |
 |---|---|
-| Structures | {per and ", ".join(card["classes"][i]["name"] for i in range(1, len(card["classes"])))}: one at a time, the one clicked ({"/".join(TASKS[res["task"]]["names"].values())}) |
+| Structures | {"/".join(TASKS[res["task"]]["names"].values())}: one at a time, the one clicked (class value from the click) |
 | Spacing | {card["spacing"]} |
 | Patch | {" x ".join(str(p) for p in meta.patch_size)} (a click predicts a crop of one to two patches) |
 | **Dice after 3 clicks** | **{v["mean_dice"]}** (from an empty mask, {len(v["cases"])} held-back cases; per structure: {per}) |
 | NoC@85 / NoC@90 | {s["noc85"]:.1f} / {s["noc90"]:.1f} clicks from an empty mask; {sa["noc85"]:.1f} / {sa["noc90"]:.1f} from the automatic model's mask (cap 20) |
 | Dice after 1 / 5 / 10 clicks | {s["dice_at"].get(1, math.nan):.3f} / {s["dice_at"].get(5, math.nan):.3f} / {s["dice_at"].get(10, math.nan):.3f} (empty start); automatic model alone {sa["start_dice"]:.3f} |
 | Seconds per click | {s["s_median"]:.2f} median, {s["s_p90"]:.2f} p90 ({bench_line}) |
-| Training | {t["steps"]} steps in a {t["seconds"]} s budget with simulated clicks, starting from `{t["init"]}`; 2-core CPU shared with other jobs |
+| Training | best checkpoint at step {t["steps"]} (scored by Dice after 3 simulated clicks) of a {t["seconds"]} s budget with simulated clicks, starting from `{t["init"]}`; 2-core CPU shared with other jobs |
+
+**Domain** (what it was trained on; `seg-studio refine` warns about scans outside it):
+
+{domain_lines(meta)}
 
 **Data.** {card["data"]}.
 
@@ -323,7 +333,7 @@ a whole scan on its own; the app never picks it for an automatic prediction.
 
 **Cite.** {card["citation"]}.
 
-**Intended use.** {card["intended_use"]} Interactive: a person checks every result.
+**Intended use.** {card["intended_use"].rstrip(".")}. Interactive: a person checks every result.
 
 **How it was measured.** {v["how"]}; the held-back cases are the split that training kept apart by image hash:
 {", ".join(v["cases"])}. Full table and curve: [docs/clicks.md](../../docs/clicks.md).

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 from . import layers as L
 from .about_section import AboutSection
 from .autosave import Autosaver
+from .clicks_section import ClicksSection
 from .correct_section import CorrectSection
 from .domain_banner import DomainBanner, DomainWatch
 from .finetune_section import FinetuneSection
@@ -106,6 +107,13 @@ class SegStudioPanel(QWidget):
         self.add_section("Model", self.models)
         self.add_section("View", self.view)
         self.add_section("Correct", self.correct)
+        self.clicks = ClicksSection(
+            self.viewer, self.scan_layer, self.mask_layer, lambda: self.run._baselines
+        )
+        # filled once the models are probed: reading checkpoint headers imports torch, which the
+        # window must not wait for
+        self.models.probed.connect(lambda *_: self.clicks.fill_models(self._model_dirs()))
+        self.add_section("Clicks", self.clicks)
         self.add_section("Fine-tune", self.finetune_section)
         self.add_section("Measure", self.measure_section)
         self.about = AboutSection()
@@ -125,6 +133,7 @@ class SegStudioPanel(QWidget):
         self.correct.restore_button.clicked.connect(lambda: self.restore_autosave())
         self.correct.discard_button.clicked.connect(lambda: self.discard_autosave())
         self.correct.saved.connect(self._after_save)
+        self.correct.saved.connect(self.clicks.save_beside)
         self._offer_layer: Any = None
         self.autosaver.watch_existing()
 
@@ -140,6 +149,13 @@ class SegStudioPanel(QWidget):
         if app is not None:  # standalone app and napari plugin alike: a last autosave on quit
             app.aboutToQuit.connect(self.shutdown)
         self.models.start_probe()
+
+    @staticmethod
+    def _model_dirs() -> list[Path]:
+        from ..core.autosave import user_model_dir
+        from .model_section import bundled_model_dirs
+
+        return [d for d in (*bundled_model_dirs(), user_model_dir()) if d.is_dir()]
 
     # --- layout ---------------------------------------------------------------------------------------
     def add_section(self, tab: str, section: QWidget) -> None:
