@@ -126,8 +126,11 @@ def click_run(session: Any, truth: np.ndarray, start: np.ndarray, value: int, n:
     }
 
 
-def noc(dices: list[float], level: float, cap: int = 20) -> int:
-    return next((i + 1 for i, d in enumerate(dices) if d >= level), cap)
+def noc(run: dict[str, Any], level: float, cap: int = 20) -> int:
+    """Clicks until Dice >= ``level`` (0 when the start is already there; ``cap`` when never)."""
+    if run["start_dice"] >= level:
+        return 0
+    return next((i + 1 for i, d in enumerate(run["dice"]) if d >= level), cap)
 
 
 def run_task(key: str, model_path: Path, n_clicks: int, max_cases: int | None) -> dict[str, Any]:
@@ -167,8 +170,8 @@ def summarise(res: dict[str, Any], start: str) -> dict[str, Any]:
     return {
         "n": len(runs),
         "start_dice": float(np.mean([r["start_dice"] for r in runs])),
-        "noc85": float(np.mean([noc(r["dice"], 0.85, d.shape[1]) for r in runs])),
-        "noc90": float(np.mean([noc(r["dice"], 0.90, d.shape[1]) for r in runs])),
+        "noc85": float(np.mean([noc(r, 0.85, d.shape[1]) for r in runs])),
+        "noc90": float(np.mean([noc(r, 0.90, d.shape[1]) for r in runs])),
         "dice_at": {k: float(d[:, k - 1].mean()) for k in CHECKPOINTS if k <= d.shape[1]},
         "curve": d.mean(0).tolist(),
         "s_median": float(np.median(secs)),
