@@ -103,3 +103,13 @@ def test_cli_writes_csv_and_json_and_refuses_other_suffixes(data_dir: Path, tmp_
     err = capsys.readouterr().err
     assert ".json or .csv" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m3.nii.gz").exists()  # refused before any work
+
+
+def test_a_model_unsure_everywhere_ranks_its_most_unsure_spot_not_its_largest_region() -> None:
+    """Early in a series a model is a little unsure everywhere: the ranking counts what is above the
+    scan's median, so a small very unsure spot beats a large tile of the usual doubt."""
+    p = np.full((2, 40, 40), 0.5, np.float32)
+    p[0], p[1] = 0.8, 0.2  # entropy ~0.72 everywhere
+    p[:, 2:6, 32:36] = 0.5  # a small spot of full doubt in tile 3
+    items = review_order(Volume.from_array(p, channels=2))
+    assert items[0].index == 3 and items[-1].score == pytest.approx(0.0, abs=1e-4)
