@@ -41,6 +41,7 @@ from .domain_banner import DomainBanner, DomainWatch
 from .finetune_section import FinetuneSection
 from .measure_section import MeasureSection
 from .model_section import ModelSection
+from .review_section import ReviewSection
 from .run_section import RunSection
 from .view_section import ViewSection
 
@@ -106,6 +107,8 @@ class SegStudioPanel(QWidget):
         self.add_section("Model", self.models)
         self.add_section("View", self.view)
         self.add_section("Correct", self.correct)
+        self.review = ReviewSection(self.viewer, self.run, self.models, self.scan_layer)
+        self.add_section("Correct", self.review)
         self.add_section("Fine-tune", self.finetune_section)
         self.add_section("Measure", self.measure_section)
         self.about = AboutSection()
