@@ -43,6 +43,7 @@ from .measure_section import MeasureSection
 from .model_section import ModelSection
 from .review_section import ReviewSection
 from .run_section import RunSection
+from .series_section import SeriesSection
 from .view_section import ViewSection
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,8 @@ class SegStudioPanel(QWidget):
         self.review = ReviewSection(self.viewer, self.run, self.models, self.scan_layer)
         self.add_section("Correct", self.review)
         self.add_section("Fine-tune", self.finetune_section)
+        self.series = SeriesSection(self.viewer, self.run, self.finetune_section, self.scan_layer)
+        self.add_section("Fine-tune", self.series)
         self.add_section("Measure", self.measure_section)
         self.about = AboutSection()
         self.add_section("About", self.about)

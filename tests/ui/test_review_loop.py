@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("napari")
@@ -95,3 +97,50 @@ def test_next_region_to_check_centres_the_most_unsure_region_of_a_real_xray(
     centre = layer.world_to_data(camera.center[-2:])
     assert y0 <= centre[0] < y1 and x0 <= centre[1] < x1
     assert camera.zoom > 2 * zoom  # zoomed in on a region a quarter of the image wide
+
+
+def test_after_a_kept_finetune_the_next_scan_is_one_click_away_and_the_chart_records_the_effort(
+    data_dir, tmp_path, make_panel, qtbot
+):
+    """Three real chest X-rays in a folder; start from an untrained U-Net, correct the first (lungs and
+    heart as one foreground), fine-tune, then Next scan: the second opens, predicted by the child."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    names = ["JPCNN013", "JPCNN020", "JPCNN025"]
+    jsrt = data_dir / "jsrt_chest_xray_heart_lungs"
+    for n in names:
+        shutil.copy(jsrt / "images" / f"{n}.png", folder / f"{n}.png")
+    viewer, panel = make_panel(folder / f"{names[0]}.png")
+    panel.select_variant("unet", untrained=True)
+    assert panel.series.next_path() == folder / f"{names[1]}.png"
+    with qtbot.waitSignal(panel.run.finished, timeout=JOB_TIMEOUT_MS):
+        assert panel.predict()
+    mask = panel.mask_layer()
+    predicted = np.array(mask.data, copy=True)
+    truth = (np.asarray(sio.read(jsrt / "labels" / f"{names[0]}.png").array) > 0).astype(mask.data.dtype)
+    idx = np.nonzero(truth != predicted)
+    with mask.block_history():
+        mask.data_setitem(idx, truth[idx])
+    with qtbot.waitSignal(panel.finetune_section.finished, timeout=JOB_TIMEOUT_MS) as blocker:
+        assert panel.finetune(budget_s=40, only_changed=False)
+    assert blocker.args == ["done"], panel.finetune_section.last_error
+    result = panel.finetune_section.last_result
+
+    rec = panel.series.records[-1]
+    assert rec.corrected == int((truth != predicted).sum()) and rec.foreground == int(truth.sum())
+    from seg_studio.core.metrics import dice
+
+    assert rec.dice == pytest.approx(dice(predicted, truth, classes=[1])[1], abs=1e-6)
+    assert panel.series.chart.records == [rec] and rec.kept == result.better
+    assert "Dice" in panel.series.status.text()
+
+    first_scan = panel.scan_layer()
+    with qtbot.waitSignal(panel.run.finished, timeout=JOB_TIMEOUT_MS) as blocker:
+        assert panel.series.next_scan()
+    assert blocker.args == ["done"], panel.run.last_error
+    assert panel.scan_layer().name == names[1] and not first_scan.visible
+    assert panel.mask_layer() is not mask and panel.mask_layer().data.shape == truth.shape
+    np.testing.assert_array_equal(mask.data, truth)  # the corrected mask of scan 1 is kept as it was
+    if result.better:  # a loaded machine can end the budget first: then the parent stays selected
+        assert panel.models.current_choice().checkpoint == Path(result.path).resolve()
+    assert panel.series.next_path() == folder / f"{names[2]}.png"
