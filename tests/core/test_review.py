@@ -113,3 +113,30 @@ def test_a_model_unsure_everywhere_ranks_its_most_unsure_spot_not_its_largest_re
     p[:, 2:6, 32:36] = 0.5  # a small spot of full doubt in tile 3
     items = review_order(Volume.from_array(p, channels=2))
     assert items[0].index == 3 and items[-1].score == pytest.approx(0.0, abs=1e-4)
+
+
+def test_cli_on_a_folder_writes_one_review_per_scan(data_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for case in ("hippocampus_003", "hippocampus_014"):
+        shutil.copy(data_dir / "msd_task04_hippocampus" / "images" / f"{case}.nii.gz", scans)
+    args = [
+        "predict",
+        str(scans),
+        "--model",
+        str(HIPPO_MODEL),
+        "--backend",
+        "torch",
+        "--out",
+        str(tmp_path / "m"),
+    ]
+    assert main([*args, "--review-order", str(tmp_path / "review")]) == 0
+    written = sorted(p.name for p in (tmp_path / "review").iterdir())
+    assert written == ["hippocampus_003_review.json", "hippocampus_014_review.json"]
+    for name in written:
+        record = json.loads((tmp_path / "review" / name).read_text())
+        assert record["unit"] == "slice" and record["source"].endswith(
+            name.replace("_review.json", ".nii.gz")
+        )
