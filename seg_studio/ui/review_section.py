@@ -145,8 +145,8 @@ class ReviewSection(QGroupBox):
             return
         camera = getattr(getattr(self.viewer, "scene", None), "camera", None) or self.viewer.camera
         self.viewer.reset_view()  # the whole image fits: zoom in from there by the region's share of it
-        full = max(n * s for n, s in zip(layer.data.shape[-2:], layer.scale[-2:], strict=True))
-        extent = max((b - a) * s for (a, b), s in zip(it.bounds, layer.scale[-2:], strict=True))
+        full = max(n * abs(s) for n, s in zip(layer.data.shape[-2:], layer.scale[-2:], strict=True))
+        extent = max((b - a) * abs(s) for (a, b), s in zip(it.bounds, layer.scale[-2:], strict=True))
         if extent > 0:
             camera.zoom = camera.zoom * 0.8 * full / extent
         camera.center = tuple(world[-2:])
