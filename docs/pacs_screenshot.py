@@ -116,7 +116,7 @@ def shoot(server) -> int:  # noqa: ANN001
     dlg.find()
     wait(app, lambda: not dlg.busy)
     dlg.status.setText(f"{status}; the list now shows it")
-    panel.ensureWidgetVisible(panel.measure_section)
+    panel.show_section(panel.measure_section)
     dlg.move(40, 520)
     dlg.resize(900, 420)
     for _ in range(50):

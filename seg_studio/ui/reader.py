@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 LayerData = tuple[Any, dict[str, Any], str]
 
 
+def _is_uid(text: str) -> bool:
+    """A DICOM UID (digits and dots, e.g. 1.2.826.0.1.3680043...): no name a user would read."""
+    return len(text) > 16 and text.count(".") >= 3 and text.replace(".", "").isdigit()
+
+
 def _layer_name(volume: Volume, name: str | None) -> str:
     if name:
         return name
@@ -49,7 +54,10 @@ def _layer_name(volume: Volume, name: str | None) -> str:
         return str(volume.meta.get("name", "scan"))
     if Path(src).is_dir():
         desc = volume.meta.get("series_description")
-        return f"{Path(src).name} {desc}".strip() if desc else Path(src).name
+        folder = Path(src).name
+        if desc and _is_uid(folder):  # a series pulled from a PACS sits in a folder named by its UID
+            return f"{volume.meta.get('modality', '')} {desc}".strip()
+        return f"{folder} {desc}".strip() if desc else folder
     from ..core.atomic import split_suffix
 
     return split_suffix(src)[0]
