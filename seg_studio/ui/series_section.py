@@ -104,6 +104,9 @@ class SeriesChart(QWidget):
             p.drawLine(a, b)
         for a in pts:
             p.drawEllipse(a, 2.5, 2.5)
+        p.drawText(QRectF(4, 0, w - 8, 14), Qt.AlignmentFlag.AlignLeft, "Dice 0..1")
+        p.setPen(QColor(90, 140, 220))
+        p.drawText(QRectF(4, 0, w - 8, 14), Qt.AlignmentFlag.AlignRight, f"corrected, max {top:.0%}")
 
 
 class SeriesSection(QGroupBox):
