@@ -334,6 +334,7 @@ def review_share(pred: Any, truth: np.ndarray) -> float | None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from seg_studio.core.training.acceptance import corrected_region_labels
+    from seg_studio.core.errors import SegStudioError
 
     work = Path(args.work) / f"{args.task}-{args.start}-{time.strftime('%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)
@@ -361,7 +362,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row["review_top_quarter_share"] = review_share(pred, truth)
             touched = labels != truth
             if i < len(scans) - 1 and m.name != "none" and touched.any():
-                row.update(m.learn(img, lab, corrected_region_labels(truth, touched), i))
+                try:
+                    row.update(m.learn(img, lab, corrected_region_labels(truth, touched), i))
+                except SegStudioError as exc:  # the panel shows it and keeps the model: so does the clinician
+                    row.update({"error": str(exc), "seconds": 0.0, "steps": 0})
             out["per_scan"][m.name].append(row)
             print(f"{args.task}/{args.start} scan {i + 1} {name} {m.name}: {row}", flush=True)
         if args.json:
