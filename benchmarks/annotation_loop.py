@@ -333,8 +333,8 @@ def review_share(pred: Any, truth: np.ndarray) -> float | None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from seg_studio.core.training.acceptance import corrected_region_labels
     from seg_studio.core.errors import SegStudioError
+    from seg_studio.core.training.acceptance import corrected_region_labels
 
     work = Path(args.work) / f"{args.task}-{args.start}-{time.strftime('%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)
