@@ -461,6 +461,10 @@ scan, so under the same load:
 Dice is the mean over the foreground classes of the prediction against the truth *before* correcting
 that scan; "corrected" is the number of voxels the correction changed and, in brackets, that number
 over the truth's foreground voxels. The last scan is predicted but not trained on.
+"Review order" is the share of the wrong voxels that the top quarter of the review order's slices (3D) or
+4x4 regions (2D) held (`seg_studio.core.review`; a random quarter holds 25% on average). The JSRT run
+from an untrained model scored it by the plain sum of the doubt: the median was subtracted only from the
+runs after it on.
 The CPU is shared with other sessions (2 cores; the load average is given): budgets are wall-clock, so
 a loaded machine buys fewer steps, and only figures from the same run compare.
 
