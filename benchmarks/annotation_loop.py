@@ -463,8 +463,8 @@ that scan; "corrected" is the number of voxels the correction changed and, in br
 over the truth's foreground voxels. The last scan is predicted but not trained on.
 "Review order" is the share of the wrong voxels that the top quarter of the review order's slices (3D) or
 4x4 regions (2D) held (`seg_studio.core.review`; a random quarter holds 25% on average). The JSRT run
-from an untrained model scored it by the plain sum of the doubt: the median was subtracted only from the
-runs after it on.
+from an untrained model scored it by the plain sum of the doubt: the
+runs after it score the doubt above the scan's median.
 The CPU is shared with other sessions (2 cores; the load average is given): budgets are wall-clock, so
 a loaded machine buys fewer steps, and only figures from the same run compare.
 
