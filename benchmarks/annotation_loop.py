@@ -472,7 +472,7 @@ The runs committed here: the two JSRT runs (13:33-14:21 UTC) ran before the trai
 fallback existed, and none of their trainings went non-finite; the first hippocampus run failed on its
 first scan (NaN under CPU bf16, in ours and in scratch), which led to the fallback (a bf16 step with a
 non-finite loss or gradient is skipped and training goes on in fp32); the hippocampus run below ran with
-it. Its starting model (180 s on 3 scans at load ~8) is weak (Dice 0.08 on the first scan), so the 3D
+it (the fallback fired in 2 of its trainings). Its starting model (180 s on 3 scans at load ~8) is weak (Dice 0.08 on the first scan), so the 3D
 series shows learning from a poor start, not from a usable model.
 
 ![Dice before correction and share corrected per scan]({png})
