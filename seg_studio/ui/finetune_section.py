@@ -41,6 +41,7 @@ from . import layers as L
 from .model_section import CHECKPOINT_SUFFIX, ModelChoice, ModelSection, bundled_model_dirs
 from .plot_widget import LossPlot
 from .run_section import RunSection, build_untrained, format_progress
+from .workers import FINETUNE_NICE
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +277,7 @@ class FinetuneSection(QGroupBox):
             on_cancelled=self._cancelled,
             on_finished=self._job_finished,
             name="fine-tune",
+            nice=FINETUNE_NICE,
         )
         return True
 

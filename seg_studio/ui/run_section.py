@@ -383,7 +383,8 @@ class RunSection(QGroupBox):
             for key in L.detached_tool_overlays(mask):
                 self._landing.append(lambda k=key: L.restore_tool_overlays(mask, k))
         self._baselines[mask.unique_id] = baseline
-        self._landing.append(lambda: self._select_mask(mask))
+        mode = mask.mode
+        self._landing.append(lambda: self._select_mask(mask, mode))
         self._add_maps(pred, classes, scan_layer)
         self._start_landing()
         return mask
@@ -400,12 +401,14 @@ class RunSection(QGroupBox):
             if keep is not None:
                 layers._activate_on_insert = keep
 
-    def _select_mask(self, mask: Any) -> None:
-        """The last landing step: the mask, complete, becomes the selected layer (ready to paint)."""
+    def _select_mask(self, mask: Any, mode: Any) -> None:
+        """The last landing step: the mask, complete, becomes the selected layer, in pan/zoom unless the
+        user picked a tool since it landed (``mode``: its mode then)."""
         L.restore_tool_overlays(mask)
         if mask in self.viewer.layers:
             self.viewer.layers.selection.active = mask
-            mask.mode = "pan_zoom"
+            if mask.mode == mode:
+                mask.mode = "pan_zoom"
 
     def finish_landing(self) -> None:
         """Run what is left of landing a result now (e.g. before the user paints into the new mask)."""
