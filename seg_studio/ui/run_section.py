@@ -1,7 +1,9 @@
 """Run: predict in a worker with a progress bar, ETA and Cancel; results become layers.
 
-The worker loads the model (or builds an untrained variant) and drives ``inference.iter_predict``;
-the main thread then adds the mask as a Labels layer with the checkpoint's class names and colours.
+The worker loads the model (or builds an untrained variant), drives ``inference.iter_predict`` and,
+for a scan without a mask of ours, builds the mask's Labels layer with the checkpoint's class names and
+colours; the main thread inserts it and lands the rest one step per event-loop turn (``_landing``: its
+paint/polygon overlays, then the selection), so no turn pays all of napari's work for a new layer.
 The optional maps (probabilities, uncertainty, one per attention gate level) are prepared in the
 worker and listed in the "show maps" menu; each becomes an additive, colormapped Image layer when
 first shown, all on the scan's physical grid (a layer costs the main thread 0.35-1.5 s, so none is
