@@ -117,13 +117,19 @@ class _Prefetch(threading.Thread):
             log.debug("prefetching for the window failed", exc_info=True)
 
     def install_units(self) -> None:
-        import pint
-        from pint.registry import LazyRegistry
-
+        """Wait for the thread; make its registry pint's application registry if none was used yet."""
         self.join()
-        app_registry = pint.get_application_registry()
-        if self.registry is not None and isinstance(getattr(app_registry, "_registry", None), LazyRegistry):
-            pint.set_application_registry(self.registry)
+        if self.registry is None:
+            return
+        try:
+            import pint
+            from pint.registry import LazyRegistry
+
+            current = getattr(pint.get_application_registry(), "_registry", None)
+            if isinstance(current, LazyRegistry):  # napari has not made a unit yet
+                pint.set_application_registry(self.registry)
+        except (ImportError, AttributeError):  # another pint: napari builds its own, as before
+            log.debug("pint's application registry was left as it was", exc_info=True)
 
 
 def _draw_now(viewer: Any, timeout_s: float = 2.0) -> None:
