@@ -8,9 +8,11 @@ Stall: a 5 ms QTimer runs on the main thread while the panel's ``predict()`` and
 in their workers; the gap between two ticks minus 5 ms is how long the UI could not react (a user
 sees a stall above ~100 ms). The same timer also runs for 2 s with nothing to do (the baseline of
 this machine under its current load). Launch: a fresh ``python`` process builds the real app window
-(``build_window``: napari, our panel, the sample) and reports when the window is exposed with the
-sample drawn, when the model list is ready (torch imported in the worker) and when the start-up
-warm-up is done. Each stall is reported twice more: "while_computing" (the worker runs) and
+(``build_window``: napari, our panel, the sample) and reports when the window is first painted
+(panel and empty canvas), when it is exposed with the sample drawn, when the model list is ready (torch
+imported in the worker) and when the start-up warm-up is done, with the times ``build_window`` reached
+each of its steps (``phase_*``). ``--baseline DIR`` (an older checkout) alternates its launches with
+this tree's, so that before and after see the same load. Each stall is reported twice more: "while_computing" (the worker runs) and
 "landing" (the result is turned into layers on the main thread). After the first prediction it
 shows one map (a layer made on the user's click) and predicts again (the result lands in the layers
 that exist). ``max_turn_cpu_ms`` is the most CPU time the main thread itself spent between two ticks
