@@ -41,7 +41,9 @@ from .domain_banner import DomainBanner, DomainWatch
 from .finetune_section import FinetuneSection
 from .measure_section import MeasureSection
 from .model_section import ModelSection
+from .review_section import ReviewSection
 from .run_section import RunSection
+from .series_section import SeriesSection
 from .view_section import ViewSection
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,11 @@ class SegStudioPanel(QWidget):
         self.add_section("Model", self.models)
         self.add_section("View", self.view)
         self.add_section("Correct", self.correct)
+        self.review = ReviewSection(self.viewer, self.run, self.models, self.scan_layer)
+        self.add_section("Correct", self.review)
         self.add_section("Fine-tune", self.finetune_section)
+        self.series = SeriesSection(self.viewer, self.run, self.finetune_section, self.scan_layer)
+        self.add_section("Fine-tune", self.series)
         self.add_section("Measure", self.measure_section)
         self.about = AboutSection()
         self.add_section("About", self.about)

@@ -332,10 +332,14 @@ class RunSection(QGroupBox):
             if not getattr(scan_layer, "rgb", False)
             else None
         )
+        # a mask another open scan's prediction made is that scan's, even when the shapes match (the next
+        # X-ray of a series): predicting this scan must not write into it
+        others = {ly.name for ly in L.scan_layers(self.viewer)} - {scan_layer.name}
         fits = [
             ly
             for ly in L.labels_layers(self.viewer)
-            if shape is None or tuple(np.shape(ly.data)) == tuple(shape)
+            if (shape is None or tuple(np.shape(ly.data)) == tuple(shape))
+            and L._md(ly).get("scan_layer") not in others
         ]
         ours = [ly for ly in fits if L._md(ly).get("scan_layer") == scan_layer.name]
         if ours:
