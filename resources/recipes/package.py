@@ -304,7 +304,9 @@ def _validation_pairs(info: dict[str, Any], recipe: dict[str, Any], split_path: 
 def _extra_validation(
     info: dict[str, Any], out: Path | list[Path], split_path: Path, tta: bool = False
 ) -> dict[str, Any]:
-    """Clinical figures beyond Dice: HC18's head circumference error (mm) on the held-back images."""
+    """Clinical figures beyond Dice: HC18's head circumference error (mm), Sunnybrook's blood pool."""
+    if info["eval_data"]["kind"] == "sunnybrook":
+        return _blood_pool_validation(info, out, split_path)
     if info["eval_data"]["kind"] != "hc18":
         return {}
     from seg_studio.core.datasets import hc18
@@ -325,6 +327,35 @@ def _extra_validation(
     }
 
 
+def _blood_pool_validation(info: dict[str, Any], out: Path | list[Path], split_path: Path) -> dict[str, Any]:
+    """The held-back patient's blood pool: pooled (volume) Dice, cavity area and volume per phase."""
+    from seg_studio.core.datasets import sunnybrook
+    from seg_studio.core.training.data import Split
+
+    split = Split.read(split_path)
+    (patient,) = {split.names[h].rsplit("_", 1)[0] for h in split.val}
+    path = out if isinstance(out, Path) else out[0]
+    r = sunnybrook.evaluate_blood_pool(path, DATA / info["eval_data"]["folder"], patient)
+    return {
+        "patient": patient,
+        "blood_pool_pooled_dice": _r(r["pooled_dice"]),
+        "blood_pool_mean_image_dice": _r(r["mean_image_dice"]),
+        "blood_pool_mean_abs_area_error_mm2": _r(r["mean_abs_area_error_mm2"], 1),
+        "blood_pool_volume_ml": {
+            f"phase {k}": {
+                "contours": _r(v["volume_ml"], 1),
+                "model": _r(v["pred_volume_ml"], 1),
+                "slices": v["slices"],
+            }
+            for k, v in r["phases"].items()
+        },
+        "blood_pool_how": "pooled Dice: all pixels of the held-back patient's contoured images together (a volume"
+        " Dice; small apical slices weigh by their size). Volumes: cavity area x slice gap"
+        f" ({r['slice_gap_mm']:.2f} mm) summed over the contoured slices of each phase (phase = rank by instance"
+        " number among the images at one slice position)",
+    }
+
+
 def _optional_rows(card: dict[str, Any]) -> str:
     """Table rows only some cards have: the expected input, the head circumference error."""
     rows = ""
@@ -336,6 +367,16 @@ def _optional_rows(card: dict[str, Any]) -> str:
             f"\n| **Head circumference error** | **{v['hc_mean_abs_error_mm']} mm** mean absolute"
             f" (bias {v['hc_mean_error_mm']} mm, worst {v['hc_max_abs_error_mm']} mm;"
             f" {len(v['hc_failed'])} image(s) without a head found) |"
+        )
+    if v.get("blood_pool_pooled_dice") is not None:
+        vols = "; ".join(
+            f"{k}: {x['model']} ml (contours {x['contours']} ml, {x['slices']} slices)"
+            for k, x in v["blood_pool_volume_ml"].items()
+        )
+        rows += (
+            f"\n| **Held-back patient {v['patient']}** | blood pool Dice **{v['blood_pool_pooled_dice']}** over all"
+            f" its pixels (mean of per-image Dice {v['blood_pool_mean_image_dice']}); cavity area off by"
+            f" {v['blood_pool_mean_abs_area_error_mm2']} mm² per image (mean absolute); volume {vols} |"
         )
     if v.get("with_tta"):
         t = v["with_tta"]
@@ -368,7 +409,9 @@ def card_markdown(card: dict[str, Any], path: Path) -> str:
 | **Validation mean Dice** | **{v["mean_dice"]}** on {len(v["cases"])} held-back case(s) |
 | Dice per class | {dice} |
 | HD95 per class (mm; pixels where no spacing is stored) | {hd} |
-| Training | {t["steps"]} steps (best at step {t["best_step"]}), {t["seconds"]} s on {t["hardware"]}; {t["train_cases"]} training cases |
+| Training | {t["steps"]} steps (best at step {t["best_step"]}), {t["seconds"]} s on {t["hardware"]}; {
+        t["train_cases"]
+    } training cases |
 
 **Data.** {card["data"]}.
 
@@ -378,7 +421,9 @@ def card_markdown(card: dict[str, Any], path: Path) -> str:
 
 **Intended use.** {card["intended_use"]}
 
-**How the Dice was measured.** {v["how"]}.{" HC: " + v["hc_how"] + "." if v.get("hc_how") else ""}
+**How the Dice was measured.** {v["how"]}.{" HC: " + v["hc_how"] + "." if v.get("hc_how") else ""}{
+        " Patient: " + v["blood_pool_how"] + "." if v.get("blood_pool_how") else ""
+    }
 Held-back cases: {", ".join(v["cases"])}.
 
 **Reproduce.**

@@ -123,3 +123,20 @@ def test_shipped_model_still_segments_a_validation_case(path: Path, data_dir: Pa
         assert error <= card_error + HC_TOLERANCE_MM, (
             f"{path.name} on {name}: HC off by {error:.2f} mm, card {card_error}"
         )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in MODELS if checkpoint.read_meta(p).card.get("eval_data", {}).get("kind") == "sunnybrook"],
+    ids=lambda p: p.stem,
+)
+def test_cardiac_model_measures_the_held_back_patient_as_its_card_says(path: Path, data_dir: Path) -> None:
+    """All of the held-back patient's images (18 small 2D slices): pooled Dice and volume per phase."""
+    card = checkpoint.read_meta(path).card
+    v = card["validation"]
+    r = sunnybrook.evaluate_blood_pool(path, data_dir / card["eval_data"]["folder"], v["patient"])
+    assert r["pooled_dice"] >= v["blood_pool_pooled_dice"] - TOLERANCE
+    for phase, vol in v["blood_pool_volume_ml"].items():
+        got = r["phases"][int(phase.split()[1])]
+        assert got["volume_ml"] == pytest.approx(vol["contours"], abs=0.1)  # the truth is read the same way
+        assert got["pred_volume_ml"] == pytest.approx(vol["model"], rel=0.05)
