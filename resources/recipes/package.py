@@ -101,7 +101,7 @@ _SUNNYBROOK = {
     " short-axis SSFP MRI images (GE Signa HDx, 256 x 256, 1.29-1.37 mm) of 4 patients in"
     " ../shared/data/sunnybrook_cardiac_mri, two phases per slice position; each endocardium contour filled"
     " as the blood pool on the DICOM image of its instance number (resources/recipes/prepare_data.py sunnybrook)",
-    "terms": "CC0 1.0 (public domain dedication, per the Cardiac Atlas Project); please cite below",
+    "terms": "CC0 1.0 (public domain dedication, per the Cardiac Atlas Project): no conditions; please cite below",
     "citation": "Radau P., Lu Y., Connelly K., Paul G., Dick A.J., Wright G.A., 'Evaluation Framework for"
     " Algorithms Segmenting Short Axis Cardiac MRI', The MIDAS Journal - Cardiac MR Left Ventricle"
     " Segmentation Challenge (2009)",
@@ -450,6 +450,8 @@ def write_index(path: Path = ROOT / "docs" / "models_zoo.md") -> Path:
         dice = ", ".join(f"{k} {d}" for k, d in v["dice"].items())
         if v.get("hc_mean_abs_error_mm") is not None:
             dice += f"; head circumference off by {v['hc_mean_abs_error_mm']} mm (mean absolute)"
+        if v.get("blood_pool_pooled_dice") is not None:
+            dice += f"; the patient's pixels pooled: {v['blood_pool_pooled_dice']}"
         rows.append(
             f"| [`{f.name}`](../resources/models/{card['name']}.md) | {card['title']} |"
             f" {card['parameters'] / 1e6:.2f} M, {f.stat().st_size / 1e6:.2f} MB | **{v['mean_dice']}** ({dice}) |"
@@ -468,8 +470,9 @@ benchmarks only.
 "Validation Dice" is the stored file segmenting the run's held-back cases (a fixed split: 20 % of
 the dev data by image hash, 10 % of the HC18 fetuses, one whole Sunnybrook patient; each card says
 which) through the app's own inference; `tests/core/test_zoo.py` re-checks one of those cases for
-every checkpoint (and, for `hc18_fetal_head`, its head circumference in mm). Training ran on the
-2 CPU cores of the development machine, so the step counts are small; the same recipe on a GPU (raise `max_steps`) trains further.
+every checkpoint (and, for `hc18_fetal_head`, its head circumference in mm; for `sunnybrook_lv`,
+the held-back patient's pooled Dice and volumes). Training ran on the 2 CPU cores of the development
+machine, so the step counts are small; the same recipe on a GPU (raise `max_steps`) trains further.
 
 | file | model | size | validation mean Dice (per class) | cases | training | terms | command |
 |---|---|---|---|---:|---|---|---|
