@@ -9,12 +9,17 @@ freed buffers or allocator state, and the allocator behaves as it does for a use
 
 Reported per case: wall time, peak memory above the pre-run baseline (RSS sampled every 5 ms),
 agreement of the label maps with MONAI's fp32 result (identical voxels, mean foreground Dice), and
-achieved GFLOP/s (model FLOPs per window x windows / time) against this CPU's measured matmul peak.
-A separate subprocess checks peak RSS for a 512x512x300 CT with 2 classes (the 4 GB target).
+achieved GFLOP/s (model FLOPs per window x windows / time) against this CPU's fp32 and bf16 matmul
+peaks measured in the same run. "ours default" is what a user gets: the compiled backend where one is
+installed (``seg-studio[fast]``: OpenVINO), else torch; "backend off" is torch with the same
+precision. A compiled run's warm-up includes the one-time export (first run of a case) and compile.
+Separate subprocesses check peak RSS for a 512x512x300 CT with 2 classes through the library, and of
+the whole ``seg-studio predict`` command on a 512x512x400 int16 CT written as NIfTI, with and without
+``--save-probabilities`` (the 4 GB target).
 
     .venv/bin/python benchmarks/inference.py                  # full run (~4 min on an idle 2-core machine)
     .venv/bin/python benchmarks/inference.py --quick          # small sizes, a smoke run
-    .venv/bin/python benchmarks/inference.py --memory-only    # just the 512x512x300 RSS check
+    .venv/bin/python benchmarks/inference.py --memory-only    # just the RSS checks
 
 Needs the ``bench`` extra (MONAI). Writes a Markdown table to stdout and, with ``--json``, the raw
 numbers.
@@ -42,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from seg_studio.core import checkpoint as ckpt  # noqa: E402
 from seg_studio.core.inference import PredictOptions, cpu_has_fast_bf16, describe_hardware, predict  # noqa: E402
+from seg_studio.core.inference import backends as backends  # noqa: E402
 from seg_studio.core.inference import windows as W  # noqa: E402
 from seg_studio.core.models import create_model  # noqa: E402
 from seg_studio.core.volume import Volume  # noqa: E402
@@ -201,16 +207,19 @@ def child(workdir: Path, index: int) -> None:
     meta = ckpt.new_meta(model, "unet", job["arch_args"], patch_size=tuple(job["roi"]),
                          normalization={"mode": "none"})  # fmt: skip
     img = np.load(workdir / "image.npy")
-    # warm-up: the same engine on one window's worth of the image (imports, kernels, first allocations)
+    # warm-up: the same engine on one window's worth of the image (imports, kernels, first allocations;
+    # for a compiled backend also the export, on the first run of a case, and the compile)
+    t_warm = time.perf_counter()
     run_spec(
         spec, model, meta, np.ascontiguousarray(img[tuple(slice(0, r) for r in job["roi"])]), job["batch"]
     )
+    warm = time.perf_counter() - t_warm
     with PeakRSS() as mem:
         t, c = time.perf_counter(), time.process_time()
         labels = run_spec(spec, model, meta, img, job["batch"])
         secs, cpu = time.perf_counter() - t, time.process_time() - c
     np.save(workdir / f"labels_{index}.npy", np.asarray(labels, dtype=np.uint8))
-    print(json.dumps({"seconds": secs, "cpu_seconds": cpu, "peak": mem.peak}))
+    print(json.dumps({"seconds": secs, "cpu_seconds": cpu, "peak": mem.peak, "warmup_seconds": warm}))
 
 
 def case(
@@ -232,23 +241,29 @@ def case(
     n_win = {o: len(W.window_starts((size,) * dims, rois, o)) for o in (0.5, 0.25)}
 
     monai = {"engine": "monai", "overlap": 0.5}
+    auto = backends.choose_backend(
+        "auto", torch.device("cpu"), torch.bfloat16 if cpu_has_fast_bf16() else None
+    )
     runs: list[tuple[str, dict[str, Any]]] = [
         ("MONAI fp32, overlap 0.5", monai),
-        ("ours fp32, overlap 0.5", {"engine": "ours", "overlap": 0.5, "opts": {"precision": "fp32"}}),
+        (f"ours default ({auto}), overlap 0.5", {"engine": "ours", "overlap": 0.5, "opts": {}}),
+        (f"ours default ({auto}), overlap 0.25", {"engine": "ours", "overlap": 0.25, "opts": {}}),
         (
-            "ours fp32, NCDHW/NCHW, no BN folding, overlap 0.5",
-            {
-                "engine": "ours",
-                "overlap": 0.5,
-                "opts": {"precision": "fp32", "channels_last": False, "fuse_bn": False},
-            },
-        ),  # fmt: skip
-        (
-            "ours default" + ("" if cpu_has_fast_bf16() else " (= fp32 on this CPU)") + ", overlap 0.5",
-            {"engine": "ours", "overlap": 0.5, "opts": {}},
+            "ours, backend off (torch" + (" bf16" if cpu_has_fast_bf16() else " fp32") + "), overlap 0.5",
+            {"engine": "ours", "overlap": 0.5, "opts": {"backend": "torch"}},
         ),
-        ("ours default, overlap 0.25", {"engine": "ours", "overlap": 0.25, "opts": {}}),
+        (
+            "ours torch fp32, overlap 0.5",
+            {"engine": "ours", "overlap": 0.5, "opts": {"precision": "fp32", "backend": "torch"}},
+        ),
     ]
+    if backends.installed("onnxruntime"):
+        runs.append(
+            (
+                "ours onnxruntime fp32, overlap 0.5",
+                {"engine": "ours", "overlap": 0.5, "opts": {"precision": "fp32", "backend": "onnxruntime"}},
+            )
+        )
     if cpu_has_fast_bf16():
         runs.insert(1, ("MONAI bf16 autocast, overlap 0.5", {**monai, "bf16": True}))
     # MONAI once more at the end: the spread between its two times shows how much the load on the
@@ -264,12 +279,16 @@ def case(
         job = {"dims": dims, "arch_args": arch_args, "roi": list(rois), "batch": batch,
                "runs": [spec for _, spec in runs]}  # fmt: skip
         (work / "job.json").write_text(json.dumps(job))
+        # exported graphs go to this case's own folder: the first compiled run pays the export in its
+        # warm-up (reported), as a user's first prediction with a new checkpoint does
+        env = {**os.environ, "SEG_STUDIO_CACHE": str(work / "cache")}
         for i, (label, spec) in enumerate(runs):
             out = subprocess.run(
                 [sys.executable, __file__, "--child", str(work), str(i)],
                 capture_output=True,
                 text=True,
                 check=False,
+                env=env,
             )
             if out.returncode != 0:
                 raise RuntimeError(f"{name} / {label} failed:\n{out.stderr[-3000:]}")
@@ -292,6 +311,7 @@ def case(
                 "dice_vs_truth": round(dice_fg(labels, truth), 4),
                 "windows": n_win[spec["overlap"]],
                 "gflops": round(flops * n_win[spec["overlap"]] / secs / 1e9, 1),
+                "warmup_seconds": round(res.get("warmup_seconds", 0.0), 1),
             }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
@@ -342,6 +362,60 @@ def memory_check(
     return res
 
 
+_CLI_WRAPPER = r"""
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+secs = time.perf_counter() - t
+print(json.dumps({"rc": proc.returncode, "seconds": round(secs, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+                  "tail": (proc.stdout + proc.stderr).strip().splitlines()[-1:]}))
+"""
+
+
+def cli_memory_check(slices: int = 400, features: int = 4) -> list[dict[str, Any]]:
+    """Peak RSS of the real ``seg-studio predict`` on a 512x512xN int16 CT (written as NIfTI), with and
+    without ``--save-probabilities``: the whole command (read, predict, write, verify), each in a fresh
+    process measured by a wrapper of its own (``ru_maxrss`` of its only child)."""
+    import tempfile
+
+    from seg_studio.core import io as sio
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="seg-mem-") as tmp:
+        work = Path(tmp)
+        rng = np.random.default_rng(0)
+        ct = rng.integers(-1000, 1500, size=(slices, 512, 512), dtype=np.int16)
+        scan = sio.write(Volume.from_array(ct, spacing=(0.7, 0.7, 2.5)), work / "ct.nii.gz")
+        del ct
+        torch.manual_seed(0)
+        model = create_model(
+            "unet", spatial_dims=3, in_channels=1, out_channels=2, features=features, depth=3
+        )
+        meta = ckpt.new_meta(model, "unet", {"features": features, "depth": 3}, patch_size=(64, 128, 128),
+                             normalization={"mode": "ct_window", "low": -160, "high": 240})  # fmt: skip
+        model_path = ckpt.save(work / "m.segmodel", model, meta)
+        for probs in (False, True):
+            cmd = [sys.executable, "-m", "seg_studio", "predict", str(scan), "--model", str(model_path),
+                   "--out", str(work / "mask.nii.gz"), "--overlap", "0.25"]  # fmt: skip
+            if probs:
+                cmd += ["--save-probabilities", str(work / "probs.nii.gz")]
+            env = {**os.environ, "PYTHONPATH": str(REPO)}
+            res = subprocess.run([sys.executable, "-c", _CLI_WRAPPER, *cmd], capture_output=True, text=True,
+                                 env=env, check=False)  # fmt: skip
+            row = (
+                json.loads(res.stdout.strip().splitlines()[-1])
+                if res.returncode == 0
+                else {"error": res.stderr}
+            )
+            row.update(
+                {"slices": slices, "probabilities": probs, "scan_mb": round(scan.stat().st_size / 2**20)}
+            )
+            print(json.dumps(row), file=sys.stderr)
+            out.append(row)
+    return out
+
+
 # --- main ---------------------------------------------------------------------------------------------------
 
 
@@ -357,6 +431,7 @@ def main() -> int:
     ap.add_argument("--roi2d", type=int, default=256)
     ap.add_argument("--features2d", type=int, default=16)
     ap.add_argument("--steps", type=int, default=25, help="quick-training steps per model")
+    ap.add_argument("--cli-slices", type=int, default=400, help="slices of the CT for the CLI memory check")
     ap.add_argument("--json", type=Path, help="write the raw numbers here")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -383,9 +458,11 @@ def main() -> int:
         )
         rows += case("3D", 3, args.size3d, args.roi3d, args.features3d, 4, args.steps, 32, 2)
     mem = []
+    cli_mem: list[dict[str, Any]] = []
     if not args.skip_memory:
         mem.append(memory_check(4, (64, 128, 128), 0.25, False))
         mem.append(memory_check(4, (64, 128, 128), 0.25, True))
+        cli_mem = cli_memory_check(args.cli_slices)
     info["load_avg_end"] = os.getloadavg()
     info["peak_rss_this_process_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
@@ -399,21 +476,27 @@ def main() -> int:
     print(f"load average at start {info['load_avg_start']}, at end {info['load_avg_end']}\n")
     if rows:
         print("| case | run | windows | wall s | wall vs MONAI | CPU s | CPU vs MONAI | peak MB | memory vs MONAI | "
-              "identical voxels | Dice vs MONAI | Dice vs truth | GFLOP/s (wall) | of fp32 matmul peak |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "identical voxels | Dice vs MONAI | Dice vs truth | GFLOP/s (wall) | of fp32 / bf16 matmul peak | "
+              "warm-up s (export+compile) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         peak = info.get("matmul_fp32_gflops") or float("nan")
+        peak16 = info.get("matmul_bf16_gflops") or float("nan")
         for r in rows:
             print(
                 f"| {r['case']} | {r['run']} | {r['windows']} | {r['seconds']} | {r['time_ratio']:.2f}x | "
                 f"{r['cpu_seconds']} | {r['cpu_ratio']:.2f}x | "
                 f"{r['peak_mb']} | {r['mem_ratio']:.2f}x | {100 * r['identical_voxels']:.4f}% | "
                 f"{r['dice_vs_monai']:.4f} | {r['dice_vs_truth']:.3f} | {r['gflops']} | "
-                f"{100 * r['gflops'] / peak:.0f}% |"
+                f"{100 * r['gflops'] / peak:.0f}% / {100 * r['gflops'] / peak16:.0f}% | {r['warmup_seconds']} |"
             )
     for m in mem:
         print(f"\n512x512x300 int16 CT, 2 classes: {m}")
+    for m in cli_mem:
+        print(f"\nseg-studio predict, 512x512x{m.get('slices')} int16 CT, 2 classes: {m}")
     if args.json:
-        args.json.write_text(json.dumps({"info": info, "rows": rows, "memory": mem}, indent=2))
+        args.json.write_text(
+            json.dumps({"info": info, "rows": rows, "memory": mem, "cli_memory": cli_mem}, indent=2)
+        )
     return 0
 
 

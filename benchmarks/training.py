@@ -245,6 +245,8 @@ def jsrt(
                                    patch_size=(224, 224))  # fmt: skip
         parent = checkpoint.save(work / "untrained.segmodel", model, meta)
         out["parent"] = "untrained unet (what the GUI saves for a variant without a checkpoint)"
+    else:
+        out["parent"] = str(parent)
     child = work / f"{tag}-ft.segmodel"
     t0, c0 = time.perf_counter(), time.process_time()
     if steps is not None:
@@ -257,6 +259,7 @@ def jsrt(
     # CPU seconds (all threads) stand in for the idle-machine cost when the wall clock is shared.
     out["ours"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "steps": res.steps,
                    "lr": res.lr, "train_dice": res.per_class_after, "budget_s": budget or "default",
+                   "better": res.better, "start": res.start.get("start"), "threads": res.threads.get("kept"),
                    "dice": _dice_report(_predict_all(model, meta, tests), truths),
                    "dice_keep_largest": _dice_report(_predict_all(model, meta, tests, {"largest_component": True}),
                                                      truths),
@@ -319,6 +322,12 @@ def main() -> int:
         "--precision", choices=["auto", "fp32", "bf16"], help="jsrt: fine-tune precision (default auto)"
     )
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="jsrt: skip the plain loop")
+    ap.add_argument(
+        "--parent",
+        type=Path,
+        help="jsrt: fine-tune this checkpoint instead of an untrained U-Net (e.g. the shipped "
+        "seg_studio/resources/models/isbi2012_unet.segmodel: a parent from another domain)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     # OMP_NUM_THREADS=1 on a crowded CPU: OpenMP barriers crawl when other jobs hold the cores.
@@ -341,8 +350,8 @@ def main() -> int:
             ("precision", args.precision),
         )
         opts = {k: v for k, v in given if v is not None}
-        results["jsrt"] = jsrt(args.budget, args.features or 8, steps=args.steps, ft_options=opts,
-                               baseline=args.baseline)  # fmt: skip
+        results["jsrt"] = jsrt(args.budget, args.features or 8, parent=args.parent, steps=args.steps,
+                               ft_options=opts, baseline=args.baseline)  # fmt: skip
         print(json.dumps(results["jsrt"], indent=1), flush=True)
     if "transfer" in args.only:
         results["transfer"] = transfer(features=args.features or 8)

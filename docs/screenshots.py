@@ -1,15 +1,16 @@
 """Take the README's screenshots by driving the real app, the way a user clicks through it.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" env QT_QPA_PLATFORM=xcb .venv/bin/python docs/screenshots.py
+    xvfb-run -a -s "-screen 0 1400x900x24" env QT_QPA_PLATFORM=xcb .venv/bin/python docs/screenshots.py
 
 The app opens with the bundled synthetic 2D sample (no real patient data in the README). With no
 trained checkpoint in resources/models, the loop starts from an untrained Attention U-Net: Predict
 gives noise, the script "paints" the correct classes into the mask (what a radiologist's edits add
-up to; here the sample's known labels), presses Fine-tune, and then Re-run. It saves:
+up to; here the sample's known labels) and presses Fine-tune. It saves:
 
 - docs/images/finetune.png   the panel with the live loss/Dice plot after fine-tuning;
-- docs/images/app.png        scan + predicted mask + an attention-gate map, after the re-run;
 - docs/images/app_3d.png     the 3D sample with its mask in the 3D view.
+
+The picture of the app on a real scan (docs/images/app.png) is taken by docs/app_screenshot.py.
 
 The model is fine-tuned on the very image it then segments, so the second mask says that the loop
 works, not how well the model generalises. Models and autosaves go to a temporary folder.
@@ -82,7 +83,7 @@ def main() -> int:
 
     viewer, panel = build_window(None)
     app = QApplication.instance()
-    viewer.window.resize(1500, 940)
+    viewer.window.resize(1400, 900)  # the screen the panel is laid out for
     wait(app, lambda: bool(panel.models.variants()), 120)
 
     from seg_studio.ui.reader import volume_layer_data
@@ -108,20 +109,10 @@ def main() -> int:
         app, lambda: panel.finetune(budget_s=args.budget, only_changed=False), panel.finetune_section.finished
     )
     assert out == "done", panel.finetune_section.last_error
-    panel.verticalScrollBar().setValue(panel.verticalScrollBar().maximum())
+    panel.show_section(panel.finetune_section)  # the plot and the Re-run offer
     save(viewer, "finetune.png", app)
 
-    # 4. Re-run with the new model: mask + attention map over the scan
-    assert run_job(app, panel.rerun, panel.run.finished) == "done", panel.run.last_error
-    att = [ly for ly in viewer.layers if "attention level 1" in ly.name]
-    if att:
-        att[0].visible = True  # the panel's own opacity/colormap, as a user sees it
-    panel.mask_layer().opacity = 0.45
-    panel.verticalScrollBar().setValue(0)
-    viewer.reset_view()
-    save(viewer, "app.png", app)
-
-    # 5. the 3D sample in the 3D view
+    # 4. the 3D sample in the 3D view
     for ly in list(viewer.layers):
         viewer.layers.remove(ly)
     image3, labels3 = make_sample_3d()

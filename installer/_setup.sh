@@ -1,7 +1,8 @@
 # Shared set-up for run.sh and test.sh: sourced, not run. Idempotent and quick on a second run.
 # - installs the Qt/X libraries napari needs with apt when run as root (else prints the apt line);
 # - creates .venv with Python 3.11 and installs seg_studio with its app and dev extras, once per
-#   change of pyproject.toml (a stamp file remembers the last install).
+#   change of pyproject.toml or installer/constraints.txt (a stamp file remembers the last install),
+#   at the exact versions of installer/constraints.txt.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -24,6 +25,19 @@ ensure_system_libs() {
   fi
 }
 
+ensure_orthanc() {
+  # The hospital round-trip tests (tests/core/test_pacs.py) start a real Orthanc PACS themselves on
+  # free 127.0.0.1 ports; only the Debian packages are needed (the packaged service is not used).
+  if command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then return 0; fi
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "seg_studio: installing Orthanc for the PACS tests with apt..." >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb >/dev/null
+  else
+    echo "seg_studio: the PACS tests need Orthanc; run once: sudo apt-get install -y orthanc orthanc-dicomweb" >&2
+  fi
+}
+
 find_python() {
   for p in python3.11 python3; do
     if command -v "$p" >/dev/null && "$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
@@ -34,6 +48,9 @@ find_python() {
   return 1
 }
 
+# The extras the two README commands install: the app, the tests and the optional fast paths.
+SEG_STUDIO_EXTRAS="app,dev,fast"
+
 ensure_venv() {
   local py stamp want
   if [ ! -x .venv/bin/python ]; then
@@ -41,13 +58,14 @@ ensure_venv() {
     echo "seg_studio: creating .venv with $py..." >&2
     "$py" -m venv .venv
   fi
-  want="$(cat pyproject.toml installer/_setup.sh | sha256sum | cut -d' ' -f1)"
+  want="$(cat pyproject.toml installer/constraints.txt installer/_setup.sh | sha256sum | cut -d' ' -f1)"
   stamp=".venv/.seg-studio-installed"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "seg_studio: installing into .venv (first run takes a few minutes)..." >&2
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    # torch/torchvision are pinned exactly in pyproject.toml (wheels that lie on this machine).
-    .venv/bin/python -m pip install -q -e ".[app,dev]"
+    # pyproject.toml gives ranges; installer/constraints.txt the exact tested set (torch 2.14.1 and
+    # torchvision 0.29.1 are wheels that lie on this machine).
+    .venv/bin/python -m pip install -q -c installer/constraints.txt -e ".[$SEG_STUDIO_EXTRAS]"
     echo "$want" >"$stamp"
   fi
 }

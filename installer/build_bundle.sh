@@ -50,12 +50,10 @@ done
 # CUDA users install the pip package into their own environment instead (README.md).
 # Override with TORCH_SPEC=... (e.g. a wheel path) and PIP_EXTRA_INDEX_URL for PyTorch's CPU index.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0+cpu}"
-# Core libraries at the versions the dev venv is tested with (pyproject gives lower bounds; a bundle
-# must be exact); napari and the Qt binding come from pyproject's [app] extra, so the bundle never
-# drifts from the pins the app is tested with (PySide6 6.12.0, for one, aborts the app: see pyproject).
-CORE_REQS=(
-  "numpy==2.4.6" "SimpleITK==2.5.7" "safetensors==0.8.0" "pillow==13.0.0" "platformdirs==4.14.8" "scipy==1.17.1"
-)
+# Core and app libraries: pyproject's ranges, resolved to the exact versions of
+# installer/constraints.txt (the set the tests run with), so the bundle never drifts from what is
+# tested (PySide6 6.12.0, for one, aborts the app: see pyproject). Only torch differs: the CPU build
+# above, so the lock's CUDA torch and its nvidia-*/triton libraries are left out of the constraints.
 BUILD_REQS=("pyinstaller==6.22.3" "pyinstaller-hooks-contrib==2026.9")
 
 log() { printf '\n[build_bundle %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -95,16 +93,18 @@ for m in "${EXTRA_MODELS[@]}"; do
   cp "$m" "$SRC/resources/models/"
   log "bundling the extra model $(basename "$m")"
 done
-read -r -a APP_EXTRA <<<"$("$(find_python)" -c 'import sys, tomllib
-print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["app"]))' "$SRC/pyproject.toml")"
-APP_REQS=("${CORE_REQS[@]}" "${APP_EXTRA[@]}")
+read -r -a APP_REQS <<<"$("$(find_python)" -c 'import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print(" ".join(project["dependencies"] + project["optional-dependencies"]["app"]))' "$SRC/pyproject.toml")"
+BUNDLE_CONSTRAINTS="$WORK/constraints-bundle.txt"
+grep -v -i -E '^(torch|torchvision|triton|nvidia-|cuda-)' "$SRC/installer/constraints.txt" >"$BUNDLE_CONSTRAINTS"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$SRC/pyproject.toml" | sed -n '1p')"
 ARCH="$(dpkg --print-architecture 2>/dev/null || echo amd64)"
 
 # --- 2. build venv --------------------------------------------------------------------------------
 VENV="$ROOT/build/bundle-venv"
 STAMP="$VENV/.bundle-reqs"
-WANT="$TORCH_SPEC ${APP_REQS[*]} ${BUILD_REQS[*]}"
+WANT="$TORCH_SPEC ${APP_REQS[*]} ${BUILD_REQS[*]} $(sha256sum <"$BUNDLE_CONSTRAINTS" | cut -c1-16)"
 if [ "$FRESH_VENV" = 1 ] || [ ! -x "$VENV/bin/python" ]; then
   log "creating the build venv $VENV (CPU-only torch; a few minutes)"
   rm -rf "$VENV"
@@ -115,7 +115,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   # A changed pin updates the cached venv in place (pip swaps the changed packages); --fresh-venv
   # starts from an empty one, as a release build should.
   log "installing the pinned build requirements: $WANT"
-  "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" "${APP_REQS[@]}" "${BUILD_REQS[@]}"
+  "$VENV/bin/python" -m pip install -q -c "$BUNDLE_CONSTRAINTS" "$TORCH_SPEC" "${APP_REQS[@]}" "${BUILD_REQS[@]}"
   echo "$WANT" >"$STAMP"
 fi
 # seg_studio itself: a real (non-editable) install, so its dist-info with the napari.manifest entry

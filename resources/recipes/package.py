@@ -8,7 +8,14 @@ What it does, for each name: reads the recipe and the run folder it names (``bes
 ``split.json``, ``history.json``); stores the weights as float16 (half the size; ``checkpoint.load``
 casts them back); re-scores the STORED file on the run's held-back validation cases through the
 app's own inference (``seg_studio.core.compare.evaluate_checkpoint``), so the card's Dice is the
-shipped file's; and writes the card into the checkpoint's metadata and as Markdown beside it.
+shipped file's; computes the model's domain (``seg_studio.core.domain``: what it was trained on, and
+what it produced on its validation cases); and writes the card and the domain into the checkpoint's
+metadata and as Markdown beside it.
+
+    .venv/bin/python resources/recipes/package.py --add-domain [<name> ...]
+
+recomputes only the domain of already shipped files (no run folder needed: the training split is in
+each file's provenance) and rewrites their metadata, keeping the stored weights byte for byte.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any
 
 import torch
 
-from seg_studio.core import checkpoint
+from seg_studio.core import checkpoint, domain
 from seg_studio.core.compare import evaluate_checkpoint, held_out_pairs
 from seg_studio.core.models import count_parameters
 from seg_studio.core.training import load_recipe, pairs_from_folders
@@ -39,6 +46,7 @@ _SYNTHETIC = {
     "terms": "generated data; the model ships under seg_studio's own licence (BSD-3-Clause)",
     "citation": "none needed",
     "intended_use": "the app's first run, 'seg-studio demo' and the installation self-test. Not for real scans.",
+    "synthetic": True,
     # where tests/core/test_zoo.py finds the held-back cases again: regenerated from the seed in the name
     "eval_data": {"kind": "sample"},
 }
@@ -48,6 +56,9 @@ _MSD = {
     "terms": "CC BY-SA 4.0 (the MSD licence): attribution and share-alike apply to these weights",
     "citation": "Simpson et al. 2019, arXiv:1902.09063; Antonelli et al. 2022, Nat. Commun. 13:4128",
     "intended_use": "research: hippocampus head/body+tail in 1 mm T1 MRI crops like MSD Task04's. Not a medical device.",
+    "modality": "MR",
+    "expected_input": "a T1 MRI crop of about 35 x 50 x 35 mm around one hippocampus at 1 mm voxels, as in MSD"
+    " Task04 (not a whole head)",
     "eval_data": {
         "kind": "folders",
         "images": "msd_task04_hippocampus/images",
@@ -63,6 +74,9 @@ _ISBI = {
     " Computer-Assisted Serial Section Electron Microscopy', PLoS Biol 8(10): e1000502 (2010); TrakEM2"
     " (Cardona et al., PLoS ONE 7(6): e38011, 2012)",
     "intended_use": "research, non-commercial: neuronal membranes in ssTEM slices at about 4 nm/pixel",
+    "modality": "EM",
+    "expected_input": "a 512 x 512 serial-section TEM image of neural tissue at about 4 nm/pixel, 8-bit grey, as in"
+    " the ISBI 2012 stack",
     "eval_data": {
         "kind": "folders",
         "images": "isbi2012_em_membrane/images",
@@ -121,12 +135,16 @@ ZOO: dict[str, dict[str, Any]] = {
         **_SYNTHETIC,
         "data": _SYNTHETIC["data"].format(fn="make_sample_2d"),
         "title": "Demo 2D U-Net (synthetic chest film: lungs and heart)",
+        "modality": "X-ray",
+        "expected_input": "seg_studio's synthetic 2D sample (a drawn 128 x 128 chest film at 0.5 mm); not a real X-ray",
         "spacing": "0.5 x 0.5 mm (the sample's); runs at the scan's own spacing",
     },
     "demo3d_unet": {
         **_SYNTHETIC,
         "data": _SYNTHETIC["data"].format(fn="make_sample_3d"),
         "title": "Demo 3D U-Net (synthetic MR: organ, lesion, vessel)",
+        "modality": "MR",
+        "expected_input": "seg_studio's synthetic 3D sample (48 x 64 x 64 at 0.9 x 0.9 x 2.5 mm); not a real scan",
         "spacing": "0.9 x 0.9 x 2.5 mm (the sample's); runs at the scan's own spacing",
     },
     "hippocampus_unet": {
@@ -188,6 +206,71 @@ def _hardware(settings: dict[str, Any]) -> str:
         native = "native bf16" if precision == "torch.bfloat16" else "no native bf16"
         hardware = f"the 2-core development CPU (AMD EPYC, {native}), no GPU"
     return f"device {settings.get('device') or '?'}, precision {precision}; {hardware}"
+
+
+def _recipe_folder(recipe: dict[str, Any], key: str) -> Path:
+    p = Path(recipe[key])
+    return p if p.is_absolute() else ROOT / p
+
+
+def _cases(name: str, meta: checkpoint.ModelMeta) -> tuple[list[tuple[Any, Any]], list[Any]]:
+    """The model's training pairs (image, class-value labels) and validation images, found again from
+    the split in its provenance: synthetic cases are regenerated from the seed in their name, the
+    others read from the recipe's folders."""
+    from seg_studio.core.samples import make_sample_2d, make_sample_3d
+    from seg_studio.core.training.data import apply_label_map, image_hash, parse_label_map, read_pair
+
+    split = meta.provenance.get("split") or {}
+    train_ids, val_ids = set(split.get("train", [])), set(split.get("val", []))
+    recipe = load_recipe(RECIPES / f"{name}.toml")
+    if ZOO[name].get("synthetic"):
+        make = make_sample_2d if meta.spatial_dims == 2 else make_sample_3d
+        names = (meta.provenance.get("data") or {}).get("cases", {}).values()
+        loaded = [make(seed=int(n.rsplit("_", 1)[1])) for n in sorted(names)]
+        loaded = [(img, lab.array) for img, lab in loaded]
+    else:
+        lmap = parse_label_map(recipe.get("label_map"))
+        pairs = pairs_from_folders(_recipe_folder(recipe, "images"), _recipe_folder(recipe, "labels"))
+        loaded = []
+        for src in pairs:
+            img, lab = read_pair(src)
+            loaded.append((img, apply_label_map(lab.array, lmap, recipe.get("ignore_value"))))
+    train = [(img, lab) for img, lab in loaded if image_hash(img.array) in train_ids]
+    val = [img for img, _ in loaded if image_hash(img.array) in val_ids]
+    if len(train) != len(train_ids) or len(val) != len(val_ids):
+        sys.exit(
+            f"{name}: found {len(train)}/{len(train_ids)} training and {len(val)}/{len(val_ids)} validation cases"
+            " of the split stored in the checkpoint; is the data in ../shared/data complete?"
+        )
+    return train, val
+
+
+def compute_domain(name: str, model: Any, meta: checkpoint.ModelMeta) -> domain.Domain:
+    """The shipped model's domain: its training cases' geometry and intensities, and what the stored
+    model produces on its held-back validation cases."""
+    info = ZOO[name]
+    train, val = _cases(name, meta)
+    return domain.domain_from_pairs(
+        train,
+        meta,
+        model=model,
+        validation=val,
+        modality=info.get("modality"),
+        expected_input=info.get("expected_input", ""),
+        synthetic=bool(info.get("synthetic")),
+        device="cpu",
+    )
+
+
+def add_domain(name: str) -> Path:
+    """Give an already shipped model its domain; the weights stay byte for byte as they are."""
+    path = MODELS / f"{name}.segmodel"
+    model, meta = checkpoint.load(path)
+    meta.domain = compute_domain(name, model, meta)
+    checkpoint.replace_meta(path, meta)
+    (MODELS / f"{name}.md").write_text(card_markdown(meta.card, path, meta.domain))
+    sys.stdout.write(f"{path.relative_to(ROOT)}: domain: {'; '.join(domain.describe(meta.domain))}\n")
+    return path
 
 
 def package(name: str) -> Path:
@@ -278,12 +361,25 @@ def package(name: str) -> Path:
         "packaged": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     meta.card = card
+    meta.domain = compute_domain(name, model, meta)
     checkpoint.save(out, model, meta, dtype=torch.float16)
-    (MODELS / f"{name}.md").write_text(card_markdown(card, out))
+    (MODELS / f"{name}.md").write_text(card_markdown(card, out, meta.domain))
     sys.stdout.write(
         f"{out.relative_to(ROOT)}: {out.stat().st_size / 1e6:.2f} MB, mean Dice {ev.mean_dice:.4f} {ev.dice}\n"
     )
     return out
+
+
+def _domain_markdown(dom: domain.Domain | None) -> str:
+    if dom is None:
+        return ""
+    lines = "\n".join(f"- {line}" for line in domain.describe(dom))
+    return f"""
+**Domain** (what it was trained on; the app and `seg-studio predict` warn about scans outside it, see
+[docs/model_domains.md](../../docs/model_domains.md)):
+
+{lines}
+"""
 
 
 def _root_path(p: str | Path) -> Path:
@@ -389,11 +485,12 @@ def _optional_rows(card: dict[str, Any]) -> str:
     return rows
 
 
-def card_markdown(card: dict[str, Any], path: Path) -> str:
+def card_markdown(card: dict[str, Any], path: Path, dom: domain.Domain | None = None) -> str:
     v, t = card["validation"], card["training"]
     cls = ", ".join(f"{c['value']} = {c['name']}" for c in card["classes"])
-    dice = ", ".join(f"{k} {d}" for k, d in v["dice"].items())
-    hd = ", ".join(f"{k} {d}" for k, d in v["hd95_mm"].items())
+    order = [c["name"] for c in card["classes"] if c["name"] in v["dice"]]  # class order, not JSON's
+    dice = ", ".join(f"{k} {v['dice'][k]}" for k in order)
+    hd = ", ".join(f"{k} {v['hd95_mm'][k]}" for k in order if k in v["hd95_mm"])
     size = path.stat().st_size / 1e6
     return f"""# {card["title"]}
 
@@ -420,7 +517,7 @@ def card_markdown(card: dict[str, Any], path: Path) -> str:
 **Cite.** {card["citation"]}.
 
 **Intended use.** {card["intended_use"]}
-
+{_domain_markdown(dom)}
 **How the Dice was measured.** {v["how"]}.{" HC: " + v["hc_how"] + "." if v.get("hc_how") else ""}{
         " Patient: " + v["blood_pool_how"] + "." if v.get("blood_pool_how") else ""
     }
@@ -484,6 +581,9 @@ To reproduce one: `seg-studio train resources/recipes/NAME.toml`, then
 `python resources/recipes/make_demo_data.py --out runs/data/demo`; HC18 and Sunnybrook too:
 `python resources/recipes/prepare_data.py hc18` (or `sunnybrook`).
 
+Each file also records its domain (what it was trained on); which scans in ../shared/data each model is
+and is not meant for, with the warning each gets: [model_domains.md](model_domains.md).
+
 What was tried to lift the hippocampus and ISBI models towards their targets (longer runs, mirroring,
 instance norm, ensembles, thresholds), with figures and commands: [zoo_experiments.md](zoo_experiments.md).
 """
@@ -496,10 +596,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description="package trained runs as shipped models with model cards")
     p.add_argument("names", nargs="*", help=f"runs to package: {', '.join(sorted(ZOO))}")
     p.add_argument("--index", action="store_true", help="(re)write docs/models_zoo.md from the shipped cards")
+    p.add_argument(
+        "--add-domain",
+        action="store_true",
+        help="only (re)compute the domain of the named shipped models (all when none is named); weights untouched",
+    )
     a = p.parse_args()
     unknown = [n for n in a.names if n not in ZOO]
     if unknown:
         p.error(f"unknown model {unknown[0]!r}; choose from {', '.join(sorted(ZOO))}")
+    if a.add_domain:
+        for name in a.names or sorted(ZOO):
+            add_domain(name)
+        return
     for name in a.names:
         package(name)
     if a.index or a.names:

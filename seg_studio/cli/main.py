@@ -8,16 +8,18 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .. import selftest
 from ..core.errors import SegStudioError
-from . import compare, predict, scans, train
+from . import compare, export, measure, pacs, predict, scans, train
 
 Runner = Callable[[argparse.Namespace], int]
 log = logging.getLogger("seg_studio")
@@ -126,6 +128,21 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
         compare.add_compare,
         compare.run_compare,
     ),
+    "export": (
+        "write a label map on a DICOM series as a DICOM SEG (export LABELS --like DICOM_DIR --out result.dcm)",
+        export.add_export,
+        export.run_export,
+    ),
+    "measure": (
+        "per class: volume, voxels, bounding box and extent (mm), largest component, intensity statistics",
+        measure.add_measure,
+        measure.run_measure,
+    ),
+    "pacs": (
+        "a PACS over DICOMweb (--url) or DIMSE (--aet/--host/--port): find studies/series, get a series, send a SEG",
+        pacs.add_pacs,
+        pacs.run_pacs,
+    ),
     "import-weights": (
         "turn a plain PyTorch state dict into a .segmodel (never unpickles code)",
         predict.add_import_weights,
@@ -137,14 +154,34 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
 # --- entry point --------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+class _VersionAction(argparse.Action):
+    """``--version``: what a bug report needs, not just our own version number."""
 
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from ..core.about import version_report
+
+        print(version_report())
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seg-studio", description="Segment 2D/3D medical images with the U-Net family."
     )
-    parser.add_argument("--version", action="version", version=f"seg-studio {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the versions of seg-studio, torch, napari, Qt and the compute device, and exit",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--allow-external-data",
+        action="store_true",
+        help="read .mhd/.nrrd headers whose pixel data file lies outside the header's folder",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_, add, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -171,7 +208,33 @@ def _gui_shortcut(argv: list[str], command_line: bool = True) -> list[str]:
     return argv
 
 
+#: Exit code when the reader of stdout went away (128 + SIGPIPE, what ``yes | head`` gives ``yes``).
+EXIT_STDOUT_CLOSED = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a closed stdout (``seg-studio info X | head``) ends it quietly, whatever it was."""
+    try:
+        try:
+            code = _main(argv)
+        finally:  # also after --help's SystemExit
+            sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints a traceback
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """Point stdout at the null device so that nothing more (not even the final flush) fails."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+        pass
+    return EXIT_STDOUT_CLOSED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
     if "--self-test" in raw:  # the installer's spelling of ``seg-studio self-test``
@@ -181,14 +244,90 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    from ..core.text import printable
+
     try:
-        return int(args._run(args) or 0)
+        with _sigterm_as_exception(), _external_data(args.allow_external_data), _safe_output():
+            return int(args._run(args) or 0)
     except SegStudioError as exc:
-        print(f"seg-studio {args.command}: error: {exc}", file=sys.stderr)
+        print(f"seg-studio {args.command}: error: {printable(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        from ..core.limits import memory_error_line
+
+        print(
+            f"seg-studio {args.command}: error: {memory_error_line(exc, f'running {args.command}')}",
+            file=sys.stderr,
+        )
+        return 2
+    except RuntimeError as exc:  # torch's CPU allocator says so in a RuntimeError
+        text = str(exc).lower()
+        if not any(w in text for w in ("can't allocate memory", "not enough memory", "out of memory")):
+            raise
+        from ..core.limits import memory_error_line
+
+        print(
+            f"seg-studio {args.command}: error: {memory_error_line(exc, f'running {args.command}')}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"seg-studio {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"seg-studio {args.command}: terminated; nothing was written", file=sys.stderr)
+        return 143
+
+
+@contextlib.contextmanager
+def _safe_output() -> Iterator[None]:
+    """Names from files (class names, DICOM tags, label names) reach the terminal inert: every
+    command's output passes through ``SafeStream``."""
+    from ..core.text import SafeStream
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(sys.stdout), SafeStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+@contextlib.contextmanager
+def _external_data(allowed: bool) -> Iterator[None]:
+    """``--allow-external-data`` for this command only (``core.io`` reads the variable)."""
+    key = "SEG_STUDIO_ALLOW_EXTERNAL_DATA"
+    before = os.environ.get(key)
+    if allowed:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if allowed:
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised as an exception so every save in progress removes its temp file."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not the main thread (code calling main() from a worker)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

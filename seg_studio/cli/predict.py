@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..core.defaults import OVERLAP
 from ..core.errors import CheckpointError, SegStudioError
 
 
@@ -146,11 +147,32 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
     )
-    p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
+    p.add_argument(
+        "--overlap", type=float, default=OVERLAP, help=f"window overlap in [0, 1) (default {OVERLAP:g})"
+    )
     p.add_argument("--batch-size", type=int, default=4, help="windows per batch (halved on out-of-memory)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "torch", "openvino", "onnxruntime"),
+        help="auto: OpenVINO on the CPU when installed (pip install 'seg-studio[fast]'), else torch; "
+        "GPUs always run torch",
+    )
     p.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
-    p.add_argument("--save-probabilities", type=Path, metavar="P", help="class probabilities (float NIfTI)")
+    p.add_argument(
+        "--save-probabilities",
+        type=Path,
+        metavar="P",
+        help="class probabilities, one channel per class: uint8 where 255 means 1 (see --probabilities-dtype)",
+    )
+    p.add_argument(
+        "--probabilities-dtype",
+        choices=("uint8", "float32"),
+        default="uint8",
+        help="uint8 (default): round(p * 255), a quarter of float32's memory and file size; "
+        "float32: exact values (a 512x512x400 CT with 2 classes then needs ~5 GB)",
+    )
     p.add_argument("--save-attention", type=Path, metavar="A", help="attention-gate maps, one file per gate")
     p.add_argument("--save-uncertainty", type=Path, metavar="U", help="spread over flip TTA (turns --tta on)")
     p.add_argument("--largest-component", action="store_true", help="keep each class's largest component")
@@ -159,6 +181,11 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series", help="DICOM series UID when a folder holds several")
     p.add_argument(
         "--ext", help="mask file type in folder mode, e.g. .nii.gz (default: the scan's own if writable)"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print what was written, the notes and the domain warnings as one JSON object on stdout",
     )
 
 
@@ -250,14 +277,36 @@ def _with_tag(path: Path, tag: str) -> Path:
     return path.with_name(f"{stem}{tag}{suffix or _FLOAT_EXT}")
 
 
+def warn(text: str) -> None:
+    """A domain warning: one ``warning:`` line on stderr (stdout stays for results and JSON)."""
+    sys.stderr.write(f"warning: {text}\n")
+    sys.stderr.flush()
+
+
+def _domain_opts(meta, opts):  # noqa: ANN001, ANN202 - PredictOptions
+    """The options with probabilities on when the domain can judge the result's uncertainty."""
+    import dataclasses
+
+    dom = getattr(meta, "domain", None)
+    if dom is not None and dom.mean_uncertainty is not None and not opts.probabilities:
+        return dataclasses.replace(opts, probabilities=True), True
+    return opts, False
+
+
 def _predict_one(
     scan: Path, out: Path, model, meta, opts, extras: dict[str, Path | None], args
-) -> list[Path]:  # noqa: ANN001
-    """Read, predict, then write everything (nothing is written unless the prediction finished)."""
-    from ..core import io
+) -> tuple[list[Path], list[str], list[str]]:  # noqa: ANN001
+    """Read, check against the model's domain, predict, check the result, then write everything
+    (nothing is written unless the prediction finished). Returns (written, notes, warnings)."""
+    from ..core import domain, io
     from ..core.inference import iter_predict
 
     vol = io.read(scan, series=args.series)
+    prefix = f"{scan.name}: " if args.input.is_dir() and scan != args.input else ""
+    warnings = [w.message for w in domain.scan_warnings(meta, vol) if w.severity != "refuse"]
+    for text in warnings:  # before the run: a long prediction on the wrong scan is announced at once
+        warn(prefix + text)
+    opts, drop_probabilities = _domain_opts(meta, opts)
     bar = _Bar(scan.name)
     gen = iter_predict(vol, model, meta, opts)
     try:
@@ -267,18 +316,85 @@ def _predict_one(
         pred = stop.value
     finally:
         bar.close()
+    after = [w.message for w in domain.check_result(meta.domain, pred)]
+    for text in after:
+        warn(prefix + text)
+    if drop_probabilities:
+        pred.probabilities = None
+    from ..core.atomic import transaction
+
     protected = [scan]
-    written = [io.write(pred.labels, out, protected=protected)]
-    if extras.get("probabilities") and pred.probabilities is not None:
-        written.append(io.write(pred.probabilities, extras["probabilities"], protected=protected))
-    if extras.get("uncertainty") and pred.uncertainty is not None:
-        written.append(io.write(pred.uncertainty, extras["uncertainty"], protected=protected))
-    if extras.get("attention"):
-        for i, att in enumerate(pred.attention):
-            written.append(io.write(att, _with_tag(extras["attention"], f"_gate{i}"), protected=protected))
-    for note in pred.notes:
-        say(f"{scan.name}: note: {note}")
-    return written
+    written: list[Path] = []
+    with transaction():  # every output of this scan, or none (a failed one removes the others)
+        if is_seg_path(out):  # result.dcm: a DICOM SEG on the series it was predicted from
+            from ..core.io.dicom_seg import Algorithm, write_seg
+
+            alg = Algorithm.from_checkpoint(args.model, meta)
+            written.append(
+                write_seg(pred.labels, scan, out, alg, series_uid=args.series, protected=protected)
+            )
+        else:
+            written.append(io.write(pred.labels, out, protected=protected))
+        if extras.get("probabilities") and pred.probabilities is not None:
+            written.append(io.write(pred.probabilities, extras["probabilities"], protected=protected))
+        if extras.get("uncertainty") and pred.uncertainty is not None:
+            written.append(io.write(pred.uncertainty, extras["uncertainty"], protected=protected))
+        if extras.get("attention"):
+            for i, att in enumerate(pred.attention):
+                written.append(
+                    io.write(att, _with_tag(extras["attention"], f"_gate{i}"), protected=protected)
+                )
+    if not args.json:
+        for note in pred.notes:
+            say(f"{scan.name}: note: {note}")
+    return written, list(pred.notes), warnings + after
+
+
+def is_seg_path(path: Path) -> bool:
+    """``--out result.dcm`` asks for a DICOM SEG."""
+    return path.suffix.lower() in (".dcm", ".dicom")
+
+
+_FLOAT_FORMATS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".tif", ".tiff")
+
+
+def _check_outputs(args: argparse.Namespace, folder_mode: bool) -> None:
+    """Every output path (type, folder, writability, not an input, not twice) before any work."""
+    from ..core.atomic import check_output_folder, check_outputs
+    from ..core.errors import ImageWriteError, InferenceError
+    from ..core.io import WRITE_FORMATS
+    from ..core.io._formats import suffix_of, supported_write_list
+
+    floats = {
+        "--save-probabilities": args.save_probabilities,
+        "--save-uncertainty": args.save_uncertainty,
+        "--save-attention": args.save_attention,
+    }
+    if folder_mode:
+        if args.out.exists() and not args.out.is_dir():
+            raise InferenceError(f"--out {args.out} is a file; with a folder of scans give an output folder")
+        if args.ext and suffix_of("x" + args.ext) not in WRITE_FORMATS:
+            raise ImageWriteError(
+                f"--ext {args.ext}: cannot save masks as that; use one of {supported_write_list()}"
+            )
+        for flag, folder in {"--out": args.out, **floats}.items():
+            if folder is not None:
+                check_output_folder(folder, flag)
+        return
+    if args.out.is_dir():
+        raise InferenceError(f"--out {args.out} is a folder; give a file name such as mask.nii.gz")
+    if suffix_of(args.out) not in WRITE_FORMATS and not is_seg_path(args.out):
+        raise ImageWriteError(
+            f"--out {args.out.name}: cannot save a mask as {suffix_of(args.out) or '(no extension)'}; "
+            f"use one of {supported_write_list()}"
+        )
+    for flag, p in floats.items():
+        if p is not None and suffix_of(p) not in _FLOAT_FORMATS:
+            raise ImageWriteError(
+                f"{flag} {p.name}: float maps need one of {', '.join(_FLOAT_FORMATS)} "
+                f"(not {suffix_of(p) or 'no extension'})"
+            )
+    check_outputs({"--out": args.out, **floats}, protected=[args.input, args.model])
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -306,6 +422,10 @@ def run_predict(args: argparse.Namespace) -> int:
         )
     if not args.input.exists():
         raise InferenceError(f"{args.input} does not exist; check the path")
+    if not (args.input.is_file() or args.input.is_dir()):
+        raise InferenceError(f"{args.input} is not a regular file or folder (a pipe or a device?)")
+    folder_mode = args.input.is_dir() and not _is_dicom_folder(args.input)
+    _check_outputs(args, folder_mode)  # before the model is loaded or a voxel is predicted
     post = {}
     if args.min_size:
         post["min_size"] = args.min_size
@@ -320,28 +440,42 @@ def run_predict(args: argparse.Namespace) -> int:
         tta=args.tta or args.save_uncertainty is not None,
         precision=args.precision,
         probabilities=args.save_probabilities is not None,
+        probability_dtype=args.probabilities_dtype,
+        backend=args.backend,
         attention=args.save_attention is not None,
         uncertainty=args.save_uncertainty is not None,
         postprocess=post or None,
     )
     model, meta = ckpt.load(args.model, device="cpu")
 
-    folder_mode = args.input.is_dir() and not _is_dicom_folder(args.input)
     if not folder_mode:
         if rank != 0:
             return 0
-        if args.out.is_dir():
-            raise InferenceError(f"--out {args.out} is a folder; give a file name such as mask.nii.gz")
+        if is_seg_path(args.out) and not (
+            args.input.is_dir() or args.input.suffix.lower() in (".dcm", ".dicom", "")
+        ):
+            raise InferenceError(
+                f"--out {args.out.name}: a DICOM SEG needs a DICOM series as input; use .nii.gz"
+            )
         extras = {
             "probabilities": args.save_probabilities,
             "uncertainty": args.save_uncertainty,
             "attention": args.save_attention,
         }
         t = time.perf_counter()
-        written = _predict_one(args.input, args.out, model, meta, opts, extras, args)
+        written, notes, warnings = _predict_one(args.input, args.out, model, meta, opts, extras, args)
+        seconds = time.perf_counter() - t
+        if args.json:
+            record = {"input": str(args.input), "written": [str(w) for w in written], "notes": notes}
+            say(
+                json.dumps(
+                    {**record, "seconds": round(seconds, 2), "device": str(device), "warnings": warnings}
+                )
+            )
+            return 0
         for w in written:
             say(f"wrote {w}")
-        say(f"done in {time.perf_counter() - t:.1f} s on {device}")
+        say(f"done in {seconds:.1f} s on {device}")
         return 0
 
     scans = _gather(args.input)
@@ -362,7 +496,7 @@ def run_predict(args: argparse.Namespace) -> int:
         names.setdefault(name, 0)
         jobs.append((scan, name))
     mine = jobs[rank::world]
-    results: list[tuple[str, str, str]] = []  # (scan, status, detail)
+    results: list[tuple[str, str, str, list[str]]] = []  # (scan, status, detail, domain warnings)
     t0 = time.perf_counter()
     for scan, name in mine:
         from ..core.atomic import split_suffix
@@ -374,18 +508,36 @@ def run_predict(args: argparse.Namespace) -> int:
             "attention": _float_name(args.save_attention, stem) if args.save_attention else None,
         }
         try:
-            written = _predict_one(scan, args.out / name, model, meta, opts, extras, args)
+            written, _, warnings = _predict_one(scan, args.out / name, model, meta, opts, extras, args)
         except SegStudioError as exc:
-            say(f"skipped {scan.name}: {exc}")
-            results.append((str(scan), "failed", str(exc)))
+            if not args.json:
+                say(f"skipped {scan.name}: {exc}")
+            results.append((str(scan), "failed", str(exc), []))
             continue
-        say(f"wrote {written[0]}")
-        results.append((str(scan), "ok", str(written[0])))
+        if not args.json:
+            say(f"wrote {written[0]}")
+        results.append((str(scan), "ok", str(written[0]), warnings))
     if world > 1:
         results = _gather_results(results, rank, world)
         if rank != 0:
             return 0 if all(r[1] == "ok" for r in results) else 1
     failed = [r for r in results if r[1] != "ok"]
+    if args.json:
+        scans_json = [
+            {
+                "input": r[0],
+                "status": r[1],
+                ("written" if r[1] == "ok" else "error"): r[2],
+                "warnings": r[3],
+            }
+            for r in results
+        ]
+        say(
+            json.dumps(
+                {"scans": scans_json, "failed": len(failed), "seconds": round(time.perf_counter() - t0, 2)}
+            )
+        )
+        return 1 if failed else 0
     say(
         f"{len(results) - len(failed)} of {len(results)} scans done in {time.perf_counter() - t0:.1f} s"
         + (f" ({world} processes)" if world > 1 else "")

@@ -24,8 +24,11 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"format:    {s['format']} ({s['kind']}{', RGB' if s.get('rgb') else ''})")
     chans = f", {s['channels']} channels" if s["channels"] > 1 else ""
     lines.append(f"size:      {' x '.join(str(n) for n in s['size_xyz'])} ({axes}){chans}")
-    lines.append(f"spacing:   {' x '.join(_fmt_num(v) for v in s['spacing'])} mm")
-    lines.append(f"origin:    ({', '.join(_fmt_num(v) for v in s['origin'])}) mm")
+    if s.get("physical_spacing", True):
+        lines.append(f"spacing:   {' x '.join(_fmt_num(v) for v in s['spacing'])} mm")
+        lines.append(f"origin:    ({', '.join(_fmt_num(v) for v in s['origin'])}) mm")
+    else:  # a picture (PNG, JPEG...) stores no pixel size: sizes are in pixels
+        lines.append("spacing:   none stored (sizes in px)")
     d = s["direction"]
     rows = [" ".join(f"{v: .4f}" for v in d[i * nd : (i + 1) * nd]) for i in range(nd)]
     lines.append(f"direction: [{'; '.join(rows)}]")
@@ -80,6 +83,8 @@ def run_info(args: argparse.Namespace) -> int:
                 for s in series_list:
                     print(f"  {s.label()}")
             return 0
+    if path.is_file() and _is_seg(path):
+        return _print_seg(path, args.json)
     vol = io.read(path, series=args.series, allow_nonuniform=args.allow_nonuniform)
     s = io.summary(vol)
     if series_list is not None:
@@ -88,6 +93,39 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(s, indent=2))
     else:
         print(format_summary(s))
+    return 0
+
+
+def _is_seg(path: Path) -> bool:
+    from ..core.io._formats import has_dicom_preamble, suffix_of
+
+    if suffix_of(path) not in (".dcm", ".dicom", "") and not has_dicom_preamble(path):
+        return False
+    from ..core.io.dicom_seg import is_dicom_seg
+
+    return is_dicom_seg(path)
+
+
+def _print_seg(path: Path, as_json: bool) -> int:
+    """``info`` on a DICOM SEG: its segments (with the algorithm) and the series it references."""
+    from ..core.io.dicom_seg import seg_summary
+
+    s = seg_summary(path)
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"path:      {s['path']}")
+    print(f"format:    DICOM SEG, {s['frames']} frames of {s['size_xy'][0]} x {s['size_xy'][1]}")
+    print(f"series:    {s['series_description'] or '(no description)'} ({s['series_uid']})")
+    refs = ", ".join(s["referenced_series_uids"]) or "(none)"
+    print(f"made on:   series {refs} ({s['referenced_instances']} instances), study {s['study_uid']}")
+    for seg in s["segments"]:
+        alg = seg["algorithm"]
+        made = seg["algorithm_type"].lower()
+        if alg:
+            sha = f", sha256 {alg['sha256'][:16]}" if alg.get("sha256") else ""
+            made += f" by {alg['name']} {alg['version']}{sha}"
+        print(f"segment {seg['number']}: {seg['label']} (label {seg['value']}, {made})")
     return 0
 
 
@@ -126,15 +164,21 @@ def add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("seg_studio_sample"),
-        help="folder for the sample (default ./seg_studio_sample)",
+        default=None,
+        help="folder for the sample (default: 'sample' in seg_studio's user folder, printed; never the current folder)",
     )
+
+
+def default_demo_folder() -> Path:
+    """Where ``demo`` writes without ``--out``: the user's seg_studio folder, not wherever the shell is."""
+    from ..core.autosave import app_data_dir
+
+    return app_data_dir() / "sample"
 
 
 def make_demo_sample(out: Path) -> dict[str, Path]:
     """Write the synthetic 2D and 3D samples (scan + labels) as NIfTI; returns their paths by role."""
     from ..core import io
-    from ..core.atomic import atomic_write
     from ..core.samples import make_sample_2d, make_sample_3d
 
     paths: dict[str, Path] = {}
@@ -142,10 +186,8 @@ def make_demo_sample(out: Path) -> dict[str, Path]:
         image, labels = make()
         folder = out / f"{dims}d"
         paths[f"image_{dims}d"] = io.write(image, folder / f"sample_{dims}d.nii.gz")
+        # the class names go to sample_Nd_labels.labels.json beside it (NIfTI has no room for them)
         paths[f"labels_{dims}d"] = io.write(labels, folder / f"sample_{dims}d_labels.nii.gz")
-        # NIfTI has no room for class names: a labels.json beside the files carries them (read() uses it)
-        names = {"labels": {str(v): li.name for v, li in sorted(labels.labels.items())}}
-        atomic_write(folder / "labels.json", lambda t, n=names: t.write_text(json.dumps(n, indent=1)))
     return paths
 
 
@@ -161,8 +203,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..core.inference import PredictOptions, predict
     from ..selftest import find_bundled_checkpoint
 
-    paths = make_demo_sample(args.out)
-    print(f"seg_studio sample written to {args.out}/")
+    out = (args.out or default_demo_folder()).expanduser().resolve()
+    paths = make_demo_sample(out)
+    print(f"seg_studio sample written to {out}/")
     for role, path in paths.items():
         print(f"\n[{role}]")
         print(format_summary(io.summary(io.read(path))))

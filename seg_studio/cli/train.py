@@ -18,6 +18,8 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+from ..core.atomic import expect_unchanged
+from ..core.defaults import FINETUNE_BUDGET_2D_S, FINETUNE_BUDGET_3D_S
 from ..core.errors import SegStudioError, TrainingError
 from ..core.progress import CancelToken, Progress
 
@@ -214,11 +216,16 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..core.atomic import check_output_folder
     from ..core.training import iter_fit
 
     cfg = train_config(args)
     token = CancelToken()
-    res = drive(iter_fit(cfg, token), Bar(quiet=args.quiet))
+    out = Path(cfg.out)
+    if out.suffix != ".segmodel":  # (a .segmodel --out gets its own message from iter_fit)
+        check_output_folder(out, "--out")
+    with expect_unchanged(out / "best.segmodel", out / "last.segmodel"):
+        res = drive(iter_fit(cfg, token), Bar(quiet=args.quiet))
     if os.environ.get("RANK") not in (None, "0"):
         return 0
     summary = {
@@ -250,7 +257,12 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="the NEW .segmodel to write")
     p.add_argument("--label-map", dest="label_map", help="e.g. 255:1 or 250:1,200:2,150:3")
     p.add_argument("--ignore-value", dest="ignore_value", type=int, help="label value of untouched voxels")
-    p.add_argument("--budget", type=float, help="time budget in seconds (default 50 in 2D, 100 in 3D)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        help=f"time budget in seconds, evaluation and saving included (default {FINETUNE_BUDGET_2D_S:g} in 2D, "
+        f"{FINETUNE_BUDGET_3D_S:g} in 3D, as in the app)",
+    )
     p.add_argument("--steps", type=int, help="at most this many steps")
     p.add_argument("--lr", type=float, default=None, help="default: 3e-3 from an untrained parent, else 1e-3")
     p.add_argument("--freeze-encoder", dest="freeze_encoder", action="store_true")
@@ -265,6 +277,15 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-images", dest="val_images", type=Path, help="held-out images for Dice before/after")
     p.add_argument("--val-labels", dest="val_labels", type=Path)
     p.add_argument("--split", type=Path, help="a split.json to reuse")
+    p.add_argument(
+        "--replay",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="DIR",
+        help="one of a series: also train on the earlier corrected pairs of the series (kept in DIR, default "
+        "the folder the parent's provenance names, else <out>.replay/), and keep these pairs there",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=0)
@@ -297,6 +318,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         if not (args.val_images and args.val_labels):
             raise TrainingError("give both --val-images and --val-labels")
         val = _pairs(args.val_images, args.val_labels)
+    _check_finetune_out(args)  # before a whole training budget is spent
     gen = iter_finetune(
         args.model,
         _pairs(args.images, args.labels),
@@ -313,14 +335,22 @@ def run_finetune(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         seed=args.seed,
+        replay=args.replay,
         cancel=CancelToken(),
     )
-    res = drive(gen, Bar(quiet=args.quiet))
+    with expect_unchanged(args.out):  # a second fine-tune to the same --out must not be lost silently
+        res = drive(gen, Bar(quiet=args.quiet))
+    warnings = (
+        [] if res.better else [f"the fine-tuned model is not better than its parent: {res.not_better_reason}"]
+    )
     summary = {
         "out": str(res.path),
         "parent": str(res.parent),
-        "dice_before": _r(res.dice_before),
-        "dice_after": _r(res.dice_after),
+        "dice_before": _r(res.dice_before, 6),  # as the child's provenance records them
+        "dice_after": _r(res.dice_after, 6),
+        "parent_dice": _r(res.dice_before, 6),
+        "child_dice": _r(res.dice_after, 6),
+        "better": res.better,
         "dice_on": res.dice_on,
         "val_cases": len(res.val_cases),
         "train_cases": len(res.train_cases),
@@ -329,21 +359,43 @@ def run_finetune(args: argparse.Namespace) -> int:
         "seconds": round(res.seconds, 1),
         "per_class_before": res.per_class_before,
         "per_class_after": res.per_class_after,
+        "warnings": warnings,
+        "start": res.start.get("start"),
+        "replayed": res.replayed,
     }
     if args.json:
         _say(json.dumps(summary, indent=2))
     else:
         _say(f"wrote {res.path} ({res.steps} steps, {res.seconds:.1f} s)")
         _say(
-            f"Dice on {res.dice_on} ({len(res.val_cases)} case(s)): {_r(res.dice_before)} -> {_r(res.dice_after)}"
+            f"Dice on {res.dice_on} ({len(res.val_cases)} case(s)): parent {_r(res.dice_before)}, child {_r(res.dice_after)}"
         )
         for k in res.per_class_after:
             _say(f"  {k:<20} {res.per_class_before.get(k)} -> {res.per_class_after[k]}")
+        if res.start.get("start") == "fresh":
+            _say(f"trained fresh, not from the parent: {res.start.get('reason')}")
+        if res.replayed:
+            _say(f"replayed {len(res.replayed)} earlier pair(s) of the series: {', '.join(res.replayed)}")
+    for w in warnings:
+        sys.stderr.write(f"warning: {w}; its card says so; keep using {res.parent.name}\n")
     return 0
 
 
-def _r(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else round(v, 4)
+def _check_finetune_out(args: argparse.Namespace) -> None:
+    from ..core.atomic import check_output
+
+    if args.out.suffix != ".segmodel":
+        raise TrainingError(f"the fine-tuned model is a .segmodel file; got --out {args.out.name}")
+    protected = [args.model, args.images, args.labels, args.val_images, args.val_labels]
+    if args.model.exists() and args.out.exists() and os.path.samefile(args.model, args.out):
+        raise TrainingError(
+            "the fine-tuned model must go to a new file; the parent checkpoint is never overwritten"
+        )
+    check_output(args.out, protected, "--out")
+
+
+def _r(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(v, digits)
 
 
 # --- evaluate ----------------------------------------------------------------------------------------
@@ -382,16 +434,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
         w.writerows(rows)
         sys.stdout.write(buf.getvalue())
         return 0
-    _say(f"{'case':<24} {'class':<18} {'Dice':>7} {'IoU':>7} {'HD95 mm':>9} {'vol ml':>9} {'ref ml':>9}")
-    for r in rows:
-        _say(
-            f"{r['case'][:24]:<24} {str(r['class']) + ' ' + r['name']:<18.18} {_f(r['dice'])} {_f(r['iou'])} "
-            f"{_f(r['hd95_mm'], 9, 2)} {_f(r['volume_pred_ml'], 9, 3)} {_f(r['volume_truth_ml'], 9, 3)}"
-        )
-    if len(cases) > 1:
-        for c in mean["dice"]:
+    first = cases[0] if cases else None
+    lu = first.length_unit if first else "mm"
+    su = first.size_unit if first else "ml"
+    sn = "area" if first and first.size_name == "area" else "vol"
+    _say(
+        f"{'case':<24} {'class':<18} {'Dice':>7} {'IoU':>7} {'HD95 ' + lu:>9} {sn + ' ' + su:>9} {'ref ' + su:>9}"
+    )
+    for cm in cases:
+        for c in cm.dice:
+            name = cm.class_names.get(c, f"class {c}")
             _say(
-                f"{'mean':<24} {str(c):<18} {_f(mean['dice'][c])} {_f(mean['iou'][c])} {_f(mean['hd95_mm'][c], 9, 2)}"
+                f"{cm.name[:24]:<24} {str(c) + ' ' + name:<18.18} {_f(cm.dice[c])} {_f(cm.iou[c])} "
+                f"{_f(cm.hd95[c], 9, 2)} {_f(cm.size_pred[c], 9, 3)} {_f(cm.size_truth[c], 9, 3)}"
+            )
+    if len(cases) > 1:
+        names = {c: n for case in cases for c, n in case.class_names.items()}
+        for c in mean["dice"]:
+            label = f"{c} {names.get(c, f'class {c}')}"
+            _say(
+                f"{'mean':<24} {label:<18.18} {_f(mean['dice'][c])} {_f(mean['iou'][c])} "
+                f"{_f(mean[f'hd95_{lu}'][c], 9, 2)}"
             )
     return 0
 

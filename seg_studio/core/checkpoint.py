@@ -16,9 +16,11 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,8 +28,10 @@ from typing import Any
 
 import torch
 
+from .domain import Domain
 from .errors import CheckpointError, ModelError
-from .models import SegModel, create_model
+from .models import ModelPlan, SegModel, create_model, plan_model
+from .text import printable
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +108,14 @@ class ModelMeta:
     provenance: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    #: what the model was trained on (``core.domain``); optional: older files have none
+    domain: Domain | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("domain")
+        if self.domain is not None:
+            d["domain"] = self.domain.to_dict()
         d["classes"] = [{"value": c.value, "name": c.name, "color": list(c.color)} for c in self.classes]
         d["spacing"] = None if self.spacing is None else list(self.spacing)
         d["patch_size"] = list(self.patch_size)
@@ -115,17 +124,10 @@ class ModelMeta:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "checkpoint") -> ModelMeta:
         """Validate and convert a JSON record; a missing or ill-typed field is a ``CheckpointError``."""
-        if not isinstance(d, Mapping):
-            raise CheckpointError(f"{where}: metadata is not a JSON object")
-        version = d.get("schema_version")
-        if not isinstance(version, int):
-            raise CheckpointError(
-                f"{where}: metadata has no schema_version; it was not written by seg_studio"
-            )
-        if version > SCHEMA_VERSION:
-            raise CheckpointError(
-                f"{where}: written by a newer seg_studio (schema {version} > {SCHEMA_VERSION}); update seg_studio"
-            )
+        from .checkpoint_schema import validate_record
+
+        d = validate_record(d, where)
+        version = d["schema_version"]
         try:
             classes = [
                 ClassInfo(int(c["value"]), str(c["name"]), tuple(int(v) for v in c["color"]))  # type: ignore[arg-type]
@@ -146,10 +148,11 @@ class ModelMeta:
                 provenance=dict(d.get("provenance") or {}),
                 card=dict(d.get("card") or {}),
                 schema_version=version,
+                domain=None if d.get("domain") is None else Domain.from_dict(d["domain"], where),
             )
         except KeyError as exc:
             raise CheckpointError(f"{where}: metadata lacks the field {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{where}: metadata has an ill-typed field ({exc})") from None
 
     def label_infos(self) -> dict[int, Any]:
@@ -171,6 +174,7 @@ def new_meta(
     patch_size: tuple[int, ...] | None = None,
     provenance: Mapping[str, Any] | None = None,
     card: Mapping[str, Any] | None = None,
+    domain: Domain | None = None,
 ) -> ModelMeta:
     """Describe ``model`` (built with ``create_model(architecture, ..., **arch_args)``).
 
@@ -204,6 +208,7 @@ def new_meta(
         patch_size=tuple(int(p) for p in patch_size),
         provenance=dict(provenance or {}),
         card=dict(card or {}),
+        domain=domain,
     )
 
 
@@ -271,8 +276,12 @@ def save(
     prov.setdefault("versions", library_versions())
     prov.setdefault("date", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     meta.provenance = prov
+    from .checkpoint_schema import validate_record
+
+    validate_record(meta.to_dict(), path.name)  # never write a file that load would refuse
     record = json.dumps(meta.to_dict(), sort_keys=True)
     tensors = _state_tensors(model)
+    check_finite(tensors, path.name, saving=True)  # load would refuse a diverged model: do not write it
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
 
@@ -334,7 +343,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
         )
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path.name}: not a {SUFFIX} checkpoint (header is not JSON)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path.name}: not a {SUFFIX} checkpoint (header is not a JSON object)")
@@ -355,9 +364,15 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
 
 def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
     """The metadata alone, without reading the weights (for ``inspect`` and the GUI's model picker)."""
-    path = Path(path)
+    return _read_header_and_meta(Path(path))[1]
+
+
+def _read_header_and_meta(path: Path) -> tuple[dict[str, Any], ModelMeta]:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise CheckpointError(f"{path}: is {kind}; give a {SUFFIX} file")
     if path.suffix.lower() in _PT_SUFFIXES:
         raise CheckpointError(
             f"{path.name}: a plain PyTorch file has no metadata; import it with "
@@ -365,7 +380,7 @@ def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
         )
     header, _ = _read_header(path)
     meta_map = header.get("__metadata__") or {}
-    if _META_KEY not in meta_map:
+    if not isinstance(meta_map, dict) or _META_KEY not in meta_map:
         raise CheckpointError(
             f"{path.name}: a safetensors file without seg_studio metadata; import it with "
             "'seg-studio import-weights FILE --arch NAME --dims N ...'"
@@ -374,11 +389,35 @@ def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
         record = json.loads(meta_map[_META_KEY])
     except (TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path.name}: the metadata record is not valid JSON ({exc})") from None
-    return ModelMeta.from_dict(record, where=path.name)
+    except RecursionError:
+        raise CheckpointError(f"{path.name}: the metadata record is nested too deeply to be ours") from None
+    return header, ModelMeta.from_dict(record, where=path.name)
 
 
-def build_model(meta: ModelMeta, where: str = "checkpoint") -> SegModel:
-    """Instantiate the registered architecture the metadata names (never an import path)."""
+def plan(meta: ModelMeta, where: str = "checkpoint") -> ModelPlan:
+    """What ``meta`` would build, found without allocating it; refused when it cannot fit in memory."""
+    from .limits import check_fits
+
+    try:
+        p = plan_model(
+            meta.architecture, meta.spatial_dims, meta.in_channels, meta.out_channels, **meta.arch_args
+        )
+    except ModelError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    check_fits(
+        3 * p.nbytes,  # the model, the weights read from the file, and the working copy of a device
+        f"{where}: the model its metadata describes ({p.parameters:,} parameters) needs about",
+        "use a smaller model or a machine with more memory",
+        CheckpointError,
+    )
+    return p
+
+
+def build_model(meta: ModelMeta, where: str = "checkpoint", planned: bool = False) -> SegModel:
+    """Instantiate the registered architecture the metadata names (never an import path), after
+    checking on the meta device that its size is bounded (unless the caller did: ``planned``)."""
+    if not planned:
+        plan(meta, where)
     try:
         return create_model(
             meta.architecture,
@@ -389,6 +428,74 @@ def build_model(meta: ModelMeta, where: str = "checkpoint") -> SegModel:
         )
     except ModelError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
+
+
+#: safetensors dtype names -> (floating point, bytes per element)
+_ST_DTYPES = {
+    "F64": (True, 8),
+    "F32": (True, 4),
+    "F16": (True, 2),
+    "BF16": (True, 2),
+    "I64": (False, 8),
+    "I32": (False, 4),
+    "I16": (False, 2),
+    "I8": (False, 1),
+    "U8": (False, 1),
+    "BOOL": (False, 1),
+}
+
+
+def check_header_tensors(header: Mapping[str, Any], p: ModelPlan, where: str) -> None:
+    """The file's tensor table against the planned model: names, shapes and types, before any
+    tensor is read or any model is built (a 2.8 MB file must not make us allocate 23 GB)."""
+    table = {k: v for k, v in header.items() if k != "__metadata__"}
+    missing = [k for k in p.tensors if k not in table]
+    extra = [k for k in table if k not in p.tensors]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {printable(missing[0])!r})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (e.g. {printable(extra[0])[:80]!r})")
+        raise CheckpointError(
+            f"{where}: weights do not fit the architecture its metadata names: {', '.join(parts)}"
+        )
+    for k, (shape, floating) in p.tensors.items():
+        info = table[k]
+        try:
+            got = tuple(int(v) for v in info["shape"])
+            kind = _ST_DTYPES[info["dtype"]]
+            begin, end = (int(v) for v in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{where}: corrupt tensor table (entry {k!r})") from None
+        if got != shape:
+            raise CheckpointError(
+                f"{where}: tensor {k!r} has shape {got} but the architecture in the metadata expects {shape}; "
+                "the metadata does not describe these weights"
+            )
+        if kind[0] != floating:
+            raise CheckpointError(
+                f"{where}: tensor {k!r} is stored as {info['dtype']}, which does not fit it"
+            )
+        if end - begin != math.prod(shape) * kind[1]:
+            raise CheckpointError(f"{where}: corrupt tensor table (entry {k!r} has the wrong byte size)")
+
+
+def check_finite(state: Mapping[str, torch.Tensor], where: str, saving: bool = False) -> None:
+    """NaN or infinite weights give an empty or random mask with no error: refuse them."""
+    for k, t in state.items():
+        if t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad and saving:
+                raise CheckpointError(
+                    f"{where}: the model's tensor {printable(k)!r} holds {bad} NaN or infinite value(s): training "
+                    "diverged; nothing was saved (lower the learning rate or check the data)"
+                )
+            if bad:
+                raise CheckpointError(
+                    f"{where}: tensor {printable(k)!r} holds {bad} NaN or infinite value(s) of {t.numel()}; "
+                    "the model is broken (training diverged or the file was damaged); use another checkpoint"
+                )
 
 
 def _check_and_load(model: SegModel, state: Mapping[str, torch.Tensor], where: str) -> None:
@@ -414,19 +521,104 @@ def _check_and_load(model: SegModel, state: Mapping[str, torch.Tensor], where: s
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[SegModel, ModelMeta]:
-    """Rebuild the model from a ``.segmodel`` file; returns it in eval mode on ``device``."""
+    """Rebuild the model from a ``.segmodel`` file; returns it in eval mode on ``device``.
+
+    Order matters, because everything in the file is untrusted: the metadata is validated, the model
+    it describes is planned without memory and its tensor table compared with the file's, and only
+    then is the model built and the weights read (and refused if any is NaN or infinite).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
-    meta = read_meta(path)
-    model = build_model(meta, where=path.name)
+    header, meta = _read_header_and_meta(path)
+    check_header_tensors(header, plan(meta, path.name), path.name)
+    model = build_model(meta, where=path.name, planned=True)
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path.name}: corrupt weights ({exc})") from None
+    except MemoryError as exc:
+        from .limits import memory_error_line
+
+        raise CheckpointError(f"{path.name}: {memory_error_line(exc, 'reading the weights')}") from None
+    check_finite(state, path.name)
     _check_and_load(model, state, path.name)
     return model.to(device).eval(), meta
+
+
+# --- the optimiser state of a training run ---------------------------------------------------------
+
+_RESUME_FIELDS = {"step": int, "best": float, "best_step": int, "bad_validations": int, "elapsed_s": float}
+
+
+def load_resume_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``resume.pt`` of a run: read with ``weights_only=True`` (tensors and plain containers only)
+    and checked field by field, so a random or malicious file is one line, never a traceback."""
+    from .limits import check_fits
+
+    path = Path(path)
+    advice = f"delete {path.name} to resume from last.segmodel with a fresh optimiser, or drop --resume"
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the resume state ({exc.strerror or exc})") from None
+    check_fits(2 * size, f"{path.name}: reading it needs", advice, CheckpointError)
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: not for the user
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError as exc:
+        from .limits import memory_error_line
+
+        raise CheckpointError(f"{path.name}: {memory_error_line(exc, 'reading the resume state')}") from None
+    except Exception as exc:  # noqa: BLE001 - the unpickler raises many types; all mean "refused"
+        why = (
+            f"it references Python objects other than tensors ({_global_name(str(exc))}); nothing in it was run"
+            if "Unsupported global" in str(exc) or "weights_only" in str(exc).lower()
+            else "not a readable PyTorch file"
+        )
+        raise CheckpointError(f"{path.name}: not a seg_studio resume state ({why}); {advice}") from None
+    problem = _resume_problem(obj)
+    if problem:
+        raise CheckpointError(f"{path.name}: not a seg_studio resume state ({problem}); {advice}")
+    return obj
+
+
+def _resume_problem(obj: Any) -> str | None:
+    if not isinstance(obj, dict) or not isinstance(obj.get("optimizer"), dict):
+        return "no optimiser state"
+    opt = obj["optimizer"]
+    if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+        return "the optimiser state lacks 'state' or 'param_groups'"
+    st = obj.get("state")
+    if not isinstance(st, dict):
+        return "no loop state"
+    for key, kind in _RESUME_FIELDS.items():
+        v = st.get(key)
+        if isinstance(v, bool) or not isinstance(v, int | float) or (kind is int and not isinstance(v, int)):
+            return f"the loop state's {key!r} is not a number"
+        if kind is int and v < 0:
+            return f"the loop state's {key!r} is negative"
+    try:
+        history = json.loads(st.get("history", "[]"))
+    except (TypeError, ValueError, RecursionError):
+        return "its history is not JSON"
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        return "its history is not a list of records"
+    return None
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, state: Mapping[str, Any], where: str) -> None:
+    """``opt.load_state_dict`` with a mismatch (another model, another optimiser) as one line."""
+    try:
+        opt.load_state_dict(dict(state))
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(
+            f"{where}: the saved optimiser state does not fit this model ({first}); delete it to resume "
+            "from last.segmodel with a fresh optimiser"
+        ) from None
 
 
 # --- import of plain PyTorch weights ---------------------------------------------------------------
@@ -477,7 +669,9 @@ def import_weights(
         head = fh.read(8)
     if _sniff(head) or path.suffix.lower() in _PT_SUFFIXES:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - the unpickler raises many types; all mean "refused"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "Unsupported global" in str(exc) or "weights_only" in str(exc).lower():
@@ -496,6 +690,7 @@ def import_weights(
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path.name}: corrupt weights ({exc})") from None
     state = _unwrap_state_dict(obj, path.name)
+    check_finite(state, path.name)
     _check_and_load(model, state, path.name)
     prov = dict(meta_kwargs.pop("provenance", None) or {})
     prov.setdefault("imported_from", {"file": path.name, "sha256": file_hash(path)})
@@ -511,7 +706,8 @@ def _global_name(msg: str) -> str:
 
 
 def model_card(meta: ModelMeta, path: str | os.PathLike[str] | None = None) -> str:
-    """Human-readable summary of a checkpoint (what ``seg-studio inspect`` prints)."""
+    """Human-readable summary of a checkpoint (what ``seg-studio inspect`` prints), control
+    characters escaped."""
     lines = []
     if path is not None:
         p = Path(path)
@@ -533,8 +729,32 @@ def model_card(meta: ModelMeta, path: str | os.PathLike[str] | None = None) -> s
         f"patch size     {' x '.join(str(p) for p in meta.patch_size)}",
         f"schema         {meta.schema_version}",
     ]
+    from .domain import describe
+
+    lines += [f"{'domain' if i == 0 else '':<14} {line}" for i, line in enumerate(describe(meta.domain))]
     for k, v in sorted(meta.card.items()):
         lines.append(f"card.{k:<10} {v}")
     for k, v in sorted(meta.provenance.items()):
         lines.append(f"{k:<14} {json.dumps(v, sort_keys=True) if not isinstance(v, str) else v}")
-    return "\n".join(lines)
+    # every name and value came from the file: escape what a terminal would act on
+    return "\n".join(printable(line) for line in lines)
+
+
+def replace_meta(path: str | os.PathLike[str], meta: ModelMeta) -> Path:
+    """Rewrite a checkpoint's JSON record and keep its tensors byte for byte (same dtype, same values):
+    adding a domain or a card to a shipped file must not touch its weights. Atomic, like ``save``."""
+    from safetensors.torch import load_file, save_file
+
+    from .atomic import atomic_write
+
+    path = Path(path)
+    read_meta(path)  # refuse anything that is not a readable checkpoint
+    tensors = load_file(str(path), device="cpu")
+    build = build_model(meta, where=path.name)
+    own = build.state_dict()
+    if set(own) != set(tensors) or any(tuple(own[k].shape) != tuple(v.shape) for k, v in tensors.items()):
+        raise CheckpointError(
+            f"{path.name}: the new metadata describes another architecture; nothing was changed"
+        )
+    record = json.dumps(meta.to_dict(), sort_keys=True)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META_KEY: record}))

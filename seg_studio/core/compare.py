@@ -271,21 +271,12 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
     return (float(statistics.fmean(vals)), float(statistics.stdev(vals)) if len(vals) > 1 else math.nan)
 
 
-def iter_compare(
-    cfg: CompareConfig, cancel: CancelToken | None = None, train: bool = True
-) -> Generator[Progress, None, CompareResult]:
-    """Train and score every (variant, seed); yields the training progress of each run in turn.
-
-    ``train=False`` only collects runs that already finished (their ``result.json``), listing the
-    others as not run: the tables of an interrupted or partly finished comparison.
-    """
-    from . import checkpoint
-    from .models import count_parameters, list_models
-    from .training import iter_fit
-    from .training.fit import FitConfig, gather_sources
+def _check_variants(variants: Sequence[str]) -> None:
+    """Refuse, before any training, a variant the registry does not know or that cannot train alone."""
+    from .models import list_models
 
     known = set(list_models())
-    for v in cfg.variants:
+    for v in variants:
         if v not in known:
             import difflib
 
@@ -296,6 +287,35 @@ def iter_compare(
             )
         if v in NOT_TRAINABLE:
             raise TrainingError(f"{v!r} combines trained checkpoints; it cannot be trained on its own here")
+
+
+def _finished_run(res_path: Path, fit_dict: Mapping[str, Any]) -> RunResult | None:
+    """The result a run left in ``res_path`` when it was trained with these settings, else None."""
+    if not res_path.exists():
+        return None
+    try:
+        saved = json.loads(res_path.read_text())
+        if saved.get("fit") == _clean(_comparable(fit_dict)):
+            return RunResult.from_json(saved["result"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def iter_compare(
+    cfg: CompareConfig, cancel: CancelToken | None = None, train: bool = True
+) -> Generator[Progress, None, CompareResult]:
+    """Train and score every (variant, seed); yields the training progress of each run in turn.
+
+    ``train=False`` only collects runs that already finished (their ``result.json``), listing the
+    others as not run: the tables of an interrupted or partly finished comparison.
+    """
+    from . import checkpoint
+    from .models import count_parameters
+    from .training import iter_fit
+    from .training.fit import FitConfig, gather_sources
+
+    _check_variants(cfg.variants)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[RunResult] = []
@@ -309,15 +329,11 @@ def iter_compare(
         run_dir = cfg.run_dir(variant, seed)
         res_path = run_dir / "result.json"
         fit_dict = cfg.fit_config(variant, seed)
-        if res_path.exists():
-            try:
-                saved = json.loads(res_path.read_text())
-                if saved.get("fit") == _clean(_comparable(fit_dict)):
-                    runs.append(RunResult.from_json(saved["result"]))
-                    yield Progress(i + 1, len(jobs), "compare", f"{label}: reused {res_path}")
-                    continue
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
+        reused = _finished_run(res_path, fit_dict)
+        if reused is not None:
+            runs.append(reused)
+            yield Progress(i + 1, len(jobs), "compare", f"{label}: reused {res_path}")
+            continue
         if not train:
             failed[f"{variant}/seed{seed}"] = "not run (no finished result with these settings)"
             continue

@@ -1,4 +1,4 @@
-"""Overlap and distance metrics in physical units: Dice, IoU, HD95 (mm) and volumes (ml).
+"""Overlap and distance metrics: Dice, IoU, HD95 (mm, or px without a pixel size) and sizes (ml, mm2, px).
 
 Conventions (those of MONAI's ``DiceMetric``/``compute_hausdorff_distance`` with ``percentile=95``, so
 figures compare): a class absent from both prediction and truth gives NaN (it is left out of means,
@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import SegStudioError
-from .io import case_name
+from .io import case_name, has_physical_spacing
 from .volume import Volume
 
 __all__ = [
@@ -133,17 +133,39 @@ def mean_ignoring_nan(values: Iterable[float]) -> float:
 
 @dataclass
 class CaseMetrics:
-    """Metrics of one predicted case against its truth, keyed by label value."""
+    """Metrics of one predicted case against its truth, keyed by label value.
+
+    Lengths and sizes are physical (HD95 in mm; volume in ml, or area in mm2 for 2D) only when the
+    images carry a pixel size (``io.has_physical_spacing``): a PNG has none, and its "1 mm" spacing
+    is a placeholder, so its HD95 and sizes are in pixels (``length_unit``/``size_unit`` say which).
+    """
 
     name: str
     dice: dict[int, float]
     iou: dict[int, float]
-    hd95_mm: dict[int, float]
-    volume_pred_ml: dict[int, float]
-    volume_truth_ml: dict[int, float]
+    hd95: dict[int, float]
+    size_pred: dict[int, float]
+    size_truth: dict[int, float]
     class_names: dict[int, str] = field(default_factory=dict)
+    physical: bool = True
+    dims: int = 3
+
+    @property
+    def length_unit(self) -> str:
+        return "mm" if self.physical else "px"
+
+    @property
+    def size_unit(self) -> str:
+        if not self.physical:
+            return "px"
+        return "ml" if self.dims == 3 else "mm2"
+
+    @property
+    def size_name(self) -> str:
+        return "volume" if self.dims == 3 else "area"
 
     def rows(self) -> list[dict[str, Any]]:
+        size = f"{self.size_name}_{{}}_{self.size_unit}"
         return [
             {
                 "case": self.name,
@@ -151,12 +173,25 @@ class CaseMetrics:
                 "name": self.class_names.get(c, f"class {c}"),
                 "dice": self.dice[c],
                 "iou": self.iou[c],
-                "hd95_mm": self.hd95_mm[c],
-                "volume_pred_ml": self.volume_pred_ml[c],
-                "volume_truth_ml": self.volume_truth_ml[c],
+                f"hd95_{self.length_unit}": self.hd95[c],
+                size.format("pred"): self.size_pred[c],
+                size.format("truth"): self.size_truth[c],
             }
             for c in self.dice
         ]
+
+
+def _is_generic(name: str, value: int) -> bool:
+    return name in (f"label {value}", f"class {value}", str(value))
+
+
+def class_names(pred: Volume, truth: Volume) -> dict[int, str]:
+    """Names per label value: the truth's, else the prediction's, where either has a real one."""
+    names = {v: info.name for v, info in pred.labels.items()}
+    for v, info in truth.labels.items():
+        if v not in names or not _is_generic(info.name, v) or _is_generic(names[v], v):
+            names[v] = info.name
+    return names
 
 
 def evaluate(
@@ -173,33 +208,44 @@ def evaluate(
         raise SegStudioError(
             f"{where}prediction shape {pred.spatial_shape} differs from the truth's {truth.spatial_shape}"
         )
-    if check_geometry and not np.allclose(pred.spacing, truth.spacing, rtol=1e-3, atol=1e-4):
+    diff = pred.grid_difference(truth, ("prediction", "truth")) if check_geometry else None
+    if diff:
         raise SegStudioError(
-            f"{where}prediction spacing {pred.spacing} differs from the truth's {truth.spacing}; "
-            "they are not on the same grid"
+            f"{where}{diff}; a score would compare other voxels: resample the prediction onto the truth "
+            "(nearest neighbour) or predict on the truth's own scan"
         )
     p, t = _label_array(pred, where), _label_array(truth, where)
     cls = _classes(p, t, classes, ignore)
-    voxel_ml = float(np.prod(truth.spacing)) / 1000.0
-    names = {v: info.name for v, info in {**pred.labels, **truth.labels}.items()}
+    physical = has_physical_spacing(truth) and has_physical_spacing(pred)
+    spacing_zyx = truth.spacing_zyx if physical else None
+    # a voxel's size: ml (mm3 / 1000) in 3D, mm2 in 2D, 1 pixel without a pixel size
+    voxel = float(np.prod(truth.spacing)) / (1000.0 if truth.ndim == 3 else 1.0) if physical else 1.0
     return CaseMetrics(
         name=name or (truth.source.name if truth.source else ""),
         dice=dice(p, t, cls, ignore),
         iou=iou(p, t, cls, ignore),
-        hd95_mm=hd95(p, t, truth.spacing_zyx, cls, ignore),
-        volume_pred_ml={c: int((p == c).sum()) * voxel_ml for c in cls},
-        volume_truth_ml={c: int((t == c).sum()) * voxel_ml for c in cls},
-        class_names=names,
+        hd95=hd95(p, t, spacing_zyx, cls, ignore),
+        size_pred={c: int((p == c).sum()) * voxel for c in cls},
+        size_truth={c: int((t == c).sum()) * voxel for c in cls},
+        class_names=class_names(pred, truth),
+        physical=physical,
+        dims=truth.ndim,
     )
 
 
 def summarise(cases: Sequence[CaseMetrics]) -> dict[str, dict[int, float]]:
-    """Per-class means over cases (NaN-aware; an infinite HD95 stays infinite, as it should)."""
+    """Per-class means over cases (NaN-aware; an infinite HD95 stays infinite, as it should).
+
+    The HD95 key carries its unit (``hd95_mm`` or ``hd95_px``); cases in different units are not averaged.
+    """
     classes = sorted({c for case in cases for c in case.dice})
+    units = {case.length_unit for case in cases}
+    if len(units) > 1:
+        raise SegStudioError("some cases have a pixel size and some do not: their HD95 cannot be averaged")
     out: dict[str, dict[int, float]] = {}
-    for key in ("dice", "iou", "hd95_mm"):
+    for key, attr in (("dice", "dice"), ("iou", "iou"), (f"hd95_{units.pop() if units else 'mm'}", "hd95")):
         out[key] = {
-            c: mean_ignoring_nan(getattr(case, key).get(c, math.nan) for case in cases) for c in classes
+            c: mean_ignoring_nan(getattr(case, attr).get(c, math.nan) for case in cases) for c in classes
         }
     return out
 
@@ -236,6 +282,7 @@ def evaluate_paths(
             for src, dst in lmap.items():
                 out[a == src] = ignore if dst < 0 and ignore is not None else dst
             v = v.with_array(out)
+            v.labels = {}  # its names belong to the values before the mapping
         return v
 
     if pred.is_dir() != truth.is_dir():

@@ -115,7 +115,34 @@ def resampled_shape(
     out = []
     for n, s, t in zip(shape, src, tgt, strict=True):
         out.append(n if t is None or t <= 0 else max(1, int(round(n * s / t))))
+    _check_resampled_fits(tuple(shape), tuple(out), tgt)
     return tuple(out)
+
+
+#: float32 volumes of the resampled size that prediction holds at once (image, classes, weights).
+_RESAMPLE_COPIES = 4
+
+
+def _check_resampled_fits(
+    shape: tuple[int, ...], out: tuple[int, ...], target_zyx: Sequence[float | None]
+) -> None:
+    """A model's spacing decides the working grid: 0.01 mm for a 1 mm scan asks for a million times
+    the voxels. Refuse that before allocating, saying how much it would take."""
+    import math
+
+    from .limits import check_fits
+
+    voxels = math.prod(out)
+    if voxels <= max(math.prod(shape), 1 << 24):
+        return
+    shown = " x ".join(f"{t:g}" for t in reversed([t if t is not None else 0 for t in target_zyx]))
+    check_fits(
+        _RESAMPLE_COPIES * 4 * voxels,
+        f"the model's spacing ({shown} mm) resamples this {'x'.join(map(str, shape[::-1]))} scan to "
+        f"{'x'.join(map(str, out[::-1]))} voxels, which needs",
+        "the checkpoint's spacing is implausible for this scan (use another model), or crop the scan",
+        InferenceError,
+    )
 
 
 def resample_to_shape(array: np.ndarray, shape: Sequence[int], mode: str = "linear") -> np.ndarray:

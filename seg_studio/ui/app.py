@@ -75,7 +75,7 @@ def build_window(scan: Path | None = None, show: bool = True) -> tuple[Any, Any]
     viewer.window.add_dock_widget(panel, name=TITLE, area="right")
     if show:
         viewer.window.resize(1400, 900)  # room for the canvas beside the panel
-    # the panel picks the first bundled model of the scan's dimensionality (``ModelSection.suit_scan``)
+    # the panel picks the checkpoint whose domain fits the scan best (``ModelSection.suit_scan``)
     if scan is not None:
         open_scan(viewer, scan)
     else:

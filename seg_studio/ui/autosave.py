@@ -150,7 +150,7 @@ class Autosaver(QObject):
             return existing
         return self.viewer.add_labels(
             np.asarray(vol.array),
-            name=f"{scan_layer.name} mask",
+            name=L.derived_name(scan_layer.name, "mask"),
             metadata=md,
             opacity=0.5,
             **L.layer_kwargs(scan, like=scan_layer),

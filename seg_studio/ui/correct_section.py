@@ -55,6 +55,8 @@ class CorrectSection(QGroupBox):
         self.viewer = viewer
         self._scan_layer = scan_layer
         self._mask_layer = mask_layer
+        #: who made the mask, for a DICOM SEG's algorithm identification (set by the panel)
+        self.algorithm: Callable[[], Any] | None = None
 
         self.classes = QListWidget()
         self.classes.setMaximumHeight(110)
@@ -162,19 +164,41 @@ class CorrectSection(QGroupBox):
 
     # --- saving ----------------------------------------------------------------------------------------
     def save_labels(self, path: Path) -> Path:
-        """Write the mask in the scan's geometry (atomic; refuses to overwrite the scan)."""
+        """Write the mask in the scan's geometry (atomic; refuses to overwrite the scan).
+        A ``.dcm`` path on a DICOM scan writes a DICOM SEG on its series."""
         from ..core import io as sio
+
+        if Path(path).suffix.lower() in (".dcm", ".dicom"):
+            out = self.prepare_seg(Path(path))()
+        else:
+            scan_layer = self._scan_layer()
+            mask = self._require_mask()
+            if scan_layer is None:
+                raise ValueError("the scan of this mask is not open; its geometry is needed to save")
+            scan = L.layer_volume(scan_layer)
+            vol = L.labels_volume(mask, scan)
+            protected = [scan.source] if scan.source else []
+            out = sio.write(vol, Path(path), protected=protected)
+        self.saved.emit(out)
+        return out
+
+    def prepare_seg(self, path: Path) -> Callable[[], Path]:
+        """Snapshot the mask (main thread) and return the call that writes it as a DICOM SEG on the
+        scan's series (safe to run in a worker). The algorithm is the panel's current checkpoint."""
+        from ..core.io.dicom_seg import write_seg
 
         scan_layer = self._scan_layer()
         mask = self._require_mask()
         if scan_layer is None:
-            raise ValueError("the scan of this mask is not open; its geometry is needed to save")
+            raise ValueError("the scan of this mask is not open; its series is needed for a DICOM SEG")
         scan = L.layer_volume(scan_layer)
+        if not str(scan.meta.get("format", "")).startswith("DICOM") or scan.source is None:
+            raise ValueError("a DICOM SEG needs a scan opened from a DICOM series; save as .nii.gz instead")
         vol = L.labels_volume(mask, scan)
-        protected = [scan.source] if scan.source else []
-        out = sio.write(vol, Path(path), protected=protected)
-        self.saved.emit(out)
-        return out
+        vol.array = np.array(vol.array, copy=True)  # the user may paint on while it is written
+        algorithm = self.algorithm() if self.algorithm else None
+        series, uid = Path(scan.source), scan.meta.get("series_uid")
+        return lambda: write_seg(vol, series, path, algorithm, series_uid=uid or None)
 
     def _save_dialog(self) -> None:
         from napari.utils.notifications import show_error, show_info
@@ -189,9 +213,13 @@ class CorrectSection(QGroupBox):
                 p = Path(src)
                 name = p.name.split(".")[0] if p.is_file() else p.name
                 start = str((p.parent if p.is_file() else p.parent) / f"{name}_labels.nii.gz")
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save labels", start, "Label maps (*.nii.gz *.nii *.nrrd *.mha *.png *.tif)"
-        )
+        filters = "Label maps (*.nii.gz *.nii *.nrrd *.mha *.png *.tif)"
+        if scan_layer is not None and str(L._md(scan_layer).get("meta", {}).get("format", "")).startswith(
+            "DICOM"
+        ):
+            filters = "DICOM SEG (*.dcm);;" + filters  # a DICOM scan: the SEG goes back to its PACS
+            start = start.replace("_labels.nii.gz", "_seg.dcm")
+        path, _ = QFileDialog.getSaveFileName(self, "Save labels", start, filters)
         if not path:
             return
         try:

@@ -2,9 +2,14 @@
 
 The worker runs ``training.iter_finetune`` with a live loss/Dice plot and Cancel. "Only what I
 changed" marks every voxel the user left as the model predicted it with the training ignore
-value, so the model learns from the corrections alone. The new checkpoint goes next to the parent,
-or into the user's model folder when the parent's folder is read-only (e.g. the bundled
-resources/); it is then selected, and "Re-run prediction" applies it.
+value, so the model learns from the corrections alone. Parent and child are scored on the corrected
+region (the slices the user changed, or the whole 2D image: ``acceptance.corrected_region_labels``).
+The new checkpoint goes next to the parent, or into the user's model folder when the parent's folder
+is read-only (e.g. the bundled resources/). Only a child that beats its parent is selected (then
+"Re-run prediction" applies it); one that does not is saved as ``*.notbetter.segmodel``, listed, and
+the parent stays selected, which the section says. With "keep learning from earlier scans" (on by
+default) each fine-tune of a lineage also trains on the pairs corrected before it (``training.replay``);
+the lineage is listed after each fine-tune, and "use this version" selects any model along it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -57,7 +63,7 @@ def finetune_destination(parent: Path, stamp: str | None = None) -> Path:
     return out
 
 
-def _finetune_job(choice, scan, labels, out, budget_s, device, token):  # noqa: ANN001, ANN202 - worker generator
+def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, series, token):  # noqa: ANN001, ANN202 - worker generator
     from ..core import checkpoint
     from ..core.training import iter_finetune
 
@@ -72,8 +78,17 @@ def _finetune_job(choice, scan, labels, out, budget_s, device, token):  # noqa: 
             f"{choice.variant}-untrained-{time.strftime('%Y%m%d-%H%M%S')}{CHECKPOINT_SUFFIX}"
         )
         checkpoint.save(parent, model, meta)
+    val_pairs = [(scan, val_labels)] if val_labels is not None else None
     result = yield from iter_finetune(
-        parent, [(scan, labels)], out, budget_s=budget_s, device=device, cancel=token
+        parent,
+        [(scan, labels)],
+        out,
+        budget_s=budget_s,
+        val_pairs=val_pairs,
+        device=device,
+        name_not_better=True,
+        replay=series,
+        cancel=token,
     )
     return result
 
@@ -105,11 +120,28 @@ class FinetuneSection(QGroupBox):
 
         self.only_changed = QCheckBox("learn only from what I changed")
         self.only_changed.setToolTip("voxels you left as predicted are ignored by the loss")
+        from ..core.defaults import FINETUNE_BUDGET_2D_S, FINETUNE_BUDGET_3D_S
+
         self.budget = QSpinBox()
-        self.budget.setRange(5, 3600)
-        self.budget.setValue(60)
+        self.budget.setRange(0, 3600)
         self.budget.setSuffix(" s")
-        self.budget.setToolTip("time budget of the fine-tune")
+        # 0 = the default budget that the CLI uses too (core.defaults), by the model's dims
+        self.budget.setSpecialValueText(
+            f"auto ({FINETUNE_BUDGET_2D_S:g} s 2D, {FINETUNE_BUDGET_3D_S:g} s 3D)"
+        )
+        self.budget.setValue(0)
+        self.budget.setToolTip("time budget of the fine-tune, scoring and saving included")
+        self.series = QCheckBox("keep learning from earlier scans of this series")
+        self.series.setChecked(True)
+        self.series.setToolTip(
+            "each fine-tune also trains on the scans corrected before it in the same lineage; the corrected "
+            "pairs are kept in a '.replay' folder beside the first fine-tuned model"
+        )
+        self.versions = QComboBox()
+        self.versions.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.versions.setMinimumContentsLength(12)  # long file names must not widen the narrow panel
+        self.versions.setToolTip("this model's lineage: each fine-tune back to the model it started from")
+        self.use_version_button = QPushButton("use this version")
         self.finetune_button = QPushButton("Fine-tune on my corrections")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -122,11 +154,13 @@ class FinetuneSection(QGroupBox):
         self.plot = LossPlot()
 
         lay = QVBoxLayout(self)
+        lay.addWidget(self.only_changed)  # on its own row: the panel is narrow (see panel.PANEL_WIDTH)
         row = QHBoxLayout()
-        row.addWidget(self.only_changed, 1)
         row.addWidget(QLabel("budget"))
         row.addWidget(self.budget)
+        row.addStretch(1)
         lay.addLayout(row)
+        lay.addWidget(self.series)
         row = QHBoxLayout()
         row.addWidget(self.finetune_button, 2)
         row.addWidget(self.cancel_button, 1)
@@ -135,6 +169,14 @@ class FinetuneSection(QGroupBox):
         lay.addWidget(self.status)
         lay.addWidget(self.plot)
         lay.addWidget(self.rerun_button)
+        self.versions_row = QWidget()
+        row = QHBoxLayout(self.versions_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.versions, 1)
+        row.addWidget(self.use_version_button)
+        self.versions_row.setVisible(False)
+        lay.addWidget(self.versions_row)
+        self.use_version_button.clicked.connect(lambda: self.use_version())
         self.finetune_button.clicked.connect(lambda: self.finetune())
         self.cancel_button.clicked.connect(self.cancel)
         self.rerun_button.clicked.connect(self.rerun)
@@ -143,6 +185,11 @@ class FinetuneSection(QGroupBox):
     def busy(self) -> bool:
         return self.job is not None and self.job.running
 
+    def _changed(self, mask: Any, arr: np.ndarray) -> np.ndarray | None:
+        """The voxels the user corrected (None: no prediction of ours to compare with)."""
+        changed = self.run.user_voxels(mask)
+        return changed if changed is not None and changed.shape == arr.shape else None
+
     def training_labels(self, mask: Any, scan: Any, only_changed: bool) -> Any:
         """The mask as a label Volume; with ``only_changed``, untouched voxels get the ignore value."""
         from ..core.training.data import IGNORE_INDEX
@@ -150,12 +197,11 @@ class FinetuneSection(QGroupBox):
         vol = L.labels_volume(mask, scan)
         arr = np.asarray(vol.array)
         if only_changed:
-            base = self.run.baseline(mask)
-            if base is None or base.shape != arr.shape:
+            changed = self._changed(mask, arr)
+            if changed is None:
                 raise ValueError(
                     "nothing to compare with: run a prediction first, or untick 'only what I changed'"
                 )
-            changed = arr != base
             if not changed.any():
                 raise ValueError("you have not changed the mask yet: paint a correction first")
             train = np.full(arr.shape, IGNORE_INDEX, dtype=np.int32)
@@ -164,6 +210,18 @@ class FinetuneSection(QGroupBox):
         else:
             arr = arr.astype(np.int32, copy=True)
         return vol.with_array(arr, meta={"kind": "labels"})
+
+    def validation_labels(self, mask: Any, scan: Any) -> Any:
+        """The corrected region of the mask (the slices the user changed in 3D, the whole 2D image) as
+        the labels parent and child are scored on; None when nothing was corrected on a prediction."""
+        from ..core.training.acceptance import corrected_region_labels
+
+        vol = L.labels_volume(mask, scan)
+        arr = np.asarray(vol.array)
+        changed = self._changed(mask, arr)
+        if changed is None or not changed.any():
+            return None
+        return vol.with_array(corrected_region_labels(arr, changed), meta={"kind": "labels"})
 
     def finetune(self, budget_s: float | None = None, only_changed: bool | None = None) -> bool:
         """Start fine-tuning on the scan and its corrected mask; False (and a notification) if it cannot."""
@@ -188,6 +246,7 @@ class FinetuneSection(QGroupBox):
             labels = self.training_labels(
                 mask, scan, self.only_changed.isChecked() if only_changed is None else only_changed
             )
+            val_labels = self.validation_labels(mask, scan)
         except (ValueError, ImportError) as exc:
             show_error(str(exc))
             return False
@@ -197,7 +256,7 @@ class FinetuneSection(QGroupBox):
         parent = choice.checkpoint or (user_model_dir() / f"{choice.variant}{CHECKPOINT_SUFFIX}")
         out = finetune_destination(parent)
         self._out = out
-        budget = float(budget_s if budget_s is not None else self.budget.value())
+        budget = budget_s if budget_s is not None else (self.budget.value() or None)  # None: the default
         device = self.models.device_name()
         self.plot.clear(f"fine-tune {choice.label}")
         self.bar.setValue(0)
@@ -208,7 +267,9 @@ class FinetuneSection(QGroupBox):
         self._outcome = "done"
         self.last_error = ""
         self.job = Job(
-            lambda token: _finetune_job(choice, scan, labels, out, budget, device, token),
+            lambda token: _finetune_job(
+                choice, scan, labels, val_labels, out, budget, device, self.series.isChecked(), token
+            ),
             on_progress=self._progress,
             on_done=self._done,
             on_error=self._error,
@@ -223,6 +284,30 @@ class FinetuneSection(QGroupBox):
         if self.busy:
             self.status.setText("cancelling...")
             self.job.cancel()
+
+    def show_lineage(self, path: Path) -> list[Any]:
+        """List ``path``'s lineage (it, its parent, ...) for "use this version"; returns the versions."""
+        from ..core.autosave import user_model_dir
+        from ..core.training.lineage import lineage
+
+        chain = lineage(path, [user_model_dir(), *bundled_model_dirs()])
+        self.versions.clear()
+        for v in chain:
+            self.versions.addItem(v.label(), str(v.path))
+        self.versions_row.setVisible(len(chain) > 1)
+        return chain
+
+    def use_version(self, index: int | None = None) -> Path | None:
+        """Select the version picked in the lineage list (an earlier model of the series) for predicting."""
+        i = self.versions.currentIndex() if index is None else index
+        data = self.versions.itemData(i) if i >= 0 else None
+        if not data:
+            return None
+        path = Path(data)
+        self.models.select_checkpoint(path)
+        self.status.setText(f"using {path.name}; press Re-run prediction to apply it")
+        self.rerun_button.setVisible(True)
+        return path
 
     def rerun(self) -> bool:
         """Predict again with the model that is selected now (the new checkpoint after a fine-tune)."""
@@ -240,17 +325,28 @@ class FinetuneSection(QGroupBox):
             self.plot.add(m.get("step", p.done), loss, dice)
 
     def _done(self, result: Any) -> None:
-        from napari.utils.notifications import show_info
+        from napari.utils.notifications import show_info, show_warning
 
         self.last_result = result
         path = Path(result.path)
-        self.models.add_checkpoint(path, select=True)
-        before, after = getattr(result, "dice_before", None), getattr(result, "dice_after", None)
-        gain = f" (Dice {before:.3f} -> {after:.3f})" if before is not None and after is not None else ""
+        before, after = result.dice_before, result.dice_after
+        scores = f"Dice {before:.3f} -> {after:.3f} on the {result.dice_on}"
         self.bar.setValue(1000)
-        self.status.setText(f"saved {path.name}{gain}; it is selected")
-        self.rerun_button.setVisible(True)
-        show_info(f"fine-tuned model saved as {path}{gain}; press 'Re-run prediction' to apply it")
+        self.show_lineage(path)
+        if result.better:
+            self.models.add_checkpoint(path, select=True)
+            self.status.setText(f"saved {path.name} ({scores}); it is selected")
+            self.rerun_button.setVisible(True)
+            show_info(f"fine-tuned model saved as {path} ({scores}); press 'Re-run prediction' to apply it")
+            return
+        self.models.add_checkpoint(path, select=False)  # listed, never selected
+        self.status.setText(
+            f"not better than its parent, which stays selected: {result.not_better_reason}. Saved as {path.name}"
+        )
+        self.rerun_button.setVisible(False)
+        show_warning(
+            f"the fine-tuned model is not better than its parent ({scores}); the parent stays selected"
+        )
 
     def _error(self, message: str, exc: BaseException) -> None:
         from napari.utils.notifications import show_error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,43 @@ META_KEY = "seg_studio"
 #: metadata["seg_studio"]["role"] of layers the panel created (never used as the scan).
 ROLE_MASK = "mask"
 ROLE_OUTPUT = "output"
+
+
+#: Width (px) of a layer name that napari's layer list shows whole at its default width. Measured
+#: under Xvfb (bold 9 pt): names of 192-193 px such as "hippocampus_003: p(vessel)" showed whole,
+#: "PGBM-003_19950329 T1post mask" (233 px) was cut in the middle.
+LAYER_NAME_PX = 193
+#: Without a QApplication to measure with: about 8 px a character.
+LAYER_NAME_CHARS = 24
+
+
+def _fits(text: str) -> bool:
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return len(text) <= LAYER_NAME_CHARS
+    from qtpy.QtGui import QFont, QFontMetrics
+
+    font = QFont(QApplication.font())
+    font.setBold(True)  # napari draws layer names in bold
+    return QFontMetrics(font).horizontalAdvance(text) <= LAYER_NAME_PX
+
+
+def derived_name(scan_name: str, what: str, sep: str = " ") -> str:
+    """The name of a layer made from a scan (``what`` = "mask", "p(lung)"...) that napari shows whole.
+
+    ``"{scan}{sep}{what}"`` when it fits; else ``"{what} ({scan shortened in the middle})"``, so what
+    the layer is stays readable and the scan is still recognisable by both ends of its name.
+    """
+    full = f"{scan_name}{sep}{what}"
+    if _fits(full):
+        return full
+    for keep in range(len(scan_name) - 1, 3, -1):
+        head = (keep + 1) // 2
+        short = f"{what} ({scan_name[:head]}\u2026{scan_name[len(scan_name) - (keep - head) :]})"
+        if _fits(short):
+            return short
+    return what
 
 
 def _md(layer: Any) -> dict[str, Any]:
@@ -188,6 +226,19 @@ def class_features(classes: list[Any]) -> dict[str, Any]:
     }
 
 
+def set_classes(layer: Any, classes: list[Any]) -> bool:
+    """Give a Labels layer the colours and hover names of ``classes``, unless it has them already.
+
+    Setting a colormap or features table re-emits layer events and repaints (130 ms of main thread
+    measured on a re-run landing), so a re-run with the same classes skips it. Returns whether it set.
+    """
+    if _md(layer).get("labels") == classes_metadata(classes) and "class" in getattr(layer, "features", {}):
+        return False
+    layer.colormap = class_colormap(classes)
+    layer.features = class_features(classes)
+    return True
+
+
 def layer_classes(layer: Any) -> list[LabelInfo]:
     """Class values, names and colours of a Labels layer (from our metadata, else its features/colormap)."""
     md = _md(layer)
@@ -258,3 +309,64 @@ def replace_labels(layer: Any, new: np.ndarray) -> int:
         with layer.block_history():
             layer.data_setitem(idx, new[idx].astype(old.dtype, copy=False))
     return n
+
+
+# --- output maps of a prediction -----------------------------------------------------------------------
+
+#: Additive overlays: colormaps that are black at 0, so low values add nothing (plasma, viridis and
+#: turbo start blue/purple and tinted the whole scan); levels alternate so two shown stay apart.
+ATTENTION_COLORMAPS = ("inferno", "magma")
+
+
+@dataclass
+class OutputMap:
+    """One map of a prediction, ready to become an Image layer: display data, colours, limits, metadata.
+
+    Built by ``output_maps`` off the GUI thread (the float conversion, the range and the metadata cost
+    time in proportion to the volume), so showing it costs the main thread only the layer itself.
+    """
+
+    name: str
+    #: what it is, without the scan ("p(lung)", "uncertainty", "attention L1"): the menu's entry
+    what: str
+    volume: Volume
+    data: np.ndarray
+    colormap: str
+    contrast_limits: tuple[float, float]
+    metadata: dict[str, Any]
+
+
+def _output_map(what: str, vol: Volume, cmap: str, scan_name: str) -> OutputMap:
+    arr = np.ascontiguousarray(vol.array, dtype=np.float32)
+    scale = vol.meta.get("scale")
+    if scale is not None and vol.array.dtype.kind == "u":  # quantised probabilities: back to [0, 1]
+        arr *= np.float32(scale)
+    hi = float(np.nanmax(arr)) if arr.size else 1.0
+    limits = (0.0, max(hi, 1e-6) if what == "uncertainty" else 1.0)
+    md = geometry_metadata(vol)
+    md[META_KEY].update(role=ROLE_OUTPUT, scan_layer=scan_name)
+    return OutputMap(derived_name(scan_name, what, sep=": "), what, vol, arr, cmap, limits, md)
+
+
+def output_maps(pred: Any, classes: list[Any], scan_name: str) -> list[OutputMap]:
+    """Probability (one per foreground class), uncertainty and attention maps of ``pred``, named
+    ``"<scan>: p(class)"``, ``"<scan>: uncertainty"``, ``"<scan>: attention Lk"`` (k = 1 at the top;
+    see ``derived_name`` for long scan names).
+
+    Pure numpy: call it in the worker, right after the prediction.
+    """
+    maps: list[tuple[str, Volume, str]] = []
+    if pred.probabilities is not None:
+        probs = pred.probabilities
+        arr = probs.channel_first()
+        for i, c in enumerate(classes):
+            if int(c.value) == 0 or i >= arr.shape[0]:
+                continue
+            maps.append((f"p({c.name})", probs.with_array(arr[i]) if probs.channels > 1 else probs, "green"))
+    if pred.uncertainty is not None:
+        maps.append(("uncertainty", pred.uncertainty, "magma"))
+    n = len(pred.attention)
+    for k, att in enumerate(pred.attention):
+        # deepest level first (SegOutput's order); name them by level from the top for the user
+        maps.append((f"attention L{n - k}", att, ATTENTION_COLORMAPS[k % len(ATTENTION_COLORMAPS)]))
+    return [_output_map(what, vol, cmap, scan_name) for what, vol, cmap in maps]

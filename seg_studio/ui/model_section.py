@@ -4,6 +4,8 @@ The variant list comes from the registry and the devices from torch, both probed
 that the window shows before torch is imported. Checkpoints are found in the bundled
 ``resources/models/`` folder and the user's model folder; "Open checkpoint..." adds any
 ``.segmodel``. Picking a variant with no checkpoint builds an untrained model (with a warning).
+Until the user picks a model, the default is the checkpoint whose recorded domain fits the scan in view
+best (``core.domain.rank_checkpoints``); when none fits, nothing is selected and the panel says so.
 """
 
 from __future__ import annotations
@@ -20,19 +22,21 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QWidget,
 )
 
+from ..core.defaults import OVERLAP
 from ..core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 ANY_VARIANT = "(any variant)"
 CHECKPOINT_SUFFIX = ".segmodel"
+NO_FIT_ITEM = "(no model fits this scan)"
 
 
 def bundled_model_dirs() -> list[Path]:
@@ -43,12 +47,15 @@ def bundled_model_dirs() -> list[Path]:
 
 def find_checkpoints(extra: list[Path] | None = None) -> list[Path]:
     """Every ``.segmodel`` in the bundled folder, the user's model folder and ``extra`` files."""
+    from ..core.atomic import clean_stale_temps, is_temp_name
     from ..core.autosave import user_model_dir
 
+    clean_stale_temps(user_model_dir(), force=True)  # what a fine-tune killed mid-save left behind
     found: dict[Path, None] = {}
     for d in [*bundled_model_dirs(), user_model_dir()]:
         for p in sorted(d.rglob(f"*{CHECKPOINT_SUFFIX}")):
-            found[p.resolve()] = None
+            if not is_temp_name(p.name):  # a save in progress, or one a killed run left
+                found[p.resolve()] = None
     for p in extra or []:
         if p.is_file():
             found[p.resolve()] = None
@@ -107,8 +114,39 @@ def _args(config: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(config.items()))
 
 
+def _dice_row(m: Any) -> str | None:
+    """Validation Dice as recorded: a fine-tune's before/after, else the model card's, else training's."""
+    prov = getattr(m, "provenance", {}) or {}
+    card = getattr(m, "card", {}) or {}
+    if prov.get("kind") == "finetune" and prov.get("dice_after") is not None:
+        before = prov.get("dice_before")
+        text = f"{float(before):.3f} &rarr; " if before is not None else ""
+        return (
+            f"Dice (fine-tune): {text}{float(prov['dice_after']):.3f} on {prov.get('dice_on') or 'its cases'}"
+        )
+    val = card.get("validation") or {}
+    if val.get("mean_dice") is not None:
+        per = ", ".join(f"{k} {float(v):.3f}" for k, v in (val.get("dice") or {}).items() if v is not None)
+        n = len(val.get("cases") or [])
+        return (
+            f"validation Dice: <b>{float(val['mean_dice']):.3f}</b>"
+            + (f" ({per})" if per else "")
+            + (f" on {n} held-back case(s)" if n else "")
+        )
+    metrics = prov.get("metrics") or {}
+    best = metrics.get("best_val_dice", metrics.get("val_dice"))
+    if best is not None:
+        return f"validation Dice: {float(best):.3f} (training, {metrics.get('val_cases', '?')} case(s))"
+    return None
+
+
 def card_html(info: CheckpointInfo | None, choice: ModelChoice | None) -> str:
-    """The model card as compact rich text: classes with their colours, dims, spacing, Dice, parent."""
+    """The model card as compact rich text: classes, dims, spacing, validation Dice, data, terms, the
+    expected input and the domain (what it was trained on), parent."""
+    import html
+
+    from ..core.domain import describe, format_spans, meta_domain
+
     if choice is not None and choice.untrained:
         return (
             f"<b>{choice.variant}</b> &mdash; <span style='color:#f0a030'><b>untrained</b>: random weights, "
@@ -120,35 +158,44 @@ def card_html(info: CheckpointInfo | None, choice: ModelChoice | None) -> str:
     if info.error:
         return f"<span style='color:#ff6060'>{info.error}</span>"
     m = info.meta
+    esc = html.escape
     classes = " ".join(
-        f"<span style='color:rgb{tuple(c.color)}'>&#9632;</span>&nbsp;{c.name}"
+        f"<span style='color:rgb{tuple(c.color)}'>&#9632;</span>&nbsp;{esc(c.name)}"
         for c in getattr(m, "classes", [])
         if int(c.value) != 0
     )
     spacing = getattr(m, "spacing", None)
-    spacing_txt = " x ".join(f"{s:g}" for s in spacing) + " mm" if spacing else "native"
+    dom = meta_domain(m)
+    if spacing:
+        spacing_txt = "resampled to " + " x ".join(f"{s:g}" for s in spacing) + " mm"
+    elif dom is not None and dom.physical_spacing:
+        spacing_txt = f"runs at the scan's own spacing (trained on {format_spans(dom.spacing, 'mm')})"
+    else:
+        spacing_txt = "runs at the scan's own spacing"
     prov = getattr(m, "provenance", {}) or {}
     card = getattr(m, "card", {}) or {}
-    metrics = prov.get("metrics") or card.get("metrics") or {}
-    dice = metrics.get("dice") if isinstance(metrics, dict) else None
-    if isinstance(dice, dict):
-        dice = dice.get("mean", next(iter(dice.values()), None))
-    parent = prov.get("parent") or prov.get("parent_hash") or card.get("parent")
+    parent = prov.get("parent_name") or prov.get("parent") or card.get("parent")
     if isinstance(parent, dict):
         parent = parent.get("name") or parent.get("hash")
-    rows = [
+    rows = []
+    if card.get("title") or card.get("description"):
+        rows.append(f"<i>{esc(str(card.get('title') or card.get('description')))}</i>")
+    rows += [
         f"<b>{m.architecture}</b> {m.spatial_dims}D, {m.in_channels} channel(s) &rarr; {len(m.classes)} classes",
         f"classes: {classes or '-'}",
         f"spacing: {spacing_txt}; patch {' x '.join(str(p) for p in m.patch_size)}",
     ]
-    if dice is not None:
-        rows.append(
-            f"Dice: {float(dice):.3f}" + (f" ({metrics.get('dataset')})" if metrics.get("dataset") else "")
-        )
+    dice = _dice_row(m)
+    if dice:
+        rows.append(dice)
+    if dom is not None and dom.expected_input:
+        rows.append(f"<b>expects</b> {esc(dom.expected_input)}")
+    rows.append("trained on: " + esc("; ".join(describe(dom)[:2])) if dom else "domain: <i>not recorded</i>")
+    for key, label in (("data", "data"), ("terms", "terms")):
+        if card.get(key):
+            rows.append(f"{label}: {esc(str(card[key]))}")
     if parent:
-        rows.append(f"parent: {str(parent)[:40]}")
-    if card.get("description") or card.get("title"):
-        rows.append(f"<i>{card.get('title') or card.get('description')}</i>")
+        rows.append(f"parent: {esc(str(parent)[:40])}")
     return "<br>".join(rows)
 
 
@@ -169,16 +216,24 @@ class ModelSection(QGroupBox):
         self._variant_config: dict[str, dict[str, Any]] = {}
         self._jobs: list[Any] = []
         self._cache: tuple[tuple[Any, ...], Any, Any] | None = None
-        #: dimensionality of the scan in view, and whether the user chose a model themselves: until
-        #: they do, the default checkpoint follows the scan (a 3D sample gets a 3D model)
-        self._scan_dims: int | None = None
+        #: the scan in view (a Volume), and whether the user chose a model themselves: until they do,
+        #: the default is the checkpoint whose domain fits the scan best, or none when none fits
+        self._scan: Any = None
+        self._ranking: dict[Path, Any] = {}
+        self._order: list[Path] = []
         self._user_picked = False
+        #: True while no listed checkpoint fits the scan and the user has not picked one
+        self.no_fit = False
+        self._probed = False
 
         self.variant = QComboBox()
         self.variant.addItem(ANY_VARIANT)
         self.variant.setToolTip("U-Net variants from the registry; filters the checkpoints below")
         self.checkpoint = QComboBox()
         self.checkpoint.setToolTip("checkpoints in resources/models and your model folder")
+        # long entries must not widen the panel past its dock
+        self.checkpoint.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.checkpoint.setMinimumContentsLength(14)
         self.open_button = QPushButton("Open checkpoint...")
         self.card = QLabel("<i>looking for models...</i>")
         self.card.setWordWrap(True)
@@ -189,7 +244,7 @@ class ModelSection(QGroupBox):
         self.overlap = QDoubleSpinBox()
         self.overlap.setRange(0.0, 0.9)
         self.overlap.setSingleStep(0.125)
-        self.overlap.setValue(0.25)
+        self.overlap.setValue(OVERLAP)  # the CLI's default too (core/defaults.py)
         self.overlap.setToolTip("overlap between sliding windows: more is smoother and slower")
         self.tta = QCheckBox("test-time augmentation (flips)")
         self.want_probabilities = QCheckBox("probabilities")
@@ -200,20 +255,25 @@ class ModelSection(QGroupBox):
         )
         for box in (self.want_probabilities, self.want_attention):
             box.setChecked(True)
+        self.want_attention.setVisible(False)  # offered for models with attention gates only
 
+        for combo in (self.variant, self.checkpoint, self.device):
+            # long names must not widen the docked panel (and squeeze napari's canvas): they elide
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(10)
+        self.open_button.setToolTip("add a .segmodel file to the list and select it")
         form = QFormLayout(self)
         form.addRow("Variant", self.variant)
-        row = QHBoxLayout()
-        row.addWidget(self.checkpoint, 1)
-        row.addWidget(self.open_button)
-        form.addRow("Checkpoint", row)
+        form.addRow("Checkpoint", self.checkpoint)
+        form.addRow("", self.open_button)
         form.addRow(self.card)
         form.addRow("Device", self.device)
         form.addRow("Overlap", self.overlap)
         form.addRow(self.tta)
-        outs = QHBoxLayout()
-        for box in (self.want_probabilities, self.want_uncertainty, self.want_attention):
-            outs.addWidget(box)
+        outs = QGridLayout()
+        outs.addWidget(self.want_probabilities, 0, 0)
+        outs.addWidget(self.want_uncertainty, 0, 1)
+        outs.addWidget(self.want_attention, 1, 0)
         form.addRow("Show", outs)
 
         self.variant.currentIndexChanged.connect(self._variant_changed)
@@ -262,6 +322,7 @@ class ModelSection(QGroupBox):
         self.variant.blockSignals(False)
         for info in infos:
             self._infos[info.path] = info
+        self._probed = True
         self._refill_checkpoints()
         self.probed.emit()
 
@@ -366,7 +427,8 @@ class ModelSection(QGroupBox):
             self.variant.setCurrentIndex(0)
             self.variant.blockSignals(False)
             variant = ANY_VARIANT
-        keep = select or self._item_path(self.checkpoint.currentIndex())
+        # the entry to keep: a checkpoint path or an untrained variant ("variant:NAME")
+        keep = str(select) if select is not None else self.checkpoint.currentData()
         self.checkpoint.blockSignals(True)
         self.checkpoint.clear()
         for path, info in self._infos.items():
@@ -377,11 +439,16 @@ class ModelSection(QGroupBox):
             self.checkpoint.setItemData(self.checkpoint.count() - 1, str(path), 3)  # tooltip role
         if variant != ANY_VARIANT:
             self.checkpoint.addItem(f"untrained {variant} (random weights)", f"variant:{variant}")
+        self._rank()
+        if self.no_fit:
+            self.checkpoint.insertItem(0, NO_FIT_ITEM, "")
         if self.checkpoint.count() == 0:
             self.checkpoint.addItem("(no checkpoint: pick a variant or open one)", "")
-        idx = self.checkpoint.findData(str(keep)) if keep is not None else -1
-        if idx < 0 or (select is None and not self._user_picked and not self._suits_scan(idx)):
-            idx = self._first_suiting(default=idx)
+        idx = self.checkpoint.findData(keep) if isinstance(keep, str) and keep else -1
+        if select is None and not self._user_picked and self._scan is not None:
+            idx = self._best_index()
+        elif idx < 0:
+            idx = self._best_index()
         self.checkpoint.setCurrentIndex(max(0, idx))
         self.checkpoint.blockSignals(False)
         self._checkpoint_changed()
@@ -389,17 +456,36 @@ class ModelSection(QGroupBox):
     def _mark_user_picked(self) -> None:
         self._user_picked = True
 
-    def suit_scan(self, ndim: int | None) -> None:
-        """The scan in view has ``ndim`` spatial dims: until the user picks a model, select the first
-        listed checkpoint made for such scans (the 2D demo model on a 3D sample would segment each
-        slice into lungs and heart)."""
-        self._scan_dims = ndim
-        if self._user_picked or self.checkpoint.count() == 0:
+    def suit_scan(self, volume: Any) -> None:
+        """The scan in view changed (a ``Volume``, or None): until the user picks a model, select the
+        checkpoint whose domain fits it best; when none fits, select nothing (``no_fit``)."""
+        self._scan = volume
+        self._refill_checkpoints()
+
+    def _rank(self) -> None:
+        """Score every listed checkpoint against the scan; ``no_fit`` when none fits (and no user pick)."""
+        from ..core.domain import rank_checkpoints
+
+        self._ranking = {}
+        self.no_fit = False
+        if self._scan is None or not self._probed:  # nothing listed yet: nothing to judge
             return
-        if not self._suits_scan(self.checkpoint.currentIndex()):
-            idx = self._first_suiting(default=-1)
-            if idx >= 0:
-                self.checkpoint.setCurrentIndex(idx)
+        candidates = [(p, info.meta) for p, info in self._infos.items() if not info.error]
+        ranked = rank_checkpoints(candidates, self._scan)
+        self._ranking = {r.key: r for r in ranked}
+        self._order = [r.key for r in ranked]
+        self.no_fit = not self._user_picked and not any(r.fits for r in ranked)
+
+    def no_fit_reasons(self) -> list[str]:
+        """Why the closest checkpoint does not fit the scan (its warnings), for the banner."""
+        for key in self._order:
+            r = self._ranking[key]
+            return [f"{Path(key).stem}: {w}" for w in r.warnings if w.severity != "note"][:3]
+        return []
+
+    def ranking(self) -> list[Any]:
+        """The checkpoints ranked against the scan in view, best first (``core.domain.Ranked``)."""
+        return [self._ranking[k] for k in self._order if k in self._ranking]
 
     def _item_path(self, idx: int) -> Path | None:
         """The checkpoint file behind list entry ``idx``; None for an untrained variant or the placeholder."""
@@ -408,23 +494,35 @@ class ModelSection(QGroupBox):
             return Path(data)
         return None
 
-    def _suits_scan(self, idx: int) -> bool:
-        path = self._item_path(idx)
-        if self._scan_dims is None or path is None:
-            return True
-        info = self._infos.get(path)
-        return info is None or getattr(info.meta, "spatial_dims", None) in (None, self._scan_dims)
-
-    def _first_suiting(self, default: int) -> int:
-        for i in range(self.checkpoint.count()):
-            if self._item_path(i) is not None and self._suits_scan(i):
-                return i
-        return default
+    def _best_index(self) -> int:
+        """The list entry of the best-fitting checkpoint; the "no model fits" entry when none fits."""
+        if self.no_fit:
+            return 0
+        if self._scan is None:
+            return 0
+        for key in self._order:
+            if not self._ranking[key].fits:
+                break
+            idx = self.checkpoint.findData(str(key))
+            if idx >= 0:
+                return idx
+        return 0
 
     def _checkpoint_changed(self) -> None:
         choice = self.current_choice()
         self.card.setText(card_html(self.current_info(), choice))
+        self._offer_attention(choice)
         self.choice_changed.emit(choice)
+
+    def _offer_attention(self, choice: ModelChoice | None) -> None:
+        """Show "attention maps" only for a model that has attention gates (a plain U-Net has none)."""
+        has = False
+        if choice is not None:
+            from ..core.models import makes_attention_maps  # torch is in after the probe
+
+            args = choice.config if choice.untrained else getattr(choice.meta, "arch_args", {})
+            has = makes_attention_maps(choice.variant, args)
+        self.want_attention.setVisible(has)
 
     def _open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -447,7 +545,7 @@ class ModelSection(QGroupBox):
         return {
             "probabilities": self.want_probabilities.isChecked(),
             "uncertainty": self.want_uncertainty.isChecked(),
-            "attention": self.want_attention.isChecked(),
+            "attention": self.want_attention.isChecked() and not self.want_attention.isHidden(),
         }
 
     def predict_options(self) -> dict[str, Any]:
@@ -463,6 +561,10 @@ class ModelSection(QGroupBox):
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1], self._cache[2]
         return None
+
+    def last_meta(self) -> Any:
+        """The metadata of the model the last prediction ran (None before the first)."""
+        return self._cache[2] if self._cache is not None else None
 
     def remember_model(self, key: tuple[Any, ...], model: Any, meta: Any) -> None:
         """Keep the last loaded model (one only) so a re-run skips loading; lives on this widget."""

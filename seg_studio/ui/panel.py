@@ -1,4 +1,9 @@
-"""The seg_studio dock widget: Model, Run, View, Correct and Fine-tune sections in one panel.
+"""The seg_studio dock widget: the scan and Run always in view, the other sections in tabs.
+
+The Run section (Predict, Cancel, progress, status) sits above the tabs, so the main action is
+never scrolled away, and so does the domain banner; Model, View, Correct, Fine-tune and Measure are
+one tab each, and a tab that is taller than the window scrolls on its own. Adding a section is one ``add_section``
+call. The panel keeps a small minimum size so that docking it never squeezes napari's canvas.
 
 Every button calls a public method of this panel (or of a section it forwards to), so scripts and
 tests drive the panel exactly as a user does: ``predict()``, ``cancel()``, ``finetune()``,
@@ -14,23 +19,42 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QApplication, QComboBox, QFormLayout, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from . import layers as L
+from .about_section import AboutSection
 from .autosave import Autosaver
 from .correct_section import CorrectSection
+from .domain_banner import DomainBanner, DomainWatch
 from .finetune_section import FinetuneSection
+from .measure_section import MeasureSection
 from .model_section import ModelSection
 from .run_section import RunSection
 from .view_section import ViewSection
 
 log = logging.getLogger(__name__)
 
-#: How long closing the window waits for running workers (the start-up warm-up) to end.
-WARM_UP_WAIT_MS = 10_000
+#: The panel's width: napari gives a docked widget its size hint, and at 470 px (the old single
+#: column) a 1400 px window left the canvas 580 px; this width fits every section's widest row.
+PANEL_WIDTH = 390
+#: The window size (without the panel) that ``make_room`` grows napari's window to, screen permitting:
+#: napari's own layer controls take ~330 px, so the canvas then keeps ~700 px.
+MIN_WINDOW = (1030, 860)
 
 
-class SegStudioPanel(QScrollArea):
+class SegStudioPanel(QWidget):
     """Pick a model, predict in the background, look, correct, fine-tune, save."""
 
     def __init__(self, napari_viewer: Any, autosave_interval_s: float | None = None) -> None:
@@ -38,28 +62,59 @@ class SegStudioPanel(QScrollArea):
 
         guard_triton()  # before any fine-tune imports torch._dynamo (see native_guard)
         super().__init__()
+        from .app import prefer_reader
+
+        prefer_reader()  # docked from napari's Plugins menu: File > Open then uses our reader too
         self.viewer = napari_viewer
-        self.setWidgetResizable(True)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setMinimumWidth(380)
-        body = QWidget()
-        self.setWidget(body)
-        lay = QVBoxLayout(body)
+        self._grew_window = False
+        self.setMinimumWidth(PANEL_WIDTH - 60)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
 
         self.scan_combo = QComboBox()
         self.scan_combo.setToolTip("the scan that Predict and Fine-tune use")
+        # long DICOM series names must not widen the panel; the full name is in the tooltip
+        self.scan_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.scan_combo.setMinimumContentsLength(12)
+        self.model_label = QLabel("looking for models...")
+        self.model_label.setToolTip("the model Predict uses (choose it in the Model tab)")
+        self.model_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.pacs_button = QPushButton("PACS...")
+        self.pacs_button.setToolTip("browse a PACS's series, open one, send the mask back as a DICOM SEG")
+        scan_row = QHBoxLayout()
+        scan_row.addWidget(self.scan_combo, 1)
+        scan_row.addWidget(self.pacs_button)
         top = QFormLayout()
-        top.addRow("Scan", self.scan_combo)
+        top.addRow("Scan", scan_row)
+        top.addRow("Model", self.model_label)
         lay.addLayout(top)
+        #: persistent notice when the model does not fit the scan or its result (see domain_banner)
+        self.banner = DomainBanner()
+        lay.addWidget(self.banner)
 
         self.models = ModelSection()
         self.run = RunSection(self.viewer, self.models, self.scan_layer)
         self.view = ViewSection(self.viewer, self.scan_layer)
         self.correct = CorrectSection(self.viewer, self.scan_layer, self.mask_layer)
         self.finetune_section = FinetuneSection(self.viewer, self.models, self.run, self.scan_layer)
-        for section in (self.models, self.run, self.view, self.correct, self.finetune_section):
-            lay.addWidget(section)
-        lay.addStretch(1)
+        self.measure_section = MeasureSection(self.viewer, self.scan_layer, self.mask_layer)
+        lay.addWidget(self.run)  # Predict / Cancel / progress: always in view
+        self.tabs = QTabWidget()
+        self.tabs.setUsesScrollButtons(True)
+        lay.addWidget(self.tabs, 1)
+        self._tab_pages: dict[str, QVBoxLayout] = {}
+        self.add_section("Model", self.models)
+        self.add_section("View", self.view)
+        self.add_section("Correct", self.correct)
+        self.add_section("Fine-tune", self.finetune_section)
+        self.add_section("Measure", self.measure_section)
+        self.about = AboutSection()
+        self.add_section("About", self.about)
+        self.models.probed.connect(self.about.devices_probed)
+        self.models.choice_changed.connect(self._show_model)
+        self._hospital_wiring()
+        self.domain_watch = DomainWatch(self.banner, self.models, self._scan_volume)
+        self.run.finished.connect(self._check_result)
 
         kwargs = {} if autosave_interval_s is None else {"interval_s": autosave_interval_s}
         self.autosaver = Autosaver(self.viewer, self.scan_layer, self._mask_of, parent=self, **kwargs)
@@ -86,6 +141,85 @@ class SegStudioPanel(QScrollArea):
             app.aboutToQuit.connect(self.shutdown)
         self.models.start_probe()
 
+    # --- layout ---------------------------------------------------------------------------------------
+    def add_section(self, tab: str, section: QWidget) -> None:
+        """Put ``section`` at the end of tab ``tab`` (a new tab if there is none of that name)."""
+        page = self._tab_pages.get(tab)
+        if page is None:
+            body = QWidget()
+            page = QVBoxLayout(body)
+            page.setContentsMargins(2, 2, 2, 2)
+            page.addStretch(1)
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+            scroll.setWidget(body)
+            self.tabs.addTab(scroll, tab)
+            self._tab_pages[tab] = page
+        page.insertWidget(page.count() - 1, section)  # above the stretch
+
+    def section_tab(self, section: QWidget) -> str | None:
+        """The name of the tab that holds ``section``."""
+        for i in range(self.tabs.count()):
+            if self.tabs.widget(i).isAncestorOf(section):
+                return self.tabs.tabText(i)
+        return None
+
+    def show_section(self, section: QWidget) -> None:
+        """Bring the tab that holds ``section`` to the front (e.g. the autosave offer in Correct)."""
+        for i in range(self.tabs.count()):
+            if self.tabs.widget(i).isAncestorOf(section):
+                self.tabs.setCurrentIndex(i)
+                return
+
+    def sizeHint(self) -> Any:  # noqa: N802 - Qt's name
+        hint = super().sizeHint()
+        hint.setWidth(PANEL_WIDTH)
+        return hint
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if not self._grew_window:
+            self._grew_window = True
+            from qtpy.QtCore import QTimer
+
+            timer = QTimer(self)  # a child: it goes with the panel if the window closes first
+            timer.setSingleShot(True)
+            timer.timeout.connect(self.make_room)
+            timer.start(0)
+
+    def make_room(self) -> bool:
+        """Widen the main window by the panel, as far as the screen allows, so the canvas keeps its width.
+
+        napari opens at 1089x630 on a 1400x900 screen with fresh settings; docking the panel there
+        left the canvas a 270 px strip. A maximised or full-screen window is left alone.
+        Returns True if the window was resized.
+        """
+        win = self.window()
+        if win is self or not win.isVisible() or win.isMaximized() or win.isFullScreen():
+            return False
+        screen = win.screen().availableGeometry() if win.screen() is not None else None
+        if screen is None:
+            return False
+        width = min(screen.width(), max(win.width(), MIN_WINDOW[0] + PANEL_WIDTH))
+        height = min(screen.height(), max(win.height(), MIN_WINDOW[1]))
+        if (width, height) == (win.width(), win.height()) or width < win.width() or height < win.height():
+            return False
+        win.resize(width, height)
+        frame = win.frameGeometry()
+        left = max(screen.left(), min(frame.left(), screen.right() - frame.width() + 1))
+        top = max(screen.top(), min(frame.top(), screen.bottom() - frame.height() + 1))
+        win.move(left, top)
+        return True
+
+    def _show_model(self, choice: Any) -> None:
+        text = choice.label if choice is not None else "none: pick one in the Model tab"
+        self.model_label.setText(text)
+        self.model_label.setToolTip(
+            str(choice.checkpoint) if choice is not None and choice.checkpoint else text
+        )
+
     def _warm_up(self) -> None:
         """Once, after the model list is in: import what the first run needs (see ``warmup``)."""
         if self._warm_job is not None:
@@ -98,6 +232,46 @@ class SegStudioPanel(QScrollArea):
     def warmed_up(self) -> bool:
         """True once the start-up imports are done: the first run then stalls the UI no more than later ones."""
         return self._warm_job is not None and not self._warm_job.running
+
+    # --- hospital: DICOM SEG, PACS, measurements -------------------------------------------------------
+    def _hospital_wiring(self) -> None:
+        self.pacs: Any = None
+        self.correct.algorithm = self._seg_algorithm
+        self.pacs_button.clicked.connect(lambda: self.open_pacs())
+        self.viewer.layers.events.inserted.connect(lambda e: self.measure_section.follow())
+        self.viewer.layers.events.removed.connect(lambda e: self.measure_section.follow())
+        self.scan_combo.currentIndexChanged.connect(lambda _: self.measure_section.follow())
+
+    def _seg_algorithm(self) -> Any:
+        """The model whose prediction the mask is (semi-automatic: it may be corrected since), or None
+        for a mask that no prediction of this panel made (a DICOM SEG then says MANUAL)."""
+        from ..core.io.dicom_seg import Algorithm
+
+        mask = self.mask_layer()
+        made_by = str(L._md(mask).get("made_by", "")) if mask is not None else ""
+        if not made_by:
+            return None
+        if made_by.startswith("variant:"):
+            return Algorithm(made_by.split(":", 1)[1], "untrained", kind="SEMIAUTOMATIC")
+        from ..core import checkpoint
+
+        path = Path(made_by)
+        meta = checkpoint.read_meta(path) if path.is_file() else None
+        return Algorithm.from_checkpoint(path, meta, "SEMIAUTOMATIC")
+
+    def open_pacs(self) -> Any:
+        """Show the *PACS...* dialog (series browser, open, send the SEG); returns it."""
+        from .pacs_dialog import PacsDialog
+
+        if self.pacs is None:
+            self.pacs = PacsDialog(self.viewer, self.correct.prepare_seg, parent=self)
+        self.pacs.show()
+        self.pacs.raise_()
+        return self.pacs
+
+    def measurements(self) -> Any:
+        """The last measurement report of the current mask (``core.measure.Report``) or None."""
+        return self.measure_section.report
 
     # --- which layers -------------------------------------------------------------------------------
     def scan_layer(self) -> Any:
@@ -122,6 +296,8 @@ class SegStudioPanel(QScrollArea):
         self.scan_combo.blockSignals(True)
         self.scan_combo.clear()
         self.scan_combo.addItems(names)
+        for i, name in enumerate(names):
+            self.scan_combo.setItemData(i, name, Qt.ItemDataRole.ToolTipRole)
         if event is not None and getattr(event, "type", "") == "inserted" and L.is_scan_layer(event.value):
             current = event.value.name  # a newly opened scan becomes the current one
         self.scan_combo.setCurrentIndex(names.index(current) if current in names else len(names) - 1)
@@ -129,14 +305,27 @@ class SegStudioPanel(QScrollArea):
         self.correct.refresh_classes()
         self._suit_model_to_scan()
 
-    def _suit_model_to_scan(self) -> None:
-        """Tell the model section the dimensionality of the scan in view (see ``suit_scan``)."""
+    def _scan_volume(self) -> Any:
+        """The scan in view as a Volume (None without one, or for a layer that is not 2D/3D)."""
         scan = self.scan_layer()
         try:
-            ndim = L.layer_volume(scan).ndim if scan is not None else None
+            return L.layer_volume(scan) if scan is not None else None
         except ValueError:  # not 2D or 3D: the run section will say so when asked to predict
-            ndim = None
-        self.models.suit_scan(ndim)
+            return None
+
+    def _suit_model_to_scan(self) -> None:
+        """Tell the model section which scan is in view: the default model follows its domain."""
+        self.models.suit_scan(self._scan_volume())
+        self.domain_watch.refresh()
+
+    def _check_result(self, outcome: str) -> None:
+        """After a prediction: the banner compares it with what the model produced on validation."""
+        if outcome == "done":
+            self.domain_watch.result_ready(self.run.last_prediction, self.models.last_meta())
+
+    def domain_warnings(self) -> list[str]:
+        """What the domain banner says now (empty when it is hidden)."""
+        return self.banner.warnings()
 
     # --- the actions (buttons call these) -----------------------------------------------------------
     def predict(self) -> bool:
@@ -148,6 +337,7 @@ class SegStudioPanel(QScrollArea):
         self.finetune_section.cancel()
 
     def finetune(self, budget_s: float | None = None, only_changed: bool | None = None) -> bool:
+        self.show_section(self.finetune_section)  # its plot and the Re-run offer
         return self.finetune_section.finetune(budget_s=budget_s, only_changed=only_changed)
 
     def rerun(self) -> bool:
@@ -205,15 +395,11 @@ class SegStudioPanel(QScrollArea):
     def shutdown(self) -> None:
         """Before the window closes: stop jobs and write a last autosave of unsaved edits."""
         self.cancel()
+        self.measure_section.stop()
         self.autosaver.stop()
-        if self._warm_job is not None and self._warm_job.running:
-            # imports cannot be interrupted; let the warm-up end rather than emit into a dead window
-            from napari.qt.threading import GeneratorWorker
+        from .workers import await_jobs
 
-            try:
-                GeneratorWorker.await_workers(msecs=WARM_UP_WAIT_MS)
-            except RuntimeError:
-                log.warning("a worker was still running when the window closed")
+        await_jobs()  # imports (the warm-up) cannot be interrupted: let them end, not emit into a dead window
         if self.autosaver.dirty:
             try:
                 self.autosaver.autosave_now()
@@ -230,6 +416,7 @@ class SegStudioPanel(QScrollArea):
         )
         self.correct.restore_button.setVisible(True)
         self.correct.discard_button.setVisible(True)
+        self.show_section(self.correct)
         show_info(f"autosaved labels from {info.age_text} found for {layer.name}: see Correct > Restore")
 
     def _hide_offer(self) -> None:

@@ -11,6 +11,14 @@ a scan get the scan's scale and translate, so they always line up with it.
 
 Only numpy and ``seg_studio.core.io`` are imported at module level: napari starts fast and torch
 stays out of the reading path.
+
+In plain napari nothing of ours runs before napari asks which reader to use, so with fresh settings
+``napari scan.nii.gz`` shows napari's reader dialog once: seg_studio is preselected (napari lists
+readers by display name, and ours sorts first) and OK reads the scan. Every read through this
+reader then records seg_studio as the preferred reader for the medical formats (never replacing a
+choice the user made, ``prefer_seg_studio_reader``) and for DICOM folders beside the one opened, so
+napari asks no more. A file that cannot be read becomes one error notification and no layer: an
+exception here would end ``napari bad.nii.gz`` before its window opens.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.display import initial_window
 from ..core.volume import Volume
 from .layers import class_colormap, class_features, layer_metadata
 
@@ -72,12 +81,18 @@ def volume_layer_data(volume: Volume, name: str | None = None, kind: str | None 
         if volume.channels > 1:
             scale, translate = [1.0] + scale, [0.0] + translate
         kwargs["colormap"] = "gray"
-        center, width = volume.meta.get("window_center"), volume.meta.get("window_width")
-        if center is not None and width and float(width) > 1:
-            kwargs["contrast_limits"] = [float(center) - float(width) / 2, float(center) + float(width) / 2]
+        window = initial_window(volume)  # by modality: a DICOM window, CT soft tissue, MR percentiles...
+        if window is not None:
+            kwargs["contrast_limits"] = list(window)
     kwargs["scale"] = scale
     kwargs["translate"] = translate
+    # napari would label the slider "-3": name the axes (array order z,y,x, as scale and translate)
+    kwargs["axis_labels"] = (("channel",) if len(scale) > nd else ()) + SPATIAL_AXES[-nd:]
     return data, kwargs, kind
+
+
+#: Axis names in array order (napari's), the slowest first: z is the slice index of a 3D scan.
+SPATIAL_AXES = ("z", "y", "x")
 
 
 def read_layers(path: str | Path | list[str | Path]) -> list[LayerData]:
@@ -86,6 +101,34 @@ def read_layers(path: str | Path | list[str | Path]) -> list[LayerData]:
 
     paths = path if isinstance(path, list | tuple) else [path]
     return [volume_layer_data(io.read(p)) for p in paths]
+
+
+#: What a napari reader returns to say "claimed, but no layer" (napari's documented null sentinel).
+NO_LAYER: list[tuple[None]] = [(None,)]
+
+
+def read_for_napari(path: str | Path | list[str | Path]) -> list[Any]:
+    """The reader napari calls: ``read_layers``, with any failure shown as one line instead of raised."""
+    from napari.utils.notifications import show_error
+
+    from ..core.errors import SegStudioError
+
+    try:
+        layers = read_layers(path)
+    except SegStudioError as exc:
+        show_error(str(exc).splitlines()[0])
+        return NO_LAYER
+    except Exception as exc:  # noqa: BLE001 - napari's start-up must survive any bad file
+        from .workers import user_message
+
+        log.warning("reading %s failed", path, exc_info=True)
+        show_error(f"{path}: {user_message(exc)}")
+        return NO_LAYER
+    try:
+        remember_reader_choice(path)
+    except Exception:  # noqa: BLE001 - a preference is a convenience, the scan is read
+        log.debug("could not record seg_studio as the preferred reader", exc_info=True)
+    return layers
 
 
 def _maybe_dicom_folder(folder: Path, depth: int = 1) -> bool:
@@ -116,7 +159,7 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
                 return None
         elif suffix_of(p) not in READ_FORMATS and not has_dicom_preamble(p):
             return None
-    return read_layers
+    return read_for_napari
 
 
 #: Formats napari's own reader claims but cannot read with geometry (it fails on .nii.gz outright).
@@ -136,5 +179,37 @@ def prefer_seg_studio_reader(overwrite: bool = False) -> list[str]:
     prefs = get_settings().plugins.extension2reader
     changed = [p for p in PREFERRED_PATTERNS if overwrite or p not in prefs]
     if changed:
-        get_settings().plugins.extension2reader = {**prefs, **dict.fromkeys(changed, "seg-studio")}
+        get_settings().plugins.extension2reader = {**prefs, **dict.fromkeys(changed, PLUGIN_NAME)}
+    return changed
+
+
+PLUGIN_NAME = "seg-studio"
+
+
+def dicom_folder_pattern(folder: Path) -> str:
+    """napari's preference pattern for the folders beside ``folder`` (``/data/tcia/images/*/``).
+
+    napari matches a folder as its real path plus a separator; series folders sit side by side, so
+    the one opened stands for its siblings, and nothing outside its parent is claimed.
+    """
+    import glob
+    import os
+
+    return os.path.join(glob.escape(os.path.realpath(folder.parent)), "*") + os.sep
+
+
+def remember_reader_choice(path: str | Path | list[str | Path]) -> list[str]:
+    """After a read through this reader: prefer it for the medical formats, and for the DICOM
+    folders beside one just read, unless the user chose otherwise. Returns the patterns it set."""
+    from napari.settings import get_settings
+
+    changed = prefer_seg_studio_reader()
+    paths = path if isinstance(path, list | tuple) else [path]
+    folders = [Path(p) for p in paths if Path(p).is_dir()]
+    if folders:
+        prefs = get_settings().plugins.extension2reader
+        new = [pat for pat in map(dicom_folder_pattern, folders) if pat not in prefs]
+        if new:
+            get_settings().plugins.extension2reader = {**prefs, **dict.fromkeys(new, PLUGIN_NAME)}
+            changed += new
     return changed

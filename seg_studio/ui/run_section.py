@@ -1,10 +1,14 @@
 """Run: predict in a worker with a progress bar, ETA and Cancel; results become layers.
 
 The worker loads the model (or builds an untrained variant) and drives ``inference.iter_predict``;
-the main thread then adds the mask as a Labels layer with the checkpoint's class names and colours
-and the optional maps (probabilities, uncertainty, one per attention gate level) as hidden,
-additive, colormapped Image layers, all on the scan's physical grid. A re-run over an existing mask
-writes into it as one undoable step (Ctrl+Z brings the previous mask back). The scan is only read.
+the main thread then adds the mask as a Labels layer with the checkpoint's class names and colours.
+The optional maps (probabilities, uncertainty, one per attention gate level) are prepared in the
+worker and listed in the "show maps" menu; each becomes an additive, colormapped Image layer when
+first shown, all on the scan's physical grid (a layer costs the main thread 0.35-1.5 s, so none is
+made that the user does not look at). A re-run over an existing mask writes into it as one undoable
+step (Ctrl+Z brings the previous mask back) and, with "Keep my corrections" ticked (the default),
+fills only the voxels the user has not changed since the model wrote them (``core.corrections``).
+The scan is only read.
 """
 
 from __future__ import annotations
@@ -16,8 +20,20 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QProgressBar,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
+from ..core.corrections import ModelBaseline, merge_prediction, user_voxels
 from ..core.progress import Progress
 from ..core.volume import LabelInfo, Volume
 from . import layers as L
@@ -26,9 +42,6 @@ from .model_section import ModelChoice, ModelSection
 log = logging.getLogger(__name__)
 
 DEFAULT_CLASSES = [LabelInfo(0, "background", (0, 0, 0)), LabelInfo(1, "foreground", (255, 64, 64))]
-#: Additive overlays: colormaps that are black at 0, so low values add nothing (plasma, viridis and
-#: turbo start blue/purple and tinted the whole scan); levels alternate so two shown stay apart.
-ATTENTION_COLORMAPS = ("inferno", "magma")
 #: Opacity of the output maps: 0.7 washed the scan out where attention sits near 0.5.
 MAP_OPACITY = 0.5
 
@@ -74,7 +87,7 @@ def load_choice(choice: ModelChoice, scan: Volume, classes: list[Any]) -> tuple[
     return checkpoint.load(choice.checkpoint, device="cpu")
 
 
-def _predict_job(choice, scan, classes, options, cached, token):  # noqa: ANN001, ANN202 - worker generator
+def _predict_job(choice, scan, scan_name, classes, options, cached, token):  # noqa: ANN001, ANN202 - worker generator
     from ..core.inference import PredictOptions, iter_predict
 
     if cached is None:
@@ -84,7 +97,9 @@ def _predict_job(choice, scan, classes, options, cached, token):  # noqa: ANN001
         model, meta = cached
     token.raise_if_cancelled()
     pred = yield from iter_predict(scan, model, meta, PredictOptions(**options), cancel=token)
-    return pred, model, meta
+    # what the maps need (float data, ranges, metadata) is built here, off the GUI thread
+    maps = L.output_maps(pred, list(meta.classes), scan_name)
+    return pred, model, meta, maps
 
 
 class RunSection(QGroupBox):
@@ -107,15 +122,22 @@ class RunSection(QGroupBox):
         self.job: Any = None
         self.last_prediction: Any = None
         self.last_error: str = ""
-        #: mask layer -> the array the model produced (for "fine-tune on what changed")
-        self._baselines: dict[Any, np.ndarray] = {}
+        #: mask layer id -> what the model wrote into it (tells the user's corrections from the rest)
+        self._baselines: dict[Any, ModelBaseline] = {}
+        #: the user's voxels the last prediction kept (None: it made a new mask)
+        self.last_kept: int | None = None
+        self._kept_note = ""
         viewer.layers.events.removed.connect(
             lambda e: self._baselines.pop(getattr(e.value, "unique_id", None), None)
         )
         self._t0 = 0.0
-        #: output maps still to add, one per event-loop turn (see ``_add_next_map``)
-        self._pending_maps: list[tuple[str, Volume, str, Any]] = []
+        #: shown maps still to update in place, one per event-loop turn (see ``_update_next_map``)
+        self._pending_maps: list[L.OutputMap] = []
         self._finish_when_drained = False
+        #: the maps of the current results: name -> (map, its scan layer); layers only once shown
+        self.maps: dict[str, tuple[L.OutputMap, Any]] = {}
+        #: (prediction, its maps) built in the worker, for ``_add_maps``
+        self._prepared_maps: tuple[Any, list[L.OutputMap]] | None = None
 
         self.predict_button = QPushButton("Predict")
         self.predict_button.setToolTip("segment the selected scan with the chosen model (in the background)")
@@ -126,13 +148,27 @@ class RunSection(QGroupBox):
         self.bar.setValue(0)
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
+        self.keep_corrections = QCheckBox("keep my corrections")
+        self.keep_corrections.setChecked(True)
+        self.keep_corrections.setToolTip(
+            "Predict and Re-run fill only the voxels you have not painted, filled or erased since the "
+            "model wrote them; untick to replace the whole mask (Ctrl+Z undoes either in one step)"
+        )
         lay = QVBoxLayout(self)
         row = QHBoxLayout()
         row.addWidget(self.predict_button, 2)
         row.addWidget(self.cancel_button, 1)
         lay.addLayout(row)
+        lay.addWidget(self.keep_corrections)
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
+        self.maps_button = QToolButton()
+        self.maps_button.setText("show maps")
+        self.maps_button.setToolTip("probability, uncertainty and attention maps of the last prediction")
+        self.maps_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.maps_button.setMenu(QMenu(self.maps_button))
+        self.maps_button.setEnabled(False)
+        lay.addWidget(self.maps_button)
         self.predict_button.clicked.connect(lambda: self.predict())
         self.cancel_button.clicked.connect(self.cancel)
 
@@ -181,7 +217,7 @@ class RunSection(QGroupBox):
         self.predict_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.job = Job(
-            lambda token: _predict_job(choice, scan, classes, options, cached, token),
+            lambda token: _predict_job(choice, scan, layer.name, classes, options, cached, token),
             on_progress=self._progress,
             on_done=lambda result: self._done(result, layer, scan, key),
             on_error=self._error,
@@ -203,14 +239,18 @@ class RunSection(QGroupBox):
         self.bar.setValue(int(p.fraction * 1000))
         self.status.setText(format_progress(p))
 
-    def _done(self, result: tuple[Any, Any, Any], layer: Any, scan: Volume, key: tuple[Any, ...]) -> None:
-        pred, model, meta = result
+    def _done(
+        self, result: tuple[Any, Any, Any, Any], layer: Any, scan: Volume, key: tuple[Any, ...]
+    ) -> None:
+        pred, model, meta, maps = result
+        self._prepared_maps = (pred, maps)
         self.models.remember_model(key, model, meta)
         if layer not in list(self.viewer.layers):
             self.status.setText("the scan was closed; the prediction was dropped")
             return
         t0 = time.perf_counter()
-        self.add_prediction(pred, meta, layer)
+        mask = self.add_prediction(pred, meta, layer)
+        L._md(mask)["made_by"] = key[0]  # the checkpoint (or variant) behind this mask: a DICOM SEG names it
         log.info("prediction layers added in %.2f s (main thread)", time.perf_counter() - t0)
         self.last_prediction = pred
         if getattr(pred, "notes", None):
@@ -219,7 +259,9 @@ class RunSection(QGroupBox):
             for note in pred.notes:
                 show_info(note)
         self.bar.setValue(1000)
-        self.status.setText(f"done in {time.perf_counter() - self._t0:.1f} s on {pred.device}")
+        ran = getattr(pred, "backend", "")
+        where = f"{pred.device} ({ran})" if ran and not ran.startswith("torch") else pred.device
+        self.status.setText(f"done in {time.perf_counter() - self._t0:.1f} s on {where}{self._kept_note}")
 
     def _error(self, message: str, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
@@ -244,9 +286,11 @@ class RunSection(QGroupBox):
         self.cancel_button.setEnabled(False)
         self.finished.emit(self._outcome)
 
-    def baseline(self, mask: Any) -> np.ndarray | None:
-        """What the model predicted into ``mask`` last (to find the voxels the user changed)."""
-        return self._baselines.get(mask.unique_id)
+    def user_voxels(self, mask: Any) -> np.ndarray | None:
+        """The voxels of ``mask`` the user corrected (see ``core.corrections``); None if the model never
+        wrote into it."""
+        base = self._baselines.get(mask.unique_id)
+        return user_voxels(np.asarray(mask.data), base) if base is not None else None
 
     # --- layers -----------------------------------------------------------------------------------
     def mask_layer(self, scan_layer: Any) -> Any:
@@ -277,131 +321,180 @@ class RunSection(QGroupBox):
         place = L.layer_kwargs(pred.labels, like=scan_layer)
         mask = self.mask_layer(scan_layer)
         if mask is not None and L._md(mask).get("role") == L.ROLE_MASK:
-            L.replace_labels(mask, labels)
-            mask.colormap = L.class_colormap(classes)
-            mask.features = L.class_features(classes)
+            keep = self.keep_corrections.isChecked()
+            before = self._baselines.get(mask.unique_id)
+            merged, baseline, self.last_kept = merge_prediction(
+                np.asarray(mask.data), labels, before, keep=keep
+            )
+            if keep and before is None:
+                # e.g. restored from an autosave: nothing tells the corrections from the rest
+                self._kept_note = (
+                    "; the mask has no prediction behind it, so all of it was kept "
+                    "(untick 'keep my corrections' to replace it)"
+                )
+            elif self.last_kept:
+                self._kept_note = f"; {self.last_kept} voxel(s) you corrected were kept"
+            else:
+                self._kept_note = ""
+            L.replace_labels(mask, merged)  # one undo step
+            L.set_classes(mask, classes)
             mask.metadata = {**mask.metadata, **md}
         else:
+            self.last_kept, self._kept_note = None, ""
+            baseline = ModelBaseline.of_prediction(labels)
             mask = self.viewer.add_labels(
                 labels.copy(),
-                name=f"{scan_layer.name} mask",
+                name=L.derived_name(scan_layer.name, "mask"),
                 colormap=L.class_colormap(classes),
                 features=L.class_features(classes),
                 metadata=md,
                 opacity=0.5,
                 **place,
             )
-        self._baselines[mask.unique_id] = labels.copy()
+        self._baselines[mask.unique_id] = baseline
         self._add_maps(pred, classes, scan_layer)
         self.viewer.layers.selection.active = mask
         mask.mode = "pan_zoom"
         return mask
 
     def _add_maps(self, pred: Any, classes: list[Any], scan_layer: Any) -> None:
-        """Probability / uncertainty / attention maps: hidden, additive, colormapped, on the scan grid."""
-        prefix = f"{scan_layer.name}:"
-        maps: list[tuple[str, Volume, str]] = []
-        if pred.probabilities is not None:
-            probs = pred.probabilities
-            arr = probs.channel_first()
-            for i, c in enumerate(classes):
-                if int(c.value) == 0 or i >= arr.shape[0]:
-                    continue
-                maps.append(
-                    (
-                        f"{prefix} p({c.name})",
-                        probs.with_array(arr[i]) if probs.channels > 1 else probs,
-                        "green",
-                    )
-                )
-        if pred.uncertainty is not None:
-            maps.append((f"{prefix} uncertainty", pred.uncertainty, "magma"))
-        n = len(pred.attention)
-        for k, att in enumerate(pred.attention):
-            # deepest level first (SegOutput's order); name them by level from the top for the user
-            maps.append(
-                (f"{prefix} attention level {n - k}", att, ATTENTION_COLORMAPS[k % len(ATTENTION_COLORMAPS)])
-            )
-        # maps of an earlier run that this one does not make go now; the others are updated in place
-        wanted = {name for name, _, _ in maps}
+        """Offer the probability / uncertainty / attention maps of ``pred`` (see ``L.output_maps``).
+
+        A napari layer costs its GL visual, its layer controls and list events on the main thread
+        (0.35-1.5 s each, by machine load, whatever its data or visibility), so no map becomes a layer
+        when a result lands: the maps menu lists them, and a map becomes a layer when the user first
+        shows it (``show_map``). Maps already shown for this scan get the new data in place, one per
+        event-loop turn (no new GL visual; the user's visibility, colormap and opacity stay); maps of
+        an earlier run that this one does not make go.
+        """
+        ready = self._prepared_maps
+        self._prepared_maps = None
+        if ready is not None and ready[0] is pred:
+            maps = ready[1]
+        else:  # e.g. a caller that passes its own prediction: build them here
+            maps = L.output_maps(pred, classes, scan_layer.name)
+        wanted = {m.name for m in maps}
         for ly in [
-            ly for ly in self.viewer.layers if L.role(ly) == L.ROLE_OUTPUT and ly.name.startswith(prefix)
+            ly
+            for ly in self.viewer.layers
+            if L.role(ly) == L.ROLE_OUTPUT and L._md(ly).get("scan_layer") == scan_layer.name
         ]:
             if ly.name not in wanted:
                 self.viewer.layers.remove(ly)
-        self._pending_maps = [(name, vol, cmap, scan_layer) for name, vol, cmap in maps]
+        self.maps = {n: v for n, v in self.maps.items() if v[1] is not scan_layer}
+        self.maps.update({m.name: (m, scan_layer) for m in maps})
+        self._pending_maps = [m for m in maps if self._map_layer(m.name) is not None]
+        self._rebuild_maps_menu()
         if self._pending_maps:
             from qtpy.QtCore import QTimer
 
-            QTimer.singleShot(0, self._add_next_map)
+            QTimer.singleShot(0, self._update_next_map)
 
-    def _add_next_map(self) -> None:
-        """Add ONE queued output map, then yield to the event loop before the next.
+    def _map_layer(self, name: str) -> Any:
+        return next(
+            (ly for ly in self.viewer.layers if ly.name == name and L.role(ly) == L.ROLE_OUTPUT), None
+        )
 
-        Every napari layer costs its GL visual, its layer controls and list events on the main
-        thread (measured ~0.1-1.5 s each, by machine load); adding the maps one per turn keeps the
-        window responsive between them instead of freezing for their sum. The maps are hidden and
-        do not take the selection, so the mask stays the active layer.
-        """
+    def _update_next_map(self) -> None:
+        """Put ONE queued map's new data into its layer, then yield to the event loop before the next."""
         from qtpy.QtCore import QTimer
 
         if not self._pending_maps:
             return
-        name, vol, cmap, scan_layer = self._pending_maps.pop(0)
+        spec = self._pending_maps.pop(0)
         try:
-            if scan_layer in list(self.viewer.layers):
-                self._add_map(name, vol, cmap, scan_layer)
+            self._update_map(spec)
         except Exception:  # noqa: BLE001 - a map is optional; the queue and `finished` must go on
-            log.warning("could not add %s", name, exc_info=True)
+            log.warning("could not update %s", spec.name, exc_info=True)
         if self._pending_maps:
-            QTimer.singleShot(0, self._add_next_map)
+            QTimer.singleShot(0, self._update_next_map)
         elif self._finish_when_drained:
             self._finish_when_drained = False
             self._job_finished()
 
-    def _add_map(self, name: str, vol: Volume, cmap: str, scan_layer: Any) -> None:
-        arr = np.asarray(vol.array, dtype=np.float32)
-        hi = float(np.nanmax(arr)) if arr.size else 1.0
-        limits = (0.0, max(hi, 1e-6) if "uncertainty" in name else 1.0)
-        md = L.geometry_metadata(vol)
-        md[L.META_KEY].update(role=L.ROLE_OUTPUT, scan_layer=scan_layer.name)
-        layers = self.viewer.layers
-        old = next((ly for ly in layers if ly.name == name and L.role(ly) == L.ROLE_OUTPUT), None)
-        place = L.layer_kwargs(vol, like=scan_layer)
-        same_grid = (
-            old is not None
-            and old.data.shape == arr.shape
+    def _update_map(self, spec: L.OutputMap) -> None:
+        old = self._map_layer(spec.name)
+        entry = self.maps.get(spec.name)
+        if old is None or entry is None:
+            return
+        place = L.layer_kwargs(spec.volume, like=entry[1])
+        if (
+            old.data.shape == spec.data.shape
             and np.allclose(old.scale, place["scale"])
             and np.allclose(old.translate, place["translate"])
-        )
-        if same_grid:
-            # a re-run (e.g. after a fine-tune): new data in the same layer keeps the user's visibility,
-            # colormap and opacity, and costs a refresh instead of a new GL visual and layer controls
-            old.data = arr
-            old.contrast_limits = limits
-            old.metadata = {**old.metadata, **md}
+        ):
+            old.data = spec.data
+            old.contrast_limits = spec.contrast_limits
+            old.metadata = {**old.metadata, **spec.metadata}
             return
-        if old is not None:
-            layers.remove(old)
+        shown = old.visible
+        self.viewer.layers.remove(old)  # another grid: a new layer, and only if the user was looking
+        if shown:
+            self.show_map(spec.name)
+
+    # --- the maps menu: a map becomes a layer when first shown ------------------------------------------
+    def map_names(self) -> list[str]:
+        """The maps of the current results (``"<scan>: p(class)"`` ...), shown or not."""
+        return list(self.maps)
+
+    def show_map(self, name: str, visible: bool = True) -> Any:
+        """Show (creating its layer on first use) or hide one map; returns its layer or None."""
+        from napari.utils.notifications import show_error
+
+        entry = self.maps.get(name)
+        layer = self._map_layer(name)
+        if layer is not None:
+            layer.visible = visible
+        elif visible and entry is not None and entry[1] in list(self.viewer.layers):
+            try:
+                layer = self._add_map(entry[0], entry[1])
+            except Exception as exc:  # noqa: BLE001 - a map is optional: say so, keep the rest working
+                log.warning("could not show %s", name, exc_info=True)
+                show_error(f"could not show {name}: {exc}")
+                layer = None
+        self._sync_maps_menu()
+        return layer
+
+    def _rebuild_maps_menu(self) -> None:
+        menu = self.maps_button.menu()
+        menu.clear()
+        for name in self.maps:
+            action = menu.addAction(self.maps[name][0].what)
+            action.setCheckable(True)
+            action.setData(name)
+            action.triggered.connect(lambda checked, n=name: self.show_map(n, checked))
+        self.maps_button.setEnabled(bool(self.maps))
+        self._sync_maps_menu()
+
+    def _sync_maps_menu(self) -> None:
+        for action in self.maps_button.menu().actions():
+            layer = self._map_layer(action.data())
+            action.setChecked(bool(layer is not None and layer.visible))
+
+    def _add_map(self, spec: L.OutputMap, scan_layer: Any) -> Any:
+        """The map's Image layer (shown, additive, on the scan's grid); the mask keeps the selection."""
+        layers = self.viewer.layers
         active = layers.selection.active
         # inserting selects the new layer (rebuilding the layer controls); keep the mask selected
         keep = getattr(layers, "_activate_on_insert", None)
         if keep is not None:
             layers._activate_on_insert = False
         try:
-            self.viewer.add_image(
-                arr,
-                name=name,
-                colormap=cmap,
+            layer = self.viewer.add_image(
+                spec.data,
+                name=spec.name,
+                colormap=spec.colormap,
                 blending="additive",
-                visible=False,
+                visible=True,
                 opacity=MAP_OPACITY,
-                contrast_limits=limits,
-                metadata=md,
-                **place,
+                contrast_limits=spec.contrast_limits,
+                metadata=spec.metadata,
+                **L.layer_kwargs(spec.volume, like=scan_layer),
             )
         finally:
             if keep is not None:
                 layers._activate_on_insert = keep
         if active is not None and layers.selection.active is not active and active in layers:
             layers.selection.active = active
+        layer.events.visible.connect(lambda e: self._sync_maps_menu())
+        return layer

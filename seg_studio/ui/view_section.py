@@ -1,37 +1,18 @@
-"""Look: window/level presets for CT and MR, and the 2D/3D view switch."""
+"""Look: window/level presets for CT and MR, and the 2D/3D view switch.
+
+The presets live in ``core.display``; a Hounsfield preset on a scan that is not a CT still applies
+(the user asked for it) but says why the picture looks wrong.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from qtpy.QtWidgets import QGridLayout, QGroupBox, QPushButton, QWidget
 
-#: (window, level) in Hounsfield units, as radiology workstations define them.
-CT_PRESETS: dict[str, tuple[float, float]] = {
-    "soft tissue": (400.0, 40.0),
-    "lung": (1500.0, -600.0),
-    "bone": (1800.0, 400.0),
-    "brain": (80.0, 40.0),
-}
-#: MR has no absolute scale: a percentile window of the voxels.
-MR_PERCENTILES = (1.0, 99.5)
-PRESETS = (*CT_PRESETS, "MR (percentile)")
-
-
-def window_limits(preset: str, data: np.ndarray) -> tuple[float, float]:
-    """Contrast limits of ``preset`` for an image with voxels ``data``."""
-    if preset in CT_PRESETS:
-        width, level = CT_PRESETS[preset]
-        return level - width / 2, level + width / 2
-    if preset.startswith("MR"):
-        sample = np.asarray(data).ravel()
-        if sample.size > 2_000_000:  # a strided sample is plenty for percentiles
-            sample = sample[:: sample.size // 1_000_000]
-        lo, hi = np.percentile(sample, MR_PERCENTILES)
-        return float(lo), float(max(hi, lo + 1e-6))
-    raise ValueError(f"unknown window preset {preset!r}; choose one of {', '.join(PRESETS)}")
+from ..core.display import CT_PRESETS, MR_PERCENTILES, PRESETS, guess_modality, preset_fits, preset_window
+from . import layers as L
 
 
 class ViewSection(QGroupBox):
@@ -46,7 +27,7 @@ class ViewSection(QGroupBox):
         for i, name in enumerate(PRESETS):
             b = QPushButton(name)
             b.setToolTip(
-                f"CT window {CT_PRESETS[name][0]:g} / level {CT_PRESETS[name][1]:g} HU"
+                f"CT only: window {CT_PRESETS[name][0]:g} / level {CT_PRESETS[name][1]:g} HU"
                 if name in CT_PRESETS
                 else f"{MR_PERCENTILES[0]:g}-{MR_PERCENTILES[1]:g} percentile of the scan"
             )
@@ -66,7 +47,23 @@ class ViewSection(QGroupBox):
         layer = self._scan_layer()
         if layer is None:
             raise ValueError("open a scan first")
-        lo, hi = window_limits(preset, layer.data)
+        lo, hi = preset_window(preset, layer.data)
+        try:
+            modality = guess_modality(L.layer_volume(layer))
+        except ValueError:  # not 2D/3D: no modality to speak of
+            modality = None
+        if not preset_fits(preset, modality):
+            from napari.utils.notifications import show_warning
+
+            what = (
+                f"an {modality}"
+                if modality in ("MR", "X-ray")
+                else (f"a {modality}" if modality else "not a CT")
+            )
+            show_warning(
+                f"'{preset}' is a CT window in Hounsfield units; this scan is {what}, so it shows "
+                "little: use 'MR (percentile)' for MR and other scans"
+            )
         rlo, rhi = layer.contrast_limits_range
         if lo < rlo or hi > rhi:
             layer.contrast_limits_range = (min(lo, rlo), max(hi, rhi))

@@ -11,6 +11,7 @@ the freshly opened window, they cost nothing later.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import time
 from collections.abc import Generator
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 #: What prediction, fine-tuning and landing their results import lazily, in the order they need it.
 MODULES = (
     "seg_studio.core.inference",
+    # the compiled backend (when installed) and the exporter the first prediction of a checkpoint uses
+    *(("openvino",) if importlib.util.find_spec("openvino") is not None else ()),
+    "torch.onnx",
     "seg_studio.core.postprocess",
     "scipy.ndimage",
     "scipy.linalg",
@@ -48,18 +52,23 @@ def _exercise_lazy_paths() -> None:
 
 
 def warm_imports(modules: tuple[str, ...] = MODULES) -> Generator[Any, None, list[str]]:
-    """Import ``modules`` (a generator for ``Job``); returns those that could not be imported."""
+    """Import ``modules`` (a generator for ``Job``); returns those that could not be imported.
+
+    It yields after each module, so quitting the app stops it there instead of waiting for all.
+    """
+    from ..core.progress import Progress
+
     t0 = time.perf_counter()
     missing: list[str] = []
-    for name in modules:
+    for i, name in enumerate(modules):
         try:
             importlib.import_module(name)
         except ImportError:
             missing.append(name)
+        yield Progress(i + 1, len(modules) + 1, "warming up", name)
     try:
         _exercise_lazy_paths()
     except Exception:  # noqa: BLE001 - a warm-up only; the real call will report any problem
         log.debug("warm-up of lazily imported paths failed", exc_info=True)
     log.debug("warm-up imports took %.2f s", time.perf_counter() - t0)
     return missing
-    yield  # pragma: no cover - makes this a generator

@@ -6,10 +6,16 @@ event loop. Progress, results and errors come back as Qt signals, delivered on t
 which is the only thread that touches layers. Cancelling sets the core ``CancelToken`` (the core
 loop stops at its next check and raises ``Cancelled``); a result that arrives after a cancel is
 dropped, so a cancelled prediction never lands.
+
+Closing the window must not let a job report into what is gone: a job whose widget (the owner of
+its bound-method callbacks) was deleted is cancelled and stays silent, and quitting the
+application (or the interpreter) cancels every job and waits for its thread, so no worker emits
+into a torn-down Qt ("RuntimeError: Signal source has been deleted").
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -30,7 +36,62 @@ PROGRESS_INTERVAL_S = 0.05
 #: How much lower than the UI thread a worker thread runs (Linux ``nice`` steps, per thread).
 WORKER_NICE = 10
 
+#: How long quitting waits for running jobs, cancelled first, to end: a prediction or fine-tune stops at
+#: its next step, but imports (the start-up warm-up) cannot be interrupted and took up to ~40 s under load.
+QUIT_WAIT_MS = 90_000
+
 GenFactory = Callable[[CancelToken], Generator[Progress, None, Any]]
+
+#: Jobs whose thread has not ended (the main thread learns of the end through a queued signal).
+_RUNNING: set[Job] = set()
+_quit_hook: list[bool] = []
+
+
+def await_jobs(msecs: int = QUIT_WAIT_MS) -> bool:
+    """Cancel every running job and wait up to ``msecs`` for the worker threads; True if all ended."""
+    from qtpy.QtCore import QThreadPool
+
+    jobs = [job for job in list(_RUNNING) if job.running]
+    if not jobs:
+        return True
+    for job in jobs:
+        job.cancel()
+        job.worker.quit()  # a generator stops at its next yield
+    log.info("waiting for %s to end", ", ".join(job.name for job in jobs))
+    done = bool(QThreadPool.globalInstance().waitForDone(msecs))
+    if done:
+        _RUNNING.difference_update(jobs)
+    else:
+        log.warning("background work (%s) still ran after %d ms", ", ".join(j.name for j in jobs), msecs)
+    return done
+
+
+def _install_quit_hook() -> None:
+    """Once per process: quitting the app, or the interpreter, first waits for the jobs (``await_jobs``).
+
+    A plain function, not a widget's method: the panel may be deleted (napari's ``Window.close``)
+    before the application quits, and Qt drops connections to deleted receivers.
+    """
+    if _quit_hook:
+        return
+    _quit_hook.append(True)
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(await_jobs)
+    atexit.register(await_jobs)
+
+
+def _owner_of(callbacks: list[Callable[..., Any] | None]) -> Any:
+    """The QObject whose bound method is one of ``callbacks`` (the widget the job reports to), or None."""
+    from qtpy.QtCore import QObject
+
+    for fn in callbacks:
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, QObject):
+            return owner
+    return None
 
 
 def lower_thread_priority(step: int = WORKER_NICE) -> int | None:
@@ -123,6 +184,11 @@ class Job:
         self._on_cancelled = on_cancelled
         self._on_finished = on_finished
         self._cancel_reported = False
+        self._orphaned = False
+        _install_quit_hook()
+        owner = _owner_of([on_progress, on_done, on_error, on_cancelled, on_finished])
+        if owner is not None:
+            owner.destroyed.connect(lambda *_: self._orphan())
         # napari's GeneratorWorker, built directly: napari 0.9.2's create_worker adds a task-status
         # hook whose ``errored`` slot takes the wrong number of arguments (a TypeError on every error).
         self.worker = GeneratorWorker(_drive, factory, self.token)
@@ -133,6 +199,7 @@ class Job:
         self.worker.errored.connect(lambda exc: self._errored(exc))
         self.worker.aborted.connect(lambda: self._report_cancelled())
         self.worker.finished.connect(lambda: self._finished())
+        _RUNNING.add(self)
         self.worker.start()
 
     # --- control ---------------------------------------------------------------------------------
@@ -140,18 +207,27 @@ class Job:
         """Ask the core loop to stop at its next check; the job then reports ``on_cancelled``."""
         self.token.cancel()
 
+    def _orphan(self) -> None:
+        """The widget this job reports to was deleted: stop, and call nothing of it any more."""
+        self._orphaned = True
+        self.token.cancel()
+
     # --- signal handlers (main thread) -------------------------------------------------------------
     def _yielded(self, item: Progress) -> None:
-        if self._on_progress and not self.token.cancelled:
+        if self._on_progress and not self.token.cancelled and not self._orphaned:
             self._on_progress(item)
 
     def _returned(self, value: Any) -> None:
+        if self._orphaned:
+            return
         if self.token.cancelled:
             self._report_cancelled()
         elif self._on_done:
             self._call(self._on_done, value)
 
     def _errored(self, exc: BaseException) -> None:
+        if self._orphaned:
+            return
         if isinstance(exc, Cancelled) or self.token.cancelled:
             self._report_cancelled()
             return
@@ -165,7 +241,7 @@ class Job:
             self._on_error(user_message(exc), exc)
 
     def _report_cancelled(self) -> None:
-        if self._cancel_reported:
+        if self._cancel_reported or self._orphaned:
             return
         self._cancel_reported = True
         if self._on_cancelled:
@@ -173,7 +249,8 @@ class Job:
 
     def _finished(self) -> None:
         self.running = False
-        if self._on_finished:
+        _RUNNING.discard(self)
+        if self._on_finished and not self._orphaned:
             self._on_finished()
 
     def _call(self, fn: Callable[[Any], None], value: Any) -> None:

@@ -98,12 +98,28 @@ def test_predict_writes_probabilities_attention_uncertainty(
             "predict", str(scan), "--model", str(models["3d_att"]), "--out", str(tmp_path / "m.nii.gz"),
             "--save-probabilities", str(tmp_path / "p.nii.gz"), "--save-attention", str(tmp_path / "a.nii.gz"),
             "--save-uncertainty", str(tmp_path / "u.nii.gz"), "--largest-component",
+            "--probabilities-dtype", "float32",
         ]
     )  # fmt: skip
     assert rc == 0
     src = io.read(scan)
     probs = io.read(tmp_path / "p.nii.gz")
     assert probs.channels == 2 and np.allclose(probs.array.sum(0), 1, atol=1e-4)
+    # the default: uint8, 255 = probability 1, the same maps to within half a step (same run as above)
+    args = ["predict", str(scan), "--model", str(models["3d_att"]), "--out", str(tmp_path / "m8.nii.gz")]
+    extras = [
+        "--save-attention",
+        str(tmp_path / "a8.nii.gz"),
+        "--save-uncertainty",
+        str(tmp_path / "u8.nii.gz"),
+    ]
+    assert (
+        main([*args, *extras, "--largest-component", "--save-probabilities", str(tmp_path / "p8.nii.gz")])
+        == 0
+    )
+    p8 = io.read(tmp_path / "p8.nii.gz")
+    assert p8.array.dtype == np.uint8 and p8.channels == 2
+    assert np.abs(p8.array / 255.0 - probs.array).max() <= 0.5 / 255 + 1e-6
     for name in ("u.nii.gz", "a_gate0.nii.gz", "a_gate1.nii.gz"):
         v = io.read(tmp_path / name)
         assert v.spatial_shape == src.spatial_shape and np.allclose(v.spacing, src.spacing)
@@ -142,7 +158,13 @@ def test_folder_with_a_bad_file_skips_it(models: dict[str, Path], tmp_path: Path
     captured = capsys.readouterr()
     assert rc == 1
     assert "skipped broken.nii.gz" in captured.out and "2 of 3 scans done" in captured.out
-    assert sorted(p.name for p in out.iterdir()) == ["s0.nii.gz", "s1.nii.gz"]
+    # each mask with its class names beside it (NIfTI has no room for them)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "s0.labels.json",
+        "s0.nii.gz",
+        "s1.labels.json",
+        "s1.nii.gz",
+    ]
     assert "windows" in captured.err  # plain progress lines, not a bar: stderr is not a terminal here
     for s in scans:
         assert io.read(out / s.name).same_geometry(io.read(s))
@@ -162,7 +184,9 @@ def test_torchrun_two_processes_shard_the_folder(models: dict[str, Path], tmp_pa
     wrote = [line.split("wrote ", 1)[1] for line in res.stdout.splitlines() if line.startswith("wrote ")]
     assert sorted(Path(w).name for w in wrote) == [f"s{i}.nii.gz" for i in range(4)]  # each exactly once
     assert "4 of 4 scans done" in res.stdout and "(2 processes)" in res.stdout
-    assert sorted(p.name for p in out.iterdir()) == [f"s{i}.nii.gz" for i in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"s{i}.nii.gz" for i in range(4)] + [f"s{i}.labels.json" for i in range(4)]
+    )
     # correct: the same masks as a single process
     single = tmp_path / "single"
     assert main(["predict", str(tmp_path / "in"), "--model", str(models["3d"]), "--out", str(single)]) == 0

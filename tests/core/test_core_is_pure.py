@@ -50,3 +50,18 @@ def test_importing_core_and_the_reader_loads_no_gui_and_no_torch() -> None:
     assert {"SimpleITK", "seg_studio"} <= mods
     assert "torch" not in mods
     assert not mods & GUI, mods & GUI
+
+
+def test_no_function_in_core_is_over_80_lines() -> None:
+    """The house rule: core/ reads as short named steps (fit, fine-tune and predict included)."""
+    long = []
+    for py in sorted(CORE.rglob("*.py")):
+        for node in ast.walk(ast.parse(py.read_text())):
+            if (
+                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.end_lineno - node.lineno + 1 > 80
+            ):
+                long.append(
+                    f"{py.relative_to(CORE)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+                )
+    assert long == []

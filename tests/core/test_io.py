@@ -190,6 +190,46 @@ def test_label_names_and_colours_survive_nrrd_and_mha(tmp_path: Path) -> None:
         assert got.meta["kind"] == "labels" and got.labels == labels.labels
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".tif", ".png"])
+def test_label_names_travel_in_a_sidecar_where_the_header_has_no_room(tmp_path: Path, suffix: str) -> None:
+    from seg_studio.core.samples import make_sample_2d, make_sample_3d
+
+    _, labels = (make_sample_2d if suffix in (".png", ".tif") else make_sample_3d)()
+    out = io.write(labels, tmp_path / f"result{suffix}")  # no 'label' in the name: the sidecar says so
+    side = io.sidecar_path(out)
+    assert side == tmp_path / "result.labels.json" and side.is_file()
+    got = io.read(out)
+    assert got.meta["kind"] == "labels" and got.labels == labels.labels
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, side.name])  # no temp left
+    # saved again without names: the old names must not come back with other data
+    io.write(labels.with_array(np.asarray(labels.array), labels={}, meta={"kind": "labels"}), out)
+    assert not side.exists()
+
+
+def test_cli_info_lists_the_saved_class_names(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from seg_studio.core.samples import make_sample_3d
+
+    _, labels = make_sample_3d()
+    out = io.write(labels, tmp_path / "result.nii.gz")
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "(labels)" in text and "1=organ" in text and "3=vessel" in text
+
+
+def test_info_says_when_a_picture_has_no_pixel_size(data_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    png = data_dir / "jsrt_chest_xray_heart_lungs" / "images" / "JPCLN002.png"
+    assert not io.has_physical_spacing(io.read(png))
+    assert io.has_physical_spacing(io.read(data_dir / "msd_task04_hippocampus/images/hippocampus_003.nii.gz"))
+    assert main(["info", str(png)]) == 0
+    text = capsys.readouterr().out
+    spacing = next(line for line in text.splitlines() if line.startswith("spacing:"))
+    assert "mm" not in spacing and "px" in spacing
+    assert main(["info", str(png), "--json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["physical_spacing"] is False
+
+
 def test_a_label_file_can_be_saved_over_itself(tmp_path: Path) -> None:
     """An opened mask being corrected is not an input scan: saving the edit in place is allowed."""
     arr = np.zeros((4, 5, 6), np.uint8)
@@ -339,6 +379,20 @@ def test_demo_writes_the_sample_and_describes_it(tmp_path: Path, capsys: pytest.
     assert mask.same_geometry(io.read(tmp_path / "s" / "2d" / "sample_2d.nii.gz"))
     dices = [float(line.split()[-1]) for line in out.splitlines() if line.startswith("dice:")]
     assert len(dices) == 3 and min(dices) > 0.8, out
+
+
+def test_demo_without_out_writes_into_the_user_folder_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("SEG_STUDIO_HOME", str(home))
+    monkeypatch.chdir(cwd)
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert f"seg_studio sample written to {home.resolve() / 'sample'}/" in out
+    assert (home / "sample" / "2d" / "sample_2d.nii.gz").is_file()
+    assert list(cwd.iterdir()) == []  # nothing in the folder the shell was in
 
 
 def test_align_to_undoes_axis_flips_and_permutations_exactly() -> None:

@@ -59,8 +59,9 @@ def test_evaluate_uses_the_truth_geometry_and_refuses_other_grids() -> None:
     t[1:4, 1:4] = 1
     truth = Volume.from_array(t, spacing=(0.5, 2.0))
     m = evaluate(truth.with_array(t.copy()), truth)
-    assert m.dice[1] == 1.0 and m.hd95_mm[1] == 0.0
-    assert m.volume_truth_ml[1] == pytest.approx(9 * 0.5 * 2.0 / 1000)
+    assert m.dice[1] == 1.0 and m.hd95[1] == 0.0
+    assert m.size_truth[1] == pytest.approx(9 * 0.5 * 2.0)  # 2D: an area in mm2, not "ml"
+    assert (m.length_unit, m.size_unit, m.size_name) == ("mm", "mm2", "area")
     with pytest.raises(SegStudioError, match="same grid"):
         evaluate(Volume.from_array(t, spacing=(1.0, 1.0)), truth)
     with pytest.raises(SegStudioError, match="shape"):
@@ -116,3 +117,47 @@ def test_label_map_applies_to_the_truth(data_dir: Path, tmp_path: Path) -> None:
     write(lab.with_array(mapped, meta={"kind": "labels"}), pred)
     cases = evaluate_paths(pred, src, label_map="250:1,200:2,150:3")
     assert cases[0].dice == {1: 1.0, 2: 1.0, 3: 1.0}
+
+
+def test_evaluate_names_the_classes_of_a_saved_mask(data_dir: Path, tmp_path: Path, capsys) -> None:
+    """The app saves a NIfTI mask with its class names beside it; evaluate shows them, not "class 1"."""
+    from seg_studio.core.io import read
+    from seg_studio.core.volume import LabelInfo
+
+    truth = data_dir / "msd_task04_hippocampus" / "labels" / "hippocampus_003.nii.gz"
+    t = read(truth)
+    names = {0: LabelInfo(0, "background", (0, 0, 0)), 1: LabelInfo(1, "anterior", (255, 0, 0))}
+    names[2] = LabelInfo(2, "posterior", (0, 255, 0))
+    pred = write(
+        t.with_array(np.asarray(t.array), labels=names, meta={"kind": "labels"}), tmp_path / "p.nii.gz"
+    )
+    case = evaluate_paths(pred, truth)[0]
+    assert case.class_names[1] == "anterior" and case.class_names[2] == "posterior"
+    assert (case.length_unit, case.size_unit) == ("mm", "ml")
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 0
+    out = capsys.readouterr().out
+    assert "1 anterior" in out and "2 posterior" in out and "class 1" not in out and "HD95 mm" in out
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["cases"][0]
+    assert row["name"] == "anterior" and "hd95_mm" in row and "volume_pred_ml" in row
+
+
+def test_pictures_without_a_pixel_size_report_pixels(data_dir: Path, tmp_path: Path, capsys) -> None:
+    """A PNG stores no pixel size: its HD95 and areas are in pixels, never "mm" and "ml"."""
+    from seg_studio.core.io import read
+
+    src = data_dir / "jsrt_chest_xray_heart_lungs" / "labels" / "JPCLN002.png"
+    lab = read(src)
+    pred = tmp_path / "JPCLN002.png"
+    write(lab.with_array(np.asarray(lab.array), meta={"kind": "labels"}), pred)
+    case = evaluate_paths(pred, src)[0]
+    assert not case.physical and (case.length_unit, case.size_unit) == ("px", "px")
+    values = [v for v in case.dice]
+    assert case.size_truth[values[0]] == float((np.asarray(lab.array) == values[0]).sum())  # a pixel count
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "HD95 px" in out and "area px" in out and " mm" not in out and " ml" not in out
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(src), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert "hd95_px" in got["cases"][0] and "area_pred_px" in got["cases"][0] and "hd95_px" in got["mean"]
+    assert not any("mm" in k or "ml" in k for k in got["cases"][0])

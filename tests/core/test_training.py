@@ -499,3 +499,17 @@ def test_finetune_augments_intensity_more_and_records_what_it_used(tmp_path: Pat
     )
     used = checkpoint.read_meta(r.path).provenance["settings"]["augment"]
     assert used["noise_p"] == 0.0 and used["gamma_p"] == FINETUNE_AUGMENT["gamma_p"]
+
+
+def test_training_and_inference_choose_their_device_in_one_place() -> None:
+    """One ``pick_device`` (inference.devices); torchrun's ranks get theirs through ``local_rank``."""
+    from seg_studio.core.inference import devices
+    from seg_studio.core.training import distributed
+
+    assert distributed.pick_device is devices.pick_device
+    assert distributed.setup("cpu").device == devices.pick_device("cpu") == torch.device("cpu")
+    auto = devices.pick_device("auto", local_rank=3)
+    if torch.cuda.is_available():
+        assert auto == torch.device("cuda", 3 % torch.cuda.device_count())
+    else:
+        assert auto == devices.pick_device("auto")

@@ -216,3 +216,56 @@ def test_app_start_prefers_our_reader_without_overriding_a_user_choice(
     finally:
         panel.shutdown()
         viewer.close()
+
+
+def test_a_job_whose_widget_was_deleted_stays_silent(qtbot):
+    """Closing the window deletes the panel; a job still running must not call into deleted widgets."""
+    from qtpy.QtWidgets import QLabel
+
+    from seg_studio.ui.workers import Job
+
+    label = QLabel("ready")
+    calls: list[int] = []
+
+    class Owner(QLabel):
+        def done(self, value):  # noqa: ANN001, ANN202
+            calls.append(value)
+            self.setText("done")  # would raise "already deleted" on a deleted widget
+
+    owner = Owner()
+    job = Job(lambda token: _count(30, token), on_done=owner.done)
+    owner.deleteLater()
+    qtbot.waitUntil(lambda: not job.running, timeout=10_000)
+    assert calls == [] and job.token.cancelled
+    label.deleteLater()
+
+
+def test_closing_the_viewer_while_start_up_work_runs_prints_no_traceback(tmp_path):
+    """The viewer is closed (and the process ends) while the panel still probes models / warms up:
+    no 'Signal source has been deleted', no 'already deleted', no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "close_early.py"
+    script.write_text(
+        "import napari\n"
+        "from qtpy.QtWidgets import QApplication\n"
+        "v = napari.Viewer()\n"
+        "dock, w = v.window.add_plugin_dock_widget('seg-studio', 'seg_studio')\n"
+        "for _ in range(5): QApplication.processEvents()\n"
+        "v.close()\n"
+        "for _ in range(50): QApplication.processEvents()\n"
+        "print('closed', flush=True)\n"
+    )
+    env = dict(os.environ, SEG_STUDIO_HOME=str(tmp_path / "home"), QT_QPA_PLATFORM="xcb")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0 and "closed" in out.stdout, text
+    for bad in (
+        "Traceback",
+        "Signal source has been deleted",
+        "already deleted",
+        "could not list the models",
+    ):
+        assert bad not in text, text

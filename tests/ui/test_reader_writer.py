@@ -82,14 +82,24 @@ def test_two_series_folder_is_an_error_not_the_first_series(
     for sub, prefix in (("images", "i"), ("labels", "m")):
         for f in (root / sub / "PGBM-008_19930610").glob("*.dcm"):
             shutil.copy(f, both / f"{prefix}{f.name}")
+    from napari.utils.notifications import notification_manager
+
+    from seg_studio.core.errors import ImageLoadError
+    from seg_studio.ui.reader import read_layers
+
+    with pytest.raises(ImageLoadError, match="2 DICOM series"):  # the reader's own error, for code
+        read_layers(both)
     viewer = make_napari_viewer()
-    with pytest.raises(Exception) as err:  # napari wraps the reader's error
-        viewer.open(both, plugin=PLUGIN)
-    chain, exc = [], err.value
-    while exc is not None:
-        chain.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    assert any("2 DICOM series" in m and "T1post" in m and "Mask_Tumor" in m for m in chain), chain
+    seen: list = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        # through napari: one line for the user and no layer, never an exception (it ended napari)
+        assert viewer.open(both, plugin=PLUGIN) == []
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    msgs = [str(n.message) for n in seen]
+    assert any("2 DICOM series" in m and "T1post" in m and "Mask_Tumor" in m for m in msgs), msgs
+    assert all("\n" not in m for m in msgs)
     assert len(viewer.layers) == 0
 
 

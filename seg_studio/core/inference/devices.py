@@ -24,14 +24,20 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def pick_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``auto``: CUDA if present, then Apple MPS, then the CPU. A named device that is missing is an error."""
+def pick_device(name: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto``: CUDA if present, then Apple MPS, then the CPU. A named device that is missing is an error.
+
+    ``local_rank`` (a torchrun process's rank on its machine) picks that rank's GPU under ``auto``;
+    training and inference both choose their device here.
+    """
     if isinstance(name, torch.device):
         return name
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            if local_rank is None:
+                return torch.device("cuda")
+            return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")

@@ -6,6 +6,10 @@ through ``core.atomic.atomic_write``: temp file, fsync, read back and compare, t
 maps are stored with the smallest integer type that holds them and never over an input scan.
 Every failure is an ``ImageLoadError``/``ImageWriteError`` with one line for the user.
 
+Class names and colours travel with a saved label map: in the header of NRRD and MetaImage, and in
+a sidecar ``NAME.labels.json`` beside formats that have no room for them (NIfTI, TIFF, PNG, BMP),
+which ``read`` takes back (``sidecar_path``).
+
 Meta keys set by ``read``: ``format``, ``kind`` ("image" or "labels"), ``source_kind`` (what the
 file on disk is; a source of kind "image" is protected from being overwritten), ``dtype``, ``rgb``
 for colour pictures, and DICOM tags (``modality``, ``series_description``, ``series_uid``,
@@ -28,7 +32,15 @@ import numpy as np
 from ..atomic import atomic_write, split_suffix
 from ..errors import ImageLoadError, ImageWriteError
 from ..volume import LabelInfo, Volume
-from ._checks import check_direction, check_mhd, check_nifti, check_not_empty, check_tiff, check_values
+from ._checks import (
+    check_direction,
+    check_mhd,
+    check_nifti,
+    check_not_empty,
+    check_nrrd,
+    check_tiff,
+    check_values,
+)
 from ._formats import (
     RASTER_FORMATS,
     READ_FORMATS,
@@ -50,9 +62,11 @@ __all__ = [
     "case_name",
     "find_scan_grid",
     "guess_kind",
+    "has_physical_spacing",
     "label_color",
     "list_series",
     "read",
+    "sidecar_path",
     "smallest_int_dtype",
     "summary",
     "write",
@@ -75,6 +89,9 @@ _LABEL_FOLDER = re.compile(
 _MAX_LABELS = 1000
 #: Header key under which NRRD and MetaImage label maps keep their names and colours (JSON).
 LABELS_KEY = "seg_studio_labels"
+#: Formats whose header holds class names; the others get a ``NAME.labels.json`` sidecar.
+HEADER_LABEL_FORMATS = ("NRRD", "MetaImage")
+SIDECAR_SUFFIX = ".labels.json"
 #: Every scan ``read`` in this process, with its grid: no ``write`` may replace one, whatever layer
 #: or volume it saves, and a layer that lost its geometry can find it again (``find_scan_grid``).
 _INPUT_SCANS: dict[Path, ScanGrid] = {}
@@ -119,15 +136,29 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
     path = Path(path).expanduser()
     if not path.exists():
         raise ImageLoadError(f"{path} does not exist; check the path")
+    if not (path.is_dir() or path.is_file()):  # a pipe or a device would block or never end
+        raise ImageLoadError(
+            f"{path} is not a regular file or folder (a pipe or a device?); give a scan file"
+        )
     try:
         if path.is_dir():
-            vol = read_series(choose_series(path, series), allow_nonuniform=allow_nonuniform)
+            info = choose_series(path, series)
+            if info.modality == "SEG" and info.slice_count == 1:  # a DICOM SEG alone in its series
+                vol = _read_file(info.files[0])
+            else:
+                vol = read_series(info, allow_nonuniform=allow_nonuniform)
             name = f"DICOM series in {path.name}"
         else:
             vol = _read_file(path)
             name = path.name
+            if not vol.labels:
+                vol.labels = _read_sidecar(path)
     except OSError as exc:  # permissions, a vanished network share...
         raise ImageLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except MemoryError as exc:
+        from ..limits import memory_error_line
+
+        raise ImageLoadError(f"{path.name}: {memory_error_line(exc, 'reading it')}") from exc
     check_values(vol, name)
     check_direction(vol, name)
     vol.source = path
@@ -153,9 +184,13 @@ def _read_file(path: Path) -> Volume:
         check_nifti(path)
     elif fmt == "TIFF":
         check_tiff(path)
-    elif suffix_of(path) == ".mhd":
+    elif fmt == "MetaImage":  # .mhd always names a data file; a .mha may too
         check_mhd(path)
-    if fmt == "DICOM":
+    elif fmt == "NRRD":
+        check_nrrd(path)
+    if fmt == "DICOM" and _dicom_seg().is_dicom_seg(path):
+        vol = _dicom_seg().read_seg(path)
+    elif fmt == "DICOM":
         vol = read_dicom_file(path)
     elif fmt in ("GIF", "BMP") or (fmt == "PNG" and _raster().is_palette_png(path)):
         vol = _raster().read_pillow(path, fmt)
@@ -187,6 +222,52 @@ def _parse_stored_labels(text: str) -> dict[int, LabelInfo]:
     except (ValueError, TypeError, AttributeError) as exc:
         log.debug("ignoring unreadable label names %r: %s", text[:80], exc)
         return {}
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """``mask.labels.json`` for ``mask.nii.gz``: where the class names of a label map are kept."""
+    path = Path(path)
+    return path.with_name(split_suffix(path)[0] + SIDECAR_SUFFIX)
+
+
+def _read_sidecar(path: Path) -> dict[int, LabelInfo]:
+    """Class names and colours from ``sidecar_path(path)``; {} when there is none or it is unreadable."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return {}
+    try:
+        table = json.loads(side.read_text()).get("labels", {})
+        out = {}
+        for k, v in table.items():
+            color = tuple(int(c) for c in v.get("color", label_color(int(k))))[:3]
+            out[int(k)] = LabelInfo(int(k), str(v["name"]), color)  # type: ignore[arg-type]
+        return out
+    except (ValueError, TypeError, AttributeError, KeyError, OSError) as exc:
+        log.warning("ignoring the class names in %s: %s", side, exc)
+        return {}
+
+
+def _write_sidecar(volume: Volume, path: Path, protected: list) -> None:
+    """Write the label map's names beside it (atomic), so a NIfTI mask keeps "left lung", not "label 1"."""
+    table = {
+        str(v): {"name": li.name, "color": [int(c) for c in li.color]}
+        for v, li in sorted(volume.labels.items())
+    }
+    text = json.dumps({"labels": table, "image": path.name}, indent=1) + "\n"
+    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text), protected=protected)
+
+
+def has_physical_spacing(volume: Volume) -> bool:
+    """False for pictures (PNG, JPEG, TIFF...) that store no pixel size: their spacing of 1 is a placeholder,
+    so lengths are in pixels, not millimetres."""
+    fmt = str(volume.meta.get("format") or "").upper()
+    return not (fmt in RASTER_FORMATS and all(abs(s - 1.0) < 1e-9 for s in volume.spacing))
+
+
+def _dicom_seg():  # noqa: ANN202 - a module (highdicom is imported only for DICOM files)
+    from . import dicom_seg as mod
+
+    return mod
 
 
 def _raster():  # noqa: ANN202 - a module
@@ -337,8 +418,10 @@ def write(
     suffix = suffix_of(path)
     fmt = WRITE_FORMATS.get(suffix)
     if fmt is None:
+        dcm = " (a DICOM SEG needs its series: seg-studio export LABELS --like DICOM_DIR --out result.dcm)"
         raise ImageWriteError(
             f"cannot save as {suffix or '(no extension)'}; use one of {supported_write_list()}"
+            + (dcm if suffix in (".dcm", ".dicom") else "")
         )
     protected = list(protected) + sorted(_INPUT_SCANS)
     if volume.source is not None and volume.meta.get("source_kind", "image") != "labels":
@@ -357,8 +440,27 @@ def write(
         _verify_written(tmp, expected, fmt, path.name)
 
     if suffix == ".mhd":
-        return _write_mhd(img, path, verify, protected)
-    return atomic_write(path, lambda tmp: write_image(img, tmp, compress), verify=verify, protected=protected)
+        out = _write_mhd(img, path, verify, protected)
+    else:
+        out = atomic_write(
+            path, lambda tmp: write_image(img, tmp, compress), verify=verify, protected=protected
+        )
+    if volume.meta.get("kind") == "labels" and fmt not in HEADER_LABEL_FORMATS:
+        if volume.labels:
+            _write_sidecar(volume, out, protected)
+        else:
+            _drop_stale_sidecar(out)
+    return out
+
+
+def _drop_stale_sidecar(path: Path) -> None:
+    """A map saved without names over one that had them: the old names must not come back with it."""
+    side = sidecar_path(path)
+    try:
+        if side.is_file() and json.loads(side.read_text()).get("image") == path.name:
+            side.unlink()
+    except (ValueError, OSError, AttributeError) as exc:
+        log.warning("could not remove the stale class names %s: %s", side, exc)
 
 
 def _write_mhd(img: Any, path: Path, verify: Any, protected: list) -> Path:
@@ -378,12 +480,17 @@ def _write_mhd(img: Any, path: Path, verify: Any, protected: list) -> Path:
     if is_protected(path, prot) or is_protected(raw, prot):
         raise ImageWriteError(f"refusing to overwrite the input scan {path}; choose another file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{stem}.tmp-") as tmpdir:
+    from ..atomic import clean_stale_temps, in_transaction, writer_tag
+
+    clean_stale_temps(path.parent)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{stem}.tmp-{writer_tag()}-") as tmpdir:
         staged = Path(tmpdir) / (stem + ".mhd")
         write_image(img, staged, compress=False)
         verify(staged)  # check the staged pair before touching an existing one
         atomic_write(raw, lambda t: shutil.move(staged.with_suffix(".raw"), t), protected=prot)
-        return atomic_write(path, lambda t: shutil.move(staged, t), verify=verify, protected=prot)
+        # in a transaction the .raw is not in place yet: the staged pair was verified above
+        final_check = None if in_transaction() else verify
+        return atomic_write(path, lambda t: shutil.move(staged, t), verify=final_check, protected=prot)
 
 
 def _verify_written(tmp: Path, expected: Volume, fmt: str, name: str) -> None:
@@ -424,6 +531,7 @@ def summary(vol: Volume) -> dict[str, Any]:
         "size_xyz": list(reversed(vol.spatial_shape)),
         "channels": vol.channels,
         "spacing": list(vol.spacing),
+        "physical_spacing": has_physical_spacing(vol),
         "origin": list(vol.origin),
         "direction": list(vol.direction),
         "dtype": str(a.dtype),
@@ -441,6 +549,7 @@ def summary(vol: Volume) -> dict[str, Any]:
         "window_center",
         "window_width",
         "nonuniform_spacing",
+        "invented_geometry",
         "rgb",
         "palette",
     ):

@@ -44,6 +44,14 @@ def check_nifti(path: Path) -> None:
             f"{path.name} is not a complete NIfTI file (only {len(hdr)} bytes, a NIfTI header has 348)"
         )
     expected, offset, float_dtype = _nifti_layout(hdr, path)
+    from ..limits import check_fits
+
+    check_fits(  # before a byte of the data is inflated: a 4 MB gzip can claim 4 GB
+        2 * (expected - offset),
+        f"{path.name} (its header says {_nifti_shape(hdr)} voxels) needs",
+        "crop or downsample it first, or use a machine with more memory",
+        ImageLoadError,
+    )
     if gz:
         _check_gzip_length(path, expected)
     else:
@@ -80,6 +88,20 @@ def _check_nifti_finite(path: Path, gz: bool, offset: int, end: int, dtype: np.d
             f"{path.name} contains {n_nan} NaN and {n_inf} infinite voxel values; replace them (e.g. with 0) "
             "in the program that made the file, then open it again"
         )
+
+
+def _nifti_shape(hdr: bytes) -> str:
+    """``512 x 512 x 400`` from a NIfTI-1/2 header already known to be valid."""
+    for end in "<>":
+        if struct.unpack(end + "i", hdr[:4])[0] == 348:
+            dims = struct.unpack(end + "8h", hdr[40:56])
+            break
+        if struct.unpack(end + "i", hdr[:4])[0] == 540:
+            dims = struct.unpack(end + "8q", hdr[16:80])
+            break
+    else:
+        return "?"
+    return " x ".join(str(int(d)) for d in dims[1 : int(dims[0]) + 1])
 
 
 def _nifti_layout(hdr: bytes, path: Path) -> tuple[int, int, np.dtype | None]:
@@ -138,7 +160,7 @@ def _check_gzip_length(path: Path, expected: int) -> None:
     total = 0
     try:
         with gzip.open(path, "rb") as fh:
-            while chunk := fh.read(1 << 22):
+            while total < expected and (chunk := fh.read(1 << 22)):  # enough is enough: no bomb runs on
                 total += len(chunk)
     except (OSError, EOFError, zlib.error) as exc:
         raise ImageLoadError(
@@ -215,18 +237,66 @@ def check_tiff(path: Path) -> None:
         raise ImageLoadError(f"{path.name} is truncated or damaged ({exc})") from exc
 
 
-def check_mhd(path: Path) -> None:
-    """A ``.mhd`` header names its pixel file; say so plainly when that file is missing or short."""
+def _header_fields(path: Path, sep: str, stop_at_blank: bool) -> tuple[dict[str, str], list[str]]:
+    """``key<sep>value`` lines of a text header (first 64 KB), keys lower-cased; and every line."""
     fields: dict[str, str] = {}
     with open(path, "rb") as fh:
-        for raw in fh.read(64 * 1024).decode("latin-1").splitlines():
-            key, sep, value = raw.partition("=")
-            if sep:
-                fields[key.strip()] = value.strip()
-    data = fields.get("ElementDataFile")
+        lines = fh.read(64 * 1024).decode("latin-1").splitlines()
+    for i, raw in enumerate(lines):
+        if stop_at_blank and i > 0 and not raw.strip():
+            break
+        key, found, value = raw.partition(sep)
+        if found and key.strip():
+            fields.setdefault(key.strip().lower(), value.strip())
+    return fields, lines
+
+
+def _data_files(spec: str, lines: list[str], key_prefix: str) -> list[str]:
+    """The file names a data-file field refers to: one name, a LIST (the lines after the field) or a
+    printf pattern (``slice%03d.raw 1 10 1``: only its folder matters)."""
+    if spec.upper().startswith("LIST"):
+        after = [i for i, ln in enumerate(lines) if ln.strip().lower().startswith(key_prefix)]
+        return [ln.strip() for ln in lines[after[0] + 1 :] if ln.strip()] if after else []
+    if "%" in spec:
+        return [spec.split()[0]]
+    return [spec]
+
+
+def _outside(path: Path, name: str) -> bool:
+    base = path.parent.resolve()
+    target = (path.parent / name).resolve()
+    return target != base and base not in target.parents
+
+
+def _refuse_outside(path: Path, names: list[str], allowed: bool) -> None:
+    outside = [n for n in names if _outside(path, n)]
+    if outside and not allowed:
+        raise ImageLoadError(
+            f"{path.name} takes its pixels from {outside[0]!r}, outside the header's folder {path.parent}; "
+            "a header could point at any file on this computer, so only data files beside their header are "
+            "read: move the data file next to the header, or pass --allow-external-data if you trust it"
+        )
+
+
+def external_data_allowed() -> bool:
+    """``--allow-external-data`` (the CLI sets ``SEG_STUDIO_ALLOW_EXTERNAL_DATA=1`` for one command)."""
+    import os
+
+    return os.environ.get("SEG_STUDIO_ALLOW_EXTERNAL_DATA", "") not in ("", "0")
+
+
+def check_mhd(path: Path, allow_external: bool | None = None) -> None:
+    """A ``.mhd`` header names its pixel file: it must exist, and lie in the header's own folder."""
+    fields, lines = _header_fields(path, "=", stop_at_blank=False)
+    data = fields.get("elementdatafile")
     if data is None:
         raise ImageLoadError(f"{path.name} is not a MetaImage header (no ElementDataFile line)")
-    if data == "LOCAL" or data.startswith("LIST") or "%" in data:
+    if data == "LOCAL":
+        return
+    allowed = external_data_allowed() if allow_external is None else allow_external
+    names = _data_files(data, lines, "elementdatafile")
+    _refuse_outside(path, names, allowed)
+    if data.startswith("LIST") or "%" in data:
         return
     target = path.parent / data
     if not target.is_file():
@@ -234,6 +304,21 @@ def check_mhd(path: Path) -> None:
             f"{path.name} keeps its pixels in {data}, which is missing; keep the .mhd and its {Path(data).suffix} "
             "file together in one folder"
         )
+
+
+def check_nrrd(path: Path, allow_external: bool | None = None) -> None:
+    """A ``.nrrd`` may be a detached header (``data file:`` field): its data must lie beside it."""
+    with open(path, "rb") as fh:
+        if not fh.read(4) == b"NRRD":
+            raise ImageLoadError(f"{path.name} is not a NRRD file (it does not start with 'NRRD')")
+    fields, lines = _header_fields(path, ":", stop_at_blank=True)
+    data = fields.get("data file") or fields.get("datafile")
+    if not data:
+        return
+    allowed = external_data_allowed() if allow_external is None else allow_external
+    _refuse_outside(
+        path, _data_files(data, lines, "data file" if "data file" in fields else "datafile"), allowed
+    )
 
 
 def check_values(vol: Volume, name: str) -> None:

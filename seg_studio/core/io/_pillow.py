@@ -60,11 +60,24 @@ def read_pillow(path: Path, fmt: str) -> Volume:
         img = Image.open(path)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageLoadError(f"{path.name} is not a readable {fmt} file ({exc})") from exc
+    from ..limits import check_fits
+
     frames = []
     info: dict = {}
     try:
+        n_frames = int(getattr(img, "n_frames", 1))
+    except (OSError, EOFError, ValueError) as exc:
+        raise ImageLoadError(f"{path.name} is truncated or damaged ({exc})") from exc
+    w, h = img.size
+    check_fits(
+        2 * w * h * n_frames * max(1, len(img.getbands())),
+        f"{path.name} ({w} x {h} pixels, {n_frames} frame(s)) needs",
+        "crop or downsample it first",
+        ImageLoadError,
+    )
+    try:
         with img:
-            for i in range(getattr(img, "n_frames", 1)):
+            for i in range(n_frames):
                 img.seek(i)
                 arr, info = _frame_array(img)
                 frames.append(arr)

@@ -68,14 +68,64 @@ def sitk_reason(exc: Exception) -> str:
     return text[:200]
 
 
+def image_nbytes(size: tuple[int, ...], pixel_id: int, components: int) -> int:
+    """Bytes of an image of this size and pixel type, without making it."""
+    import math
+
+    probe = (
+        sitk.Image([1] * len(size), pixel_id, components)
+        if components > 1
+        else sitk.Image([1] * len(size), pixel_id)
+    )
+    per_voxel = probe.GetSizeOfPixelComponent() * max(1, components)
+    return math.prod(int(s) for s in size) * per_voxel
+
+
+def check_header_size(path: Path, fmt: str) -> None:
+    """Read only the header and refuse an image that cannot fit in memory, before its data is
+    decompressed: a 4 MB gzip or a header that claims 100000^3 voxels must not be allocated."""
+    from ..limits import check_fits
+
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(path))
+    try:
+        with native_stderr_to_log():
+            r.ReadImageInformation()
+        size = tuple(int(v) for v in r.GetSize())
+        comps = int(r.GetNumberOfComponents())
+        nbytes = image_nbytes(size, r.GetPixelID(), comps)
+    except RuntimeError:
+        return  # unreadable header: ReadImage says why, in its own words
+    shown = " x ".join(str(s) for s in size)
+    check_fits(
+        2 * nbytes,  # ITK's image and the numpy copy
+        f"{path.name} ({shown} voxels of {sitk.GetPixelIDValueAsString(r.GetPixelID())}) needs",
+        "crop or downsample it first, or use a machine with more memory",
+        ImageLoadError,
+    )
+
+
 def read_image(path: Path, fmt: str) -> sitk.Image:
-    """``sitk.ReadImage`` with ITK's errors turned into one-line ``ImageLoadError``s."""
+    """``sitk.ReadImage`` with ITK's errors turned into one-line ``ImageLoadError``s; the header's
+    size is checked against the free memory first."""
+    check_header_size(path, fmt)
     try:
         with native_stderr_to_log():
             return sitk.ReadImage(str(path))
+    except MemoryError as exc:
+        from ..limits import memory_error_line
+
+        raise ImageLoadError(f"{path.name}: {memory_error_line(exc, 'reading it')}") from exc
     except RuntimeError as exc:
         reason = sitk_reason(exc)
         if "Unable to determine ImageIO reader" in str(exc):
+            from ._formats import has_dicom_preamble
+
+            if has_dicom_preamble(path):
+                raise ImageLoadError(
+                    f"{path.name} starts like a DICOM file but cannot be read: it is damaged or truncated; "
+                    "copy it again from its source"
+                ) from exc
             raise ImageLoadError(
                 f"{path.name} is not a readable {fmt} file (no reader recognises its contents)"
             ) from exc

@@ -36,7 +36,7 @@ TAGS = {
     "body_part": "0018|0015",
     "units": "0028|1054",
 }
-_IPP, _IOP, _INSTANCE = "0020|0032", "0020|0037", "0020|0013"
+_IPP, _IOP, _INSTANCE, _SOP_UID = "0020|0032", "0020|0037", "0020|0013", "0008|0018"
 _WINDOW_CENTER, _WINDOW_WIDTH = "0028|1050", "0028|1051"
 
 
@@ -197,6 +197,7 @@ def _slice_order(
         order = [int(i) for i in np.argsort(pos, kind="stable")]
         pos = pos[order]
         meta["slice_positions"] = [round(float(p), 6) for p in pos]
+        meta.update(_gantry_tilt(np.asarray(ipps, dtype=float)[order], normal, label))
         if len(pos) > 1:
             gaps = np.diff(pos)
             step = float(np.median(gaps))
@@ -226,12 +227,99 @@ def _slice_order(
                 log.warning("%s; reading it anyway with an average spacing", msg)
                 meta["nonuniform_spacing"] = True
         return order, meta
+    if len(files) == 1:  # one picture (an X-ray): there is no stack to place
+        return [0], meta
+    missing = sum(len(p) != 3 for p in ipps) or sum(len(o) != 6 for o in iops)
+    what = "ImagePositionPatient" if any(len(p) != 3 for p in ipps) else "ImageOrientationPatient"
+    text = (
+        f"DICOM series {label}: {missing} of its {len(files)} slices have no {what}, so the gap between "
+        "slices, the order of the slices and where the volume lies in the patient are unknown"
+    )
+    if not allow_nonuniform:
+        raise ImageLoadError(
+            text + "; export the series again with its positions, or read it anyway with --allow-nonuniform "
+            "(allow_nonuniform=True: slices 1 mm apart, origin 0, sorted by InstanceNumber)"
+        )
+    meta["invented_geometry"] = True
     numbers = [_floats(_tag(r, _INSTANCE)) for r in headers]
     if all(len(n) == 1 for n in numbers):
-        log.warning("DICOM series %s has no ImagePositionPatient; slices sorted by InstanceNumber", label)
+        log.warning("%s; reading it with slices 1 mm apart at origin 0, sorted by InstanceNumber", text)
         return sorted(range(len(files)), key=lambda i: numbers[i][0]), meta
-    log.warning("DICOM series %s has neither positions nor instance numbers; slices sorted by name", label)
+    log.warning("%s; reading it with slices 1 mm apart at origin 0, sorted by file name", text)
     return sorted(range(len(files)), key=lambda i: files[i].name), meta
+
+
+def _check_slices_agree(files: tuple[Path, ...], headers: list[sitk.ImageFileReader], label: str) -> None:
+    """Every slice of a stack must have the size and pixel spacing of the others: ITK would keep
+    the first slice's spacing for all (a 0.9 mm slice among 0.6875 mm ones is silently misplaced)
+    and fails on another size with a message about image regions."""
+    from collections import Counter
+
+    if len(headers) < 2:
+        return
+    sizes = [tuple(int(v) for v in r.GetSize()[:2]) for r in headers]
+    common, n = Counter(sizes).most_common(1)[0]
+    odd = [i for i, sz in enumerate(sizes) if sz != common]
+    if odd:
+        i = odd[0]
+        raise ImageLoadError(
+            f"DICOM series {label}: slice {files[i].name} is {sizes[i][0]}x{sizes[i][1]} pixels where "
+            f"{n} other slice(s) are {common[0]}x{common[1]} ({len(odd)} slice(s) differ); it belongs to "
+            "another series or was resized: remove it from the folder or export the series again"
+        )
+    spacings = [tuple(float(v) for v in r.GetSpacing()[:2]) for r in headers]
+    ref = Counter(spacings).most_common(1)[0][0]
+    odd = [i for i, sp in enumerate(spacings) if not np.allclose(sp, ref, rtol=1e-4, atol=1e-6)]
+    if odd:
+        i = odd[0]
+        raise ImageLoadError(
+            f"DICOM series {label}: slice {files[i].name} has a pixel spacing of "
+            f"{spacings[i][0]:.6g} x {spacings[i][1]:.6g} mm where the others have {ref[0]:.6g} x {ref[1]:.6g} mm "
+            f"({len(odd)} slice(s) differ); one volume cannot hold both: remove the odd slice(s) or export "
+            "the series again"
+        )
+
+
+def _check_series_fits(headers: list[sitk.ImageFileReader], label: str) -> None:
+    from ..limits import check_fits
+    from ._sitk import image_nbytes
+
+    r = headers[0]
+    per_slice = image_nbytes(
+        tuple(int(v) for v in r.GetSize()), r.GetPixelID(), int(r.GetNumberOfComponents())
+    )
+    check_fits(
+        2 * per_slice * len(headers),
+        f"DICOM series {label} ({len(headers)} slices of {r.GetSize()[0]} x {r.GetSize()[1]}) needs",
+        "read fewer slices (split the series) or use a machine with more memory",
+        ImageLoadError,
+    )
+
+
+def _gantry_tilt(ipp: np.ndarray, normal: np.ndarray, label: str) -> dict[str, Any]:
+    """A gantry-tilted CT steps obliquely from slice to slice: ITK then takes the oblique step as the
+    slice spacing (too large by 1/cos(tilt), so every volume is too large) and places the slices
+    as if stacked straight. The spacing is put back to the true gap along the normal; the in-plane
+    shift, which no orthogonal grid can hold, is reported (a DICOM SEG keeps each frame's position)."""
+    if len(ipp) < 2:
+        return {}
+    steps = np.diff(ipp, axis=0)
+    along = steps @ normal
+    shift = steps - np.outer(along, normal)
+    per_slice = float(np.median(np.linalg.norm(shift, axis=1)))
+    gap = float(np.median(np.abs(along)))
+    if gap <= 0 or per_slice <= 1e-3 * gap + 1e-4:
+        return {}
+    tilt = float(np.degrees(np.arctan2(per_slice, gap)))
+    log.warning(
+        "DICOM series %s is sheared (gantry tilt %.2f deg, each slice shifted %.3f mm in-plane): the volume "
+        "keeps the slices as stored with the true %.4g mm gap; a NIfTI grid cannot hold the shift",
+        label,
+        tilt,
+        per_slice,
+        gap,
+    )
+    return {"gantry_tilt_deg": round(tilt, 3), "slice_gap_mm": gap}
 
 
 def _unreadable_dicom_files(folder: Path) -> list[Path]:
@@ -262,6 +350,8 @@ def read_series(info: SeriesInfo, allow_nonuniform: bool = False) -> Volume:
         headers = [_header(f) for f in info.files]
     except RuntimeError as exc:
         raise ImageLoadError(f"a file of DICOM series {label} is damaged: {sitk_reason(exc)}") from exc
+    _check_slices_agree(info.files, headers, label)
+    _check_series_fits(headers, label)
     order, meta = _slice_order(info.files, headers, allow_nonuniform, label)
     files = [str(info.files[i]) for i in order]
     if len(files) == 1:
@@ -277,7 +367,12 @@ def read_series(info: SeriesInfo, allow_nonuniform: bool = False) -> Volume:
     except RuntimeError as exc:
         raise ImageLoadError(f"DICOM series {label} could not be read: {sitk_reason(exc)}") from exc
     vol = image_to_volume(img, f"DICOM series {label}")
+    if "gantry_tilt_deg" in meta:  # ITK took the oblique step as the gap (see _gantry_tilt)
+        vol.spacing = (*vol.spacing[:2], float(meta["slice_gap_mm"]))
     vol.meta.update(_tag_meta(headers[order[0]]))
+    uids = [_tag(headers[i], _SOP_UID) for i in order]
+    if all(uids):  # a DICOM SEG made on this volume references its instances in this order
+        vol.meta["sop_instance_uids"] = uids
     vol.meta.update(meta)
     vol.meta["format"] = "DICOM series"
     vol.meta.setdefault("series_uid", info.uid)

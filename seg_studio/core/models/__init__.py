@@ -6,7 +6,18 @@ import importlib
 import pkgutil
 
 from .base import AUX_ATTENTION, AUX_DEEP_SUPERVISION, AUX_UNCERTAINTY, SegModel, SegOutput
-from .registry import ModelSpec, count_parameters, create_model, get_spec, list_models, register_model
+from .registry import (
+    ModelPlan,
+    ModelSpec,
+    check_config,
+    count_parameters,
+    create_model,
+    get_spec,
+    list_models,
+    makes_attention_maps,
+    plan_model,
+    register_model,
+)
 
 _INFRA = {"base", "registry", "blocks"}
 _loaded = False
@@ -27,12 +38,16 @@ __all__ = [
     "AUX_ATTENTION",
     "AUX_DEEP_SUPERVISION",
     "AUX_UNCERTAINTY",
+    "ModelPlan",
     "ModelSpec",
     "SegModel",
     "SegOutput",
+    "check_config",
     "count_parameters",
     "create_model",
     "get_spec",
+    "makes_attention_maps",
     "list_models",
+    "plan_model",
     "register_model",
 ]

@@ -112,6 +112,7 @@ def double_conv_block(spatial_dims: int, norm: str | None, bias: bool | None) ->
     description="Attention U-Net: additive attention gates filter every skip; gate maps in aux['attention']",
     presets={"reference": {"features": 64, "depth": 4, "norm": "batch", "bias": True}},
     paper="Oktay et al. 2018, arXiv:1804.03999",
+    attention_maps=True,
 )
 def build_attention_unet(
     spatial_dims: int,

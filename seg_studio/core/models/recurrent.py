@@ -125,4 +125,5 @@ register_model(
     description="R2U-Net with attention gates on the skips (R2AttU-Net); gate maps in aux['attention']",
     presets={"reference": dict(_REFERENCE)},
     paper="Alom et al. 2018, arXiv:1802.06955; Oktay et al. 2018, arXiv:1804.03999",
+    attention_maps=True,
 )(_variant(residual=True, attention=True))

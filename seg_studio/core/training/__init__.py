@@ -4,6 +4,10 @@
 - ``iter_finetune(checkpoint, pairs, out, budget_s, ..., cancel)``: corrected labels -> a NEW
   checkpoint naming its parent, with Dice before/after; returns FinetuneResult.
 - ``IGNORE_INDEX``: the label value that means "not supervised" (untouched voxels of a correction).
+
+Both build a ``plan.TrainingPlan`` and run it with the one loop, ``loop.run_plan``; what differs between
+them (saving as it goes, a grown head, acceptance against the parent, a fresh start when the parent does
+not fit, thread tuning, a series' replayed pairs) are steps and hooks around that loop.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .data import IGNORE_INDEX
+from .plan import LoopHook
 
 
 @dataclass
@@ -31,8 +31,9 @@ class AdversarialConfig:
     warmup_steps: int = 0  # segmentation-only steps before the critic joins
 
 
-class AdversarialStep:
-    """Owns the critic and its optimiser; call ``segmenter_loss`` then ``critic_step`` each step."""
+class AdversarialStep(LoopHook):
+    """Owns the critic and its optimiser; a hook of the training loop: ``extra_loss`` adds the
+    segmenter's adversarial term, ``after_update`` trains the critic on the same batch."""
 
     def __init__(
         self,
@@ -54,6 +55,16 @@ class AdversarialStep:
 
     def active(self, step: int) -> bool:
         return step >= self.cfg.warmup_steps and self.cfg.weight > 0
+
+    def extra_loss(self, step: int, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        return self.segmenter_loss(x, logits) if self.active(step) else None
+
+    def after_update(
+        self, step: int, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, float]:
+        if self.active(step):
+            self.critic_step(x, logits, y)
+        return dict(self.last)
 
     def _real_mask(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         onehot = F.one_hot(target.clamp_min(0), self.num_classes).movedim(-1, 1).to(probs.dtype)
@@ -97,7 +108,3 @@ class AdversarialStep:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.critic.load_state_dict(state["critic"])
         self.opt.load_state_dict(state["opt"])
-
-
-def critic_parameters(step: AdversarialStep | None) -> list[nn.Parameter]:
-    return [] if step is None else list(step.critic.parameters())

@@ -286,16 +286,13 @@ class Case:
 def read_pair(src: PairSource) -> tuple[Volume, Volume]:
     """Read (or take) the image and labels of a case and check they share a grid."""
     from ..io import read
+    from .checks import check_pair
 
     img = src.image if isinstance(src.image, Volume) else read(src.image)
     lab = src.labels if isinstance(src.labels, Volume) else read(src.labels)
     if lab.channels > 1:
         raise TrainingError(f"{src.name}: the label image has {lab.channels} channels; a label map has one")
-    if img.spatial_shape != lab.spatial_shape:
-        raise TrainingError(
-            f"{src.name}: image {img.spatial_shape} and labels {lab.spatial_shape} differ in size; "
-            "they must be on the same grid"
-        )
+    check_pair(src.name, img, lab)  # size, spacing, origin, direction and whole values
     return img, lab
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-# the same native-bf16 rule as inference (AVX512-BF16, AMX or Apple silicon), so both pick alike
-from ..inference.devices import cpu_has_fast_bf16
+# the same device choice and native-bf16 rule as inference (AVX512-BF16, AMX or Apple silicon)
+from ..inference.devices import cpu_has_fast_bf16, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +36,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """CUDA (this rank's GPU), then Apple MPS, then CPU; or exactly the device named."""
-    if name and name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def pick_precision(device: torch.device, requested: str = "auto") -> torch.dtype | None:
@@ -72,10 +60,10 @@ def setup(device_name: str = "auto") -> DistInfo:
     """Join the torchrun process group when launched by torchrun; a plain run is world size 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo(device=pick_device(device_name))
+        return DistInfo(device=pick_device(device_name, local_rank=0))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name, local)
+    device = pick_device(device_name, local_rank=local)
     here = False
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"

@@ -2,20 +2,23 @@
 
 Called from the GUI's worker thread with in-memory Volumes (labels may hold IGNORE_INDEX, or another
 ``ignore_value``, where the user did not correct anything) and from ``seg-studio finetune`` with
-folders. Guarantees:
+folders. A fine-tune is the training loop (``loop.run_plan``) on a plan built from the parent, plus
+the steps only a fine-tune has. Guarantees:
 
 - the parent file is never written (``out`` may not be the parent), and cancelling writes nothing:
   the only write is ``checkpoint.save`` at the very end, which is atomic;
 - the whole call, validation and saving included, ends within ``budget_s`` (default 50 s for 2D and
-  100 s for 3D, inside the product promise of 60 s / 120 s on a 2-core CPU): the training deadline
-  is the budget minus the measured cost of one evaluation and a save;
+  100 s for 3D, GUI and CLI alike): the training deadline is the budget minus the measured cost of one
+  evaluation and a save, and no step starts that would not end before it;
 - a label value the parent does not know becomes a new class: the output head grows (old rows kept,
   new rows freshly initialised and trained at a higher learning rate) and the class takes the name
   the user gave it;
-- Dice before and after is measured on the same held-out cases: the parent's stored validation
+- parent and child are scored on the same voxels (``acceptance``): the parent's stored validation
   split when the pairs include its cases, else a split of the new cases fixed by image hash (written
-  beside ``out`` and into its provenance, so the next fine-tune reuses it), else - with one or two
-  pairs, as from the GUI - on the corrected pairs themselves, which the result says.
+  beside ``out`` and into its provenance, so the next fine-tune reuses it), else the corrected region
+  the caller passes as validation, else the corrected pairs themselves, which the result says; the
+  child is offered only when it is better after at least ``MIN_OFFERED_STEPS`` steps;
+- the child is stored in its parent's precision; torch's thread count follows the load (``threads``).
 """
 
 from __future__ import annotations
@@ -32,18 +35,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..defaults import FINETUNE_BUDGET_2D_S, FINETUNE_BUDGET_3D_S, finetune_budget_s
 from ..errors import Cancelled, TrainingError
-from ..inference.devices import describe_hardware
-from ..models import SegModel, create_model
+from ..inference.devices import describe_hardware, pick_device
+from ..models import SegModel
 from ..progress import CancelToken, Progress
 from ..volume import Volume
+from .acceptance import MIN_OFFERED_STEPS, WARMUP_STEPS, Acceptance, Verdict, not_better_path
 from .augment import AugmentConfig
+from .checks import check_has_foreground, check_label_values
+from .child import child_card, child_classes, child_meta, round_weights, storage_dtype
 from .data import (
     IGNORE_INDEX,
     Case,
+    PairSource,
     Split,
     apply_label_map,
     fit_patch,
+    image_hash,
     make_case,
     make_or_extend_split,
     pairs_from_list,
@@ -52,22 +61,22 @@ from .data import (
     slices_as_2d,
     symmetric_axes,
 )
-from .distributed import pick_device, pick_precision
-from .loop import (
-    LoopSettings,
-    LoopState,
-    default_channels_last,
-    make_optimizer,
-    memory_format,
-    train_loop,
-    validate,
-)
+from .distributed import pick_precision
+from .evaluation import default_channels_last, finite_or_none, memory_format, unwrap
+from .heads import encoder_parameter_names, freeze_encoder, grow_head, unfreeze
+from .loop import make_optimizer, patch_forward, run_plan
+from .losses import SupervisedLoss
+from .parent_fit import ParentFit, assess_parent_fit, start_fresh
+from .plan import Batches, Compute, LoopState, Schedule, StoppingRule, TrainingPlan, Validation
+from .records import child_domain, training_data_record
+from .replay import ReplayStore, replay_folder
+from .threads import ThreadTuner
 
 log = logging.getLogger(__name__)
 
-#: Default total budgets (seconds), evaluation and saving included.
-DEFAULT_BUDGET_2D = 50.0
-DEFAULT_BUDGET_3D = 100.0
+#: Default total budgets (seconds), evaluation and saving included; the GUI and the CLI both use them.
+DEFAULT_BUDGET_2D = FINETUNE_BUDGET_2D_S
+DEFAULT_BUDGET_3D = FINETUNE_BUDGET_3D_S
 #: Default learning rates (AdamW): an untrained parent learns from scratch and needs a large step to get
 #: anywhere in a 50 s budget; a trained parent must not be shaken out of what it knows.
 LR_FROM_SCRATCH = 3e-3
@@ -78,6 +87,23 @@ LR_TRAINED = 1e-3
 #: width 8, seeds 0/1/2 (benchmarks/training.py --only jsrt --steps 160 --seed N): lungs 0.949/0.958/0.945
 #: (mean 0.951) with the training defaults, 0.963/0.963/0.957 (mean 0.961) with these.
 FINETUNE_AUGMENT: dict[str, Any] = {"gamma_p": 0.6, "contrast_p": 0.6, "noise_p": 0.4}
+
+__all__ = [
+    "DEFAULT_BUDGET_2D",
+    "DEFAULT_BUDGET_3D",
+    "FINETUNE_AUGMENT",
+    "LR_FROM_SCRATCH",
+    "LR_TRAINED",
+    "MIN_OFFERED_STEPS",
+    "FinetuneResult",
+    "default_budget",
+    "default_lr",
+    "encoder_parameter_names",
+    "eval_view",
+    "grow_head",
+    "iter_finetune",
+    "parent_is_untrained",
+]
 
 
 @dataclass
@@ -97,18 +123,38 @@ class FinetuneResult:
     split_path: Path | None = None
     stop_reason: str = ""
     lr: float = 0.0
+    #: whether the child beat its parent on the same voxels (after enough steps): only then is it offered
+    better: bool = True
+    #: why it is not offered ("" when it is)
+    not_better_reason: str = ""
+    threads: dict[str, Any] = field(default_factory=dict)
+    #: what the child started from ("parent", or "fresh" when the parent did not fit) and why
+    start: dict[str, Any] = field(default_factory=dict)
+    #: names of the series' earlier pairs it trained on again (replay)
+    replayed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FinetuneOptions:
+    """How a fine-tune trains (every keyword of ``iter_finetune`` that is not data or a destination)."""
+
+    budget_s: float
+    lr: float
+    lr_explicit: bool = False  # the caller chose ``lr`` (a fresh start keeps it too)
+    steps: int | None = None
+    head_lr_mult: float = 5.0
+    freeze_encoder: bool = False
+    batch_size: int | None = None
+    patch_size: Sequence[int] | None = None
+    augment: Mapping[str, Any] | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
 
 
 def default_budget(spatial_dims: int) -> float:
-    return DEFAULT_BUDGET_3D if spatial_dims == 3 else DEFAULT_BUDGET_2D
-
-
-def _child_card(meta: Any) -> dict[str, Any]:
-    """The parent's card for its child, minus what is no longer true: a fine-tuned child is trained."""
-    card = {k: v for k, v in (meta.card or {}).items() if k != "untrained"}
-    if (meta.card or {}).get("untrained"):
-        card["title"] = f"{meta.architecture} trained by fine-tuning from random weights"
-    return card
+    """The one default time budget of a fine-tune (GUI and CLI): 50 s in 2D, 100 s in 3D."""
+    return finetune_budget_s(spatial_dims)
 
 
 def parent_is_untrained(meta: Any) -> bool:
@@ -122,66 +168,6 @@ def parent_is_untrained(meta: Any) -> bool:
 
 def default_lr(meta: Any) -> float:
     return LR_FROM_SCRATCH if parent_is_untrained(meta) else LR_TRAINED
-
-
-def grow_head(
-    model: SegModel, architecture: str, arch_args: Mapping[str, Any], new_out: int
-) -> tuple[SegModel, list[str]]:
-    """The same network with ``new_out`` output classes; every weight is kept, the extra output rows of
-    the head(s) are fresh. Works for any registered variant: tensors that differ only in the class axis
-    are copied row by row. Returns the model and the names of the grown parameters."""
-    grown = create_model(architecture, model.spatial_dims, model.in_channels, new_out, **dict(arch_args))
-    old_sd, new_sd = model.state_dict(), grown.state_dict()
-    if old_sd.keys() != new_sd.keys():
-        raise TrainingError(
-            f"cannot grow the output of {architecture!r}: its layers change with the class count"
-        )
-    changed = []
-    old_out = model.out_channels
-    with torch.no_grad():
-        for k, new in new_sd.items():
-            old = old_sd[k]
-            if old.shape == new.shape:
-                new.copy_(old)
-                continue
-            diff = [i for i, (a, b) in enumerate(zip(old.shape, new.shape, strict=True)) if a != b]
-            if (
-                len(old.shape) != len(new.shape)
-                or len(diff) != 1
-                or (old.shape[diff[0]], new.shape[diff[0]]) != (old_out, new_out)
-            ):
-                raise TrainingError(
-                    f"cannot grow the output of {architecture!r}: {k} changes shape unexpectedly"
-                )
-            new.narrow(diff[0], 0, old_out).copy_(old)
-            if k.endswith("bias"):
-                # New classes start unlikely (below background), so the first predictions do not change.
-                new.narrow(diff[0], old_out, new_out - old_out).fill_(float(old.narrow(0, 0, 1).item()) - 2.0)
-            changed.append(k.rsplit(".", 1)[0])
-    grown.load_state_dict(new_sd)
-    names = [n for n, _ in grown.named_parameters() if n.rsplit(".", 1)[0] in changed]
-    return grown, names
-
-
-def encoder_parameter_names(model: SegModel) -> list[str]:
-    """Parameters of the contracting path: a variant may say (``encoder_modules()``), else by name."""
-    if hasattr(model, "encoder_modules"):
-        mods = list(model.encoder_modules())  # type: ignore[operator]
-        ids = {id(p) for m in mods for p in m.parameters()}
-        return [n for n, p in model.named_parameters() if id(p) in ids]
-    prefixes = (
-        "encoder",
-        "enc",
-        "down",
-        "inc",
-        "conv0_0",
-        "conv1_0",
-        "conv2_0",
-        "conv3_0",
-        "conv4_0",
-        "bottleneck",
-    )
-    return [n for n, _ in model.named_parameters() if n.split(".")[0].startswith(prefixes)]
 
 
 def iter_finetune(
@@ -206,19 +192,81 @@ def iter_finetune(
     device: str = "auto",
     precision: str = "auto",
     seed: int = 0,
+    name_not_better: bool = False,
+    replay: bool | str | Path = False,
     cancel: CancelToken | None = None,
 ) -> Generator[Progress, None, FinetuneResult]:
     """Fine-tune ``checkpoint`` on ``pairs`` of (image, labels) Volumes or paths; write ``out``.
 
     ``class_names`` names label values the parent lacks (value -> name); ``ignore_value`` marks voxels
     to leave out (IGNORE_INDEX = -1 always is). ``steps`` caps the steps (the budget still applies).
+    ``val_pairs`` score parent and child (e.g. the corrected region of the one scan, from
+    ``acceptance.corrected_region_labels``). A child that is not better is written all the same, flagged
+    in its card, and with ``name_not_better`` under ``<out stem>.notbetter.segmodel``. ``replay`` (True,
+    or a folder) makes it one of a series: the earlier corrected pairs of the series train too, and this
+    fine-tune's pairs join them (``replay.py``).
     """
     from .. import checkpoint as ckpt
 
     t0 = time.perf_counter()
-    parent, out = Path(checkpoint), Path(out)
-    if out.suffix != ckpt.SUFFIX:
-        raise TrainingError(f"the fine-tuned model is a {ckpt.SUFFIX} file; got {out.name}")
+    parent, out = check_destination(Path(checkpoint), Path(out))
+    yield Progress(0, 1, "prepare", f"loading {parent.name}")
+    parent_hash = ckpt.file_hash(parent)
+    parent_model, meta = ckpt.load(parent, device="cpu")
+    opts = FinetuneOptions(
+        resolve_budget(budget_s, meta.spatial_dims), resolve_lr(lr, meta), lr is not None, steps, head_lr_mult,
+        freeze_encoder, batch_size, patch_size, augment, device, precision, seed,
+    )  # fmt: skip
+    folder = replay_folder(replay, meta.provenance, out)
+    store = ReplayStore(folder) if folder is not None else None
+    earlier = store.pairs() if store is not None else []
+    corr = read_corrections(meta, pairs, val_pairs, label_map, ignore_value, class_names, cancel, earlier)
+    choice = choose_validation(corr, meta, split, val_fraction)
+    setup = FinetuneSetup(parent, parent_hash, meta, opts, corr, choice, storage_dtype(parent), store)
+    model, head_params = start_child(parent_model, meta, corr)
+    plan = finetune_plan(model, meta, choice, corr.n_classes, head_params, opts)
+    acceptance = Acceptance(
+        plan, [eval_view(c, plan.batches.patch) for c in choice.val_cases], choice.dice_on
+    )
+    parent_model = prepare_parent(parent_model, model, plan)
+    trained = yield from train_and_judge(plan, acceptance, parent_model, setup, t0, cancel)
+    v = trained.verdict
+    dest = out if v.better or not name_not_better else not_better_path(out)
+    split_path = save_child(dest, plan, setup, trained)
+    if store is not None:
+        for h, name, img, values in corr.new_pairs:
+            store.add(h, name, img, values, dest.name)
+    result = finetune_result(dest, plan, setup, trained, split_path)
+    result.seconds = time.perf_counter() - t0
+    log_result(result, v)
+    yield Progress(1, 1, "done", f"saved {dest.name}" + ("" if v.better else " (not better than its parent)"), 0.0,
+                   {"dice_before": v.dice_parent, "dice_after": v.dice_child, "dice": v.dice_child, "step": v.steps})  # fmt: skip
+    return result
+
+
+@dataclass
+class FinetuneSetup:
+    """What a fine-tune knows before it trains: the parent, how to train, the corrections, who scores."""
+
+    parent: Path
+    parent_hash: str
+    meta: Any
+    opts: FinetuneOptions
+    corr: Corrections
+    choice: ValidationChoice
+    dtype: torch.dtype | None  # the parent file's float type (None: fp32), which the child is stored in
+    store: ReplayStore | None = None  # the series' earlier pairs, when it is one
+
+
+# --- the steps of a fine-tune, in order ---------------------------------------------------------------
+
+
+def check_destination(parent: Path, out: Path) -> tuple[Path, Path]:
+    """The parent must exist and ``out`` must be a new ``.segmodel`` in an existing folder."""
+    from ..checkpoint import SUFFIX
+
+    if out.suffix != SUFFIX:
+        raise TrainingError(f"the fine-tuned model is a {SUFFIX} file; got {out.name}")
     if not parent.exists():
         raise TrainingError(f"{parent}: no such checkpoint")
     if out.resolve() == parent.resolve():
@@ -227,301 +275,454 @@ def iter_finetune(
         )
     if not out.parent.is_dir():
         raise TrainingError(f"{out.parent}: no such folder for the fine-tuned model")
-    yield Progress(0, 1, "prepare", f"loading {parent.name}")
-    parent_hash = ckpt.file_hash(parent)
-    parent_model, meta = ckpt.load(parent, device="cpu")
-    dims = meta.spatial_dims
-    budget = float(budget_s) if budget_s is not None else default_budget(dims)
+    return parent, out
+
+
+def resolve_budget(budget_s: float | None, spatial_dims: int) -> float:
+    budget = float(budget_s) if budget_s is not None else default_budget(spatial_dims)
     if budget <= 0:
         raise TrainingError(f"the time budget must be positive, got {budget}")
-    lmap = parse_label_map(label_map)
-    if lr is None:
-        lr = default_lr(meta)
-    elif lr <= 0:
-        raise TrainingError(f"the learning rate must be positive, got {lr}")
+    return budget
 
-    # --- labels -> class indices, new classes appended ---
-    value_to_index = {c.value: i for i, c in enumerate(meta.classes)}
-    names = [c.name for c in meta.classes]
-    srcs = pairs_from_list(pairs)
-    vsrcs = pairs_from_list(val_pairs) if val_pairs is not None else []
+
+def resolve_lr(lr: float | None, meta: Any) -> float:
+    if lr is None:
+        return default_lr(meta)
+    if lr <= 0:
+        raise TrainingError(f"the learning rate must be positive, got {lr}")
+    return float(lr)
+
+
+@dataclass
+class Corrections:
+    """The corrected pairs as cases (each flagged when it only validates) and the child's classes."""
+
+    cases: list[tuple[Case, bool]]
+    names: list[str]
+    value_to_index: dict[int, int]
+    new_classes: list[str]
+    label_map: dict[int, int]
+    #: parent classes the caller names otherwise (value 1 "heart" for a parent's value 1 "membrane")
+    renamed: set[int] = field(default_factory=set)
+    #: this fine-tune's training pairs as (image hash, name, image, class values) for the series store
+    new_pairs: list[tuple[str, str, Volume, np.ndarray]] = field(default_factory=list)
+    #: names of earlier pairs of the series trained on again
+    replayed: list[str] = field(default_factory=list)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def present(self) -> set[int]:
+        """The class indices painted somewhere in the corrections."""
+        return {c for case, _ in self.cases for c in case.class_voxels}
+
+
+def read_corrections(
+    meta: Any,
+    pairs: Iterable[tuple[Any, Any]],
+    val_pairs: Iterable[tuple[Any, Any]] | None,
+    label_map: str | Mapping[Any, Any] | None,
+    ignore_value: int | None,
+    class_names: Mapping[int, str] | None,
+    cancel: CancelToken | None,
+    replay_pairs: Sequence[PairSource] = (),
+) -> Corrections:
+    """Read every pair; label values the parent lacks become new classes (named by ``class_names``,
+    the label file, or ``class_<value>``); a 3D pair for a 2D model gives its labelled slices.
+    ``replay_pairs`` (earlier pairs of the series, class values already mapped) train too, unless the
+    same scan is among ``pairs`` (its new correction wins)."""
+    lmap = parse_label_map(label_map)
+    corr = Corrections(
+        [], [c.name for c in meta.classes], {c.value: i for i, c in enumerate(meta.classes)}, [], lmap
+    )
+    sources = [(s, "train") for s in pairs_from_list(pairs)]
+    sources += [(s, "val") for s in (pairs_from_list(val_pairs) if val_pairs is not None else [])]
+    sources += [(s, "replay") for s in replay_pairs]
     raw: list[tuple[str, Volume, np.ndarray, bool]] = []
-    for src, is_val in [(s, False) for s in srcs] + [(s, True) for s in vsrcs]:
+    for src, role in sources:
         if cancel is not None:
             cancel.raise_if_cancelled()
-        img, lab = read_pair(src)
-        values = apply_label_map(lab.array, lmap, ignore_value)
-        if img.ndim != dims:
-            if dims == 2 and img.ndim == 3:
-                for k, (im2, v2) in enumerate(slices_as_2d(img, values)):
-                    raw.append((f"{src.name}[z{k}]", im2, v2, is_val))
-                continue
-            raise TrainingError(f"{src.name}: a {img.ndim}D image cannot fine-tune a {dims}D model")
-        if not np.any(values != IGNORE_INDEX):
-            raise TrainingError(f"{src.name}: every voxel is marked ignore; correct some of the mask first")
-        raw.append((src.name, img, values, is_val))
-        for v in np.unique(values):
-            v = int(v)
-            if v != IGNORE_INDEX and v not in value_to_index:
-                nm = (class_names or {}).get(v) or (lab.labels[v].name if v in lab.labels else f"class_{v}")
-                value_to_index[v] = len(names)
-                names.append(nm)
+        plain = role == "replay"  # stored class values: no label map, no ignore value
+        img, lab, values, items = read_correction(
+            src, meta.spatial_dims, {} if plain else lmap, None if plain else ignore_value
+        )
+        h = image_hash(img.array)
+        if role == "replay" and any(h == k for k, *_ in corr.new_pairs):
+            continue
+        if role == "train":
+            corr.new_pairs.append((h, src.name, img, values))
+        corr.replayed += [src.name] if role == "replay" else []
+        raw += [(name, im, values, role == "val") for name, im, values in items]
+        found = np.unique(np.concatenate([np.unique(v) for _, _, v in items])) if items else []
+        for v in (int(v) for v in found if v != IGNORE_INDEX):
+            name = (class_names or {}).get(v) or (lab.labels[v].name if v in lab.labels else f"class_{v}")
+            add_class(corr, v, name, bool((class_names or {}).get(v)), len(meta.classes))
     if not raw:
         raise TrainingError("no labelled voxels in the pairs; correct some of the mask first")
-    new_classes = names[len(meta.classes) :]
-    n_classes = len(names)
+    check_has_foreground((name, v) for name, _, v, _ in raw)
+    corr.cases = [
+        (make_case(name, img, values, corr.value_to_index, meta.normalization, meta.in_channels), is_val)
+        for name, img, values, is_val in raw
+    ]
+    corr.new_classes = corr.names[len(meta.classes) :]
+    return corr
 
-    model: SegModel = parent_model
-    head_params: list[str] = []
-    if new_classes:
-        if meta.out_channels == 1:
-            raise TrainingError(
-                "a single-logit binary model cannot take new classes; train a multi-class model"
-            )
-        model, head_params = grow_head(parent_model, meta.architecture, meta.arch_args, n_classes)
-        log.info(
-            "output grows from %d to %d classes: %s", meta.out_channels, n_classes, ", ".join(new_classes)
-        )
 
-    cases: list[tuple[Case, bool]] = []
-    for name, img, values, is_val in raw:
-        cases.append(
-            (make_case(name, img, values, value_to_index, meta.normalization, meta.in_channels), is_val)
-        )
+def add_class(corr: Corrections, value: int, name: str, named_by_caller: bool, n_parent: int) -> None:
+    """A label value the parent lacks becomes a new class; a parent class the caller names otherwise
+    (value 1 "heart" for the parent's value 1 "membrane") takes that name and counts as renamed."""
+    if value not in corr.value_to_index:
+        corr.value_to_index[value] = len(corr.names)
+        corr.names.append(name)
+        return
+    i = corr.value_to_index[value]
+    if named_by_caller and i < n_parent and name.strip().lower() != corr.names[i].strip().lower():
+        corr.renamed.add(i)
+        corr.names[i] = name
 
-    # --- which cases measure Dice ---
-    split_path: Path | None = None
-    parent_split = meta.provenance.get("split") or {}
-    existing: Split | None = None
-    if split is not None:
-        existing = Split.read(Path(split))
-    elif parent_split.get("val") or parent_split.get("train"):
-        existing = Split(list(parent_split.get("val", [])), list(parent_split.get("train", [])))
-    explicit_val = [c for c, v in cases if v]
-    pool = [c for c, v in cases if not v]
-    stored_split: Split | None = None
-    if explicit_val:
-        train_cases, val_cases, dice_on = pool, explicit_val, "validation"
-    else:
-        known = set(existing.val) | set(existing.train) if existing else set()
-        unknown = [c for c in pool if c.hash not in known]
-        fresh, _ = make_or_extend_split(
-            [c.hash for c in unknown], [c.name for c in unknown], val_fraction, None
-        )
-        val_hashes = set(existing.val if existing else []) | set(fresh.val)
-        stored_split = Split(
-            sorted(val_hashes),
-            sorted((set(existing.train) if existing else set()) | set(fresh.train)),
-            {**(existing.names if existing else {}), **fresh.names},
-            fresh.created,
-        )
-        val_cases = [c for c in pool if c.hash in val_hashes]
-        train_cases = [c for c in pool if c.hash not in val_hashes]
-        dice_on = "validation"
-        if not val_cases or not train_cases:
-            # One or two corrected scans: nothing can be held out; measure on what was corrected.
-            train_cases, val_cases, dice_on = pool, pool, "training pairs"
-            stored_split = None
-    if not train_cases:
-        raise TrainingError("no training cases: every pair is a validation case")
 
-    dev = pick_device(device)
-    dtype = pick_precision(dev, precision)
-    channels_last = default_channels_last(dims, dev)
-    patch = (
-        tuple(patch_size)
-        if patch_size
-        else tuple(meta.patch_size or ((256, 256) if dims == 2 else (64, 64, 64)))
+def read_correction(
+    src: PairSource, dims: int, lmap: Mapping[int, int], ignore_value: int | None
+) -> tuple[Volume, Volume, np.ndarray, list[tuple[str, Volume, np.ndarray]]]:
+    """One pair as (image, labels, mapped values, [(name, image, values) to train on]): the pair itself,
+    or the labelled z-slices of a 3D pair for a 2D model."""
+    img, lab = read_pair(src)
+    values = apply_label_map(lab.array, lmap, ignore_value)
+    check_label_values(values, src.name)
+    if img.ndim != dims:
+        if dims == 2 and img.ndim == 3:
+            slices = slices_as_2d(img, values)
+            return img, lab, values, [(f"{src.name}[z{k}]", im2, v2) for k, (im2, v2) in enumerate(slices)]
+        raise TrainingError(f"{src.name}: a {img.ndim}D image cannot fine-tune a {dims}D model")
+    if not np.any(values != IGNORE_INDEX):
+        raise TrainingError(f"{src.name}: every voxel is marked ignore; correct some of the mask first")
+    return img, lab, values, [(src.name, img, values)]
+
+
+def start_child(parent_model: SegModel, meta: Any, corr: Corrections) -> tuple[SegModel, list[str]]:
+    """The model to train: the parent itself, or a copy with a head grown for the new classes
+    (returned with the names of the grown parameters, which learn faster)."""
+    if not corr.new_classes:
+        return parent_model, []
+    if meta.out_channels == 1:
+        raise TrainingError("a single-logit binary model cannot take new classes; train a multi-class model")
+    model, head_params = grow_head(parent_model, meta.architecture, meta.arch_args, corr.n_classes)
+    log.info(
+        "output grows from %d to %d classes: %s",
+        meta.out_channels,
+        corr.n_classes,
+        ", ".join(corr.new_classes),
     )
-    if dims == 3 and dev.type == "cpu" and patch_size is None:
-        # A CPU does a 64^3 step in about a second; 96^3 would leave a budget of only a few dozen steps.
-        patch = tuple(min(p, 64) for p in patch)
-    patch = fit_patch(patch, train_cases)
-    eval_cases = [eval_view(c, patch) for c in val_cases]
+    return model, head_params
+
+
+@dataclass
+class ValidationChoice:
+    """Which cases train and which score parent and child, what the scores are called, and the split
+    to store with the child (None when nothing new was split)."""
+
+    train_cases: list[Case]
+    val_cases: list[Case]
+    dice_on: str
+    stored_split: Split | None = None
+
+
+def choose_validation(
+    corr: Corrections, meta: Any, split: str | Path | None, val_fraction: float
+) -> ValidationChoice:
+    """Explicit validation pairs (the corrected region when they are the training scans); else the
+    parent's (or ``split``'s) held-back cases, extended by hash for new ones; else the pairs themselves."""
+    explicit = [c for c, is_val in corr.cases if is_val]
+    pool = [c for c, is_val in corr.cases if not is_val]
+    if explicit:
+        same_scans = {c.hash for c in explicit} <= {c.hash for c in pool}
+        return ValidationChoice(pool, explicit, "corrected region" if same_scans else "validation")
+    stored = extend_split(known_split(meta, split), pool, val_fraction)
+    val_hashes = set(stored.val)
+    val_cases = [c for c in pool if c.hash in val_hashes]
+    train_cases = [c for c in pool if c.hash not in val_hashes]
+    if not val_cases or not train_cases:
+        # One or two corrected scans: nothing can be held out; measure on what was corrected.
+        return ValidationChoice(pool, pool, "training pairs")
+    return ValidationChoice(train_cases, val_cases, "validation", stored)
+
+
+def known_split(meta: Any, split: str | Path | None) -> Split | None:
+    """The split to keep: the one named, else the parent's stored one, with every case the parent
+    trained on (its provenance's data) on the training side; None when there is none of these."""
+    if split is not None:
+        return Split.read(Path(split))
+    prov = meta.provenance or {}
+    parent_split = prov.get("split") or {}
+    val = list(parent_split.get("val", []))
+    trained = set(parent_split.get("train", [])) | (set((prov.get("data") or {}).get("cases", {})) - set(val))
+    if not val and not trained:
+        return None
+    return Split(val, sorted(trained))
+
+
+def extend_split(existing: Split | None, pool: Sequence[Case], val_fraction: float) -> Split:
+    """``existing`` with the pool's new cases placed; no known case ever moves.
+
+    Three or more new cases are split among themselves (``make_or_extend_split``); fewer (a series of
+    one corrected scan at a time) join the validation side while it holds less than ``val_fraction`` of
+    the pool's cases (counted from three; cases of the parent's own data that are not in the pool do not
+    count), so the held-back set grows with the series.
+    """
+    known = set(existing.val) | set(existing.train) if existing else set()
+    unknown = [c for c in pool if c.hash not in known]
+    fresh, _ = make_or_extend_split([c.hash for c in unknown], [c.name for c in unknown], val_fraction, None)
+    val, train = (
+        set(existing.val if existing else []) | set(fresh.val),
+        set(existing.train if existing else []) | set(fresh.train),
+    )
+    if existing is not None and 0 < len(unknown) < 3:
+        total, held = len(pool), sum(1 for c in pool if c.hash in val)
+        need = (max(1, round(val_fraction * total)) if total >= 3 and val_fraction > 0 else 0) - held
+        for h in sorted(c.hash for c in unknown)[: max(0, need)]:
+            val.add(h)
+            train.discard(h)
+    names = {**(existing.names if existing else {}), **fresh.names}
+    return Split(sorted(val), sorted(train), names, fresh.created)
+
+
+def finetune_patch(
+    meta: Any, opts: FinetuneOptions, device: torch.device, train_cases: Sequence[Case]
+) -> tuple[int, ...]:
+    """The parent's patch (or the one asked), at most 64^3 on a CPU in 3D, clipped to the data."""
+    dims = meta.spatial_dims
+    if opts.patch_size:
+        patch = tuple(opts.patch_size)
+    else:
+        patch = tuple(meta.patch_size or ((256, 256) if dims == 2 else (64, 64, 64)))
+        if dims == 3 and device.type == "cpu":
+            # A CPU does a 64^3 step in about a second; 96^3 would leave a budget of only a few dozen steps.
+            patch = tuple(min(p, 64) for p in patch)
+    return fit_patch(patch, train_cases)
+
+
+def finetune_plan(
+    model: SegModel,
+    meta: Any,
+    choice: ValidationChoice,
+    n_classes: int,
+    head_params: list[str],
+    opts: FinetuneOptions,
+) -> TrainingPlan:
+    """A fine-tune as a plan: the parent's patch, fine-tune augmentation and schedule (short warm-up, a
+    grown head learning ``head_lr_mult`` times faster), optionally a frozen encoder, no validation in
+    the loop (the acceptance test scores the child once), threads tuned to the load on a CPU."""
+    dev = pick_device(opts.device)
+    dims = meta.spatial_dims
+    channels_last = default_channels_last(dims, dev)
+    patch = finetune_patch(meta, opts, dev, choice.train_cases)
     model = model.to(dev)
-    parent_model = parent_model.to(dev)
     if channels_last:
         model = model.to(memory_format=memory_format(dims, True))
-        parent_model = parent_model.to(memory_format=memory_format(dims, True))
-
-    if freeze_encoder:
-        frozen = set(encoder_parameter_names(model))
-        if not frozen:
-            log.warning("%s does not name its encoder; training every layer", meta.architecture)
-        for n, p in model.named_parameters():
-            p.requires_grad_(n not in frozen)
-    aug = AugmentConfig.from_dict({**FINETUNE_AUGMENT, **(dict(augment) if augment else {})})
+    if opts.freeze_encoder:
+        freeze_encoder(model, meta.architecture)
+    aug = AugmentConfig.from_dict({**FINETUNE_AUGMENT, **(dict(opts.augment) if opts.augment else {})})
     if aug.flip_axes is None:
-        aug.flip_axes = symmetric_axes(train_cases)
-    settings = LoopSettings(
-        patch=patch,
-        batch_size=batch_size or (4 if dims == 2 else 2),
-        lr=lr,
-        weight_decay=1e-4,
-        max_steps=steps,
-        time_budget_s=None,
-        warmup_steps=10,
-        min_lr_fraction=0.05,
-        val_every=0,
-        fg_prob=0.5,
-        augment=aug,
-        autocast=dtype,
-        channels_last=channels_last,
-        seed=seed,
-        head_params=head_params,
-        head_lr_mult=head_lr_mult,
-    )
-    # Built before the clock-sensitive part: the first optimiser of a process imports torch._dynamo.
-    opt = make_optimizer(model, settings)
-
-    # --- Dice before (the parent; a class it lacks scores 0 where present) ---
-    t_eval = time.perf_counter()
-    yield Progress(0, 1, "evaluate", f"measuring the parent on {len(val_cases)} case(s)")
-    before = validate(parent_model, eval_cases, n_classes, patch, dev, dtype, channels_last, cancel)
-    eval_s = time.perf_counter() - t_eval
-    if parent_model is not model:
-        del parent_model
-
-    # --- train until the deadline that leaves room for the last evaluation and the save ---
-    save_reserve = 1.0 + 1.5 * eval_s
-    deadline = t0 + budget - save_reserve
-    settings.time_budget_s = max(0.5, deadline - time.perf_counter())
-    state: LoopState = yield from train_loop(
-        model,
-        train_cases,
-        [],
-        n_classes,
-        settings,
-        dev,
-        None,
-        cancel,
-        None,
-        None,
-        opt,
-        deadline,
+        aug.flip_axes = symmetric_axes(choice.train_cases)
+    schedule = Schedule(opts.lr, 1e-4, WARMUP_STEPS, 0.05, head_params, opts.head_lr_mult)
+    plan = TrainingPlan(
+        model=model,
+        train_cases=choice.train_cases,
+        n_classes=n_classes,
+        compute=Compute(dev, pick_precision(dev, opts.precision), channels_last),
+        batches=Batches(patch, opts.batch_size or (4 if dims == 2 else 2), 0.5, aug, opts.seed),
+        schedule=schedule,
+        stopping=StoppingRule(max_steps=opts.steps),
+        validation=Validation((), 0),
+        loss=SupervisedLoss(),
+        # Built before the clock-sensitive part: the first optimiser of a process imports torch._dynamo.
+        optimizer=make_optimizer(model, schedule),
         stage="fine-tune",
     )
-    if state.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
-        raise Cancelled("fine-tuning cancelled; nothing was written")
+    if dev.type == "cpu":
+        plan.hooks.append(ThreadTuner(patch_forward(plan)))
+    return plan
 
-    # --- Dice after, save ---
-    yield Progress(
-        state.step, state.step, "evaluate", f"measuring the fine-tuned model on {len(val_cases)} case(s)"
-    )
-    after = validate(model, eval_cases, n_classes, patch, dev, dtype, channels_last, cancel)
-    if cancel is not None:
-        cancel.raise_if_cancelled()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model = model.to("cpu").to(memory_format=torch.contiguous_format)
-    old_colors = {i: c.color for i, c in enumerate(meta.classes)}
-    classes = [
-        ckpt.ClassInfo(
-            meta.classes[i].value if i < len(meta.classes) else _value_of(value_to_index, i),
-            names[i],
-            old_colors.get(i) or ckpt.default_classes(n_classes)[i].color,
-        )
-        for i in range(n_classes)
-    ]
-    pc_before = {names[c]: _num(v) for c, v in before["per_class"].items()}
-    pc_after = {names[c]: _num(v) for c, v in after["per_class"].items()}
-    prov = {
+
+@dataclass
+class Trained:
+    """What training and judging a child produced."""
+
+    state: LoopState
+    verdict: Verdict
+    fit: ParentFit
+
+
+def train_and_judge(
+    plan: TrainingPlan,
+    acceptance: Acceptance,
+    parent_model: SegModel,
+    setup: FinetuneSetup,
+    t0: float,
+    cancel: CancelToken | None,
+) -> Generator[Progress, None, Trained]:
+    """Tune threads, score the parent, start fresh if it does not fit the corrections, train until the
+    deadline that leaves room for scoring the child and saving it (the whole fine-tune, begun at ``t0``,
+    ends within the budget), round the child to its file's precision and score it. The process's
+    thread count is restored however this ends."""
+    tuner = next((h for h in plan.hooks if isinstance(h, ThreadTuner)), None)
+    opts, meta, corr = setup.opts, setup.meta, setup.corr
+    try:
+        if tuner is not None:
+            tuner.probe()
+        yield from acceptance.score_parent(parent_model, cancel)
+        fit = assess_parent_fit(setup.parent.name, corr.names, len(meta.classes), corr.renamed, corr.present,
+                                acceptance.before["per_class"], parent_is_untrained(meta))  # fmt: skip
+        if not fit.fits:
+            start_fresh(plan, meta, fit, opts.lr if opts.lr_explicit else LR_FROM_SCRATCH, opts.seed)
+        plan.stopping.deadline = t0 + opts.budget_s - acceptance.reserve_s()
+        if time.perf_counter() >= plan.stopping.deadline:
+            raise TrainingError(
+                f"the {opts.budget_s:g} s budget was spent before training could start (loading the data and "
+                f"scoring the parent took {time.perf_counter() - t0:.1f} s on this machine now); give a longer budget"
+            )
+        state = yield from run_plan(plan, cancel)
+        if state.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
+            raise Cancelled("fine-tuning cancelled; nothing was written")
+        child = unwrap(plan.model)
+        setup.dtype = round_weights(child, setup.dtype)
+        verdict = yield from acceptance.score_child(child, state.step, cancel)
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+    finally:
+        if tuner is not None:
+            tuner.restore()
+    return Trained(state, verdict, fit)
+
+
+def prepare_parent(parent_model: SegModel, child: SegModel, plan: TrainingPlan) -> SegModel:
+    """The parent on the plan's device and layout, to be scored (it is the child itself when no head grew)."""
+    if parent_model is child:
+        return child
+    parent_model = parent_model.to(plan.compute.device)
+    if plan.compute.channels_last:
+        parent_model = parent_model.to(memory_format=memory_format(parent_model.spatial_dims, True))
+    return parent_model
+
+
+def finetune_provenance(plan: TrainingPlan, setup: FinetuneSetup, trained: Trained) -> dict[str, Any]:
+    """What the child records: its parent, how it started, both scores and the verdict, its data, how it trained."""
+    meta, corr, choice, v = setup.meta, setup.corr, setup.choice, trained.verdict
+    prov: dict[str, Any] = {
         "kind": "finetune",
-        "parent": parent_hash,
-        "parent_name": parent.name,
+        "parent": setup.parent_hash,
+        "parent_name": setup.parent.name,
         "parent_provenance": {
             k: meta.provenance.get(k) for k in ("kind", "parent", "date") if k in meta.provenance
         },
-        "dice_before": _num(before["dice"]),
-        "dice_after": _num(after["dice"]),
-        "dice_per_class_before": pc_before,
-        "dice_per_class_after": pc_after,
-        "dice_on": dice_on,
-        "data": {
-            "cases": {c.hash: c.name for c, _ in cases},
-            "label_map": {str(k): v for k, v in lmap.items()},
-        },
-        "new_classes": new_classes,
-        "settings": {
-            "budget_s": budget,
-            "steps": state.step,
-            "lr": lr,
-            "head_lr_mult": head_lr_mult,
-            "freeze_encoder": freeze_encoder,
-            "batch_size": settings.batch_size,
-            "patch_size": list(patch),
-            "precision": str(dtype or "fp32"),
-            "flip_axes": aug.flip_axes,
-            "augment": {k: v for k, v in dataclasses.asdict(aug).items() if k not in ("flip_axes", "extra")},
-            "seed": seed,
-            "device": str(dev),
-            "hardware": describe_hardware(dev),
-        },
+        "start": trained.fit.record(),
+        "dice_before": finite_or_none(v.dice_parent),
+        "dice_after": finite_or_none(v.dice_child),
+        "dice_per_class_before": named_scores(v.per_class_parent, corr.names),
+        "dice_per_class_after": named_scores(v.per_class_child, corr.names),
+        "dice_on": choice.dice_on,
+        "acceptance": v.record(),
+        "data": training_data_record([c for c, _ in corr.cases], corr.label_map),
+        "new_classes": corr.new_classes,
+        "settings": {**finetune_settings(plan, setup.opts, v.steps), "stored_as": str(setup.dtype or "fp32")},
     }
-    if stored_split is not None:
-        prov["split"] = {"val": stored_split.val, "train": stored_split.train}
+    if setup.store is not None:
+        prov["replay"] = {"folder": str(setup.store.folder), "replayed": corr.replayed}
+    if choice.stored_split is not None:
+        prov["split"] = {"val": choice.stored_split.val, "train": choice.stored_split.train}
     elif meta.provenance.get("split"):
         prov["split"] = meta.provenance["split"]
-    new = ckpt.ModelMeta(
-        architecture=meta.architecture,
-        arch_args=dict(meta.arch_args),
-        spatial_dims=dims,
-        in_channels=meta.in_channels,
-        out_channels=n_classes,
-        channel_names=list(meta.channel_names),
-        classes=classes,
-        normalization=dict(meta.normalization),
-        spacing=meta.spacing,
-        patch_size=tuple(meta.patch_size),
-        provenance=prov,
-        card=_child_card(meta),
-    )
-    if stored_split is not None:
-        split_path = out.with_name(out.name[: -len(ckpt.SUFFIX)] + ".split.json")
-    ckpt.save(out, model, new)
-    if split_path is not None and stored_split is not None:
-        stored_split.write(split_path)
-    seconds = time.perf_counter() - t0
-    log.info(
-        "fine-tuned %s -> %s in %.1f s (%d steps): Dice %.4f -> %.4f on %s",
-        parent.name,
-        out.name,
-        seconds,
-        state.step,
-        before["dice"],
-        after["dice"],
-        dice_on,
-    )
-    yield Progress(
-        1,
-        1,
-        "done",
-        f"saved {out.name}",
-        0.0,
-        {
-            "dice_before": before["dice"],
-            "dice_after": after["dice"],
-            "dice": after["dice"],
-            "step": state.step,
-        },
-    )
+    return prov
+
+
+def finetune_settings(plan: TrainingPlan, opts: FinetuneOptions, steps: int) -> dict[str, Any]:
+    aug, dev = plan.batches.augment, plan.compute.device
+    return {
+        "budget_s": opts.budget_s,
+        "steps": steps,
+        "lr": plan.schedule.lr,
+        "head_lr_mult": opts.head_lr_mult,
+        "freeze_encoder": opts.freeze_encoder,
+        "batch_size": plan.batches.batch_size,
+        "patch_size": list(plan.batches.patch),
+        "precision": str(plan.compute.autocast or "fp32"),
+        "flip_axes": aug.flip_axes,
+        "augment": {k: v for k, v in dataclasses.asdict(aug).items() if k not in ("flip_axes", "extra")},
+        "seed": opts.seed,
+        "device": str(dev),
+        "hardware": describe_hardware(dev),
+        "threads": thread_record(plan),
+    }
+
+
+def thread_record(plan: TrainingPlan) -> dict[str, Any]:
+    """What the thread tuner started with, kept and measured ({} when it did not run)."""
+    for hook in plan.hooks:
+        if isinstance(hook, ThreadTuner):
+            return hook.record()
+    return {}
+
+
+def save_child(dest: Path, plan: TrainingPlan, setup: FinetuneSetup, trained: Trained) -> Path | None:
+    """Write the child (in its parent's precision) and, when new cases were split, its split beside it."""
+    from .. import checkpoint as ckpt
+
+    meta, corr = setup.meta, setup.corr
+    classes = child_classes(meta, corr.names, corr.value_to_index)
+    card = child_card(meta, trained.verdict, trained.fit)
+    arch_args = trained.fit.fresh_arch_args if trained.fit.start == "fresh" else meta.arch_args
+    model = unwrap(plan.model)
+    unfreeze(model)
+    model = model.to("cpu").to(memory_format=torch.contiguous_format)
+    child = child_meta(meta, classes, finetune_provenance(plan, setup, trained), card, arch_args)
+    scans = [(img, v) for _, _, img, v in corr.new_pairs if img.ndim == meta.spatial_dims]
+    child.domain = child_domain(meta, child, scans, trained.fit.start == "fresh")
+    ckpt.save(dest, model, child, dtype=setup.dtype)
+    if setup.choice.stored_split is None:
+        return None
+    split_path = dest.with_name(dest.name[: -len(ckpt.SUFFIX)] + ".split.json")
+    setup.choice.stored_split.write(split_path)
+    return split_path
+
+
+def finetune_result(
+    dest: Path, plan: TrainingPlan, setup: FinetuneSetup, trained: Trained, split_path: Path | None
+) -> FinetuneResult:
+    v, corr, choice = trained.verdict, setup.corr, setup.choice
     return FinetuneResult(
-        path=out,
-        parent=parent,
-        dice_before=float(before["dice"]),
-        dice_after=float(after["dice"]),
-        per_class_before=pc_before,
-        per_class_after=pc_after,
-        dice_on=dice_on,
-        val_cases=[c.name for c in val_cases],
-        train_cases=[c.name for c in train_cases],
-        new_classes=new_classes,
-        steps=state.step,
-        seconds=seconds,
+        path=dest,
+        parent=setup.parent,
+        dice_before=v.dice_parent,
+        dice_after=v.dice_child,
+        per_class_before=named_scores(v.per_class_parent, corr.names),
+        per_class_after=named_scores(v.per_class_child, corr.names),
+        dice_on=choice.dice_on,
+        val_cases=[c.name for c in choice.val_cases],
+        train_cases=[c.name for c in choice.train_cases],
+        new_classes=corr.new_classes,
+        steps=v.steps,
         split_path=split_path,
-        stop_reason=state.stop_reason,
-        lr=lr,
+        stop_reason=trained.state.stop_reason,
+        lr=plan.schedule.lr,
+        better=v.better,
+        not_better_reason=v.reason,
+        threads=thread_record(plan),
+        start=trained.fit.record(),
+        replayed=list(corr.replayed),
     )
+
+
+def log_result(r: FinetuneResult, v: Verdict) -> None:
+    log.info("fine-tuned %s -> %s in %.1f s (%d steps): Dice %.4f -> %.4f on %s%s", r.parent.name, r.path.name,
+             r.seconds, v.steps, v.dice_parent, v.dice_child, v.scored_on,
+             "" if v.better else f"; not offered: {v.reason}")  # fmt: skip
+
+
+def named_scores(per_class: Mapping[int, float], names: Sequence[str]) -> dict[str, float | None]:
+    """Per-class Dice keyed by class name, JSON-ready (None for NaN)."""
+    return {names[c]: finite_or_none(v) for c, v in per_class.items()}
 
 
 def eval_view(case: Case, patch: Sequence[int]) -> Case:
@@ -552,18 +753,3 @@ def eval_view(case: Case, patch: Sequence[int]) -> Case:
         sl.append(slice(lo, hi))
     view = tuple(sl)
     return Case(case.name, case.hash, case.image[(slice(None), *view)], t[view], case.spacing_zyx)
-
-
-def _value_of(value_to_index: Mapping[int, int], index: int) -> int:
-    for v, i in value_to_index.items():
-        if i == index:
-            return v
-    return index
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if not math.isfinite(f) else round(f, 6)

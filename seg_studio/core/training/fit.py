@@ -11,10 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 import tomllib
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,9 @@ from ..errors import Cancelled, TrainingError
 from ..inference.devices import describe_hardware
 from ..models import create_model, get_spec
 from ..progress import CancelToken, Progress
-from .adversarial import AdversarialConfig
+from .adversarial import AdversarialConfig, AdversarialStep
 from .augment import AugmentConfig
+from .checks import check_has_foreground, check_label_values
 from .data import (
     Case,
     DatasetInfo,
@@ -54,7 +54,11 @@ from .distributed import (
     setup,
     teardown,
 )
-from .loop import LoopSettings, LoopState, default_channels_last, memory_format, train_loop
+from .evaluation import default_channels_last, finite_or_none, memory_format
+from .loop import make_optimizer, run_plan
+from .losses import SupervisedLoss
+from .plan import Batches, Compute, LoopHook, LoopState, Schedule, StoppingRule, TrainingPlan, Validation
+from .records import training_data_record
 
 log = logging.getLogger(__name__)
 
@@ -231,15 +235,94 @@ def iter_fit(
 
 
 def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generator[Progress, None, FitResult]:
+    """Read the data, start (or resume) the model, split, build the plan, run it, report."""
+    t_start = time.perf_counter()
+    out = run_folder(cfg, info)
+    torch.manual_seed(cfg.seed)
+    data = yield from read_training_data(cfg, cancel)
+    start = start_model(cfg, out, data)
+    cases = [
+        make_case(name, img, values, data.value_to_index, start.normalization, start.model.in_channels)
+        for name, img, values in data.loaded
+    ]
+    split_path = Path(cfg.split) if cfg.split else out / "split.json"
+    split = resolve_split(
+        [c.hash for c in cases], [c.name for c in cases], split_path, cfg.val_fraction, info.is_main
+    )
+    val_set = set(split.val)
+    train_cases = [c for c in cases if c.hash not in val_set]
+    val_cases = [c for c in cases if c.hash in val_set]
+    if not train_cases:
+        raise TrainingError("every case is in the validation split; add training cases")
+    plan = fit_plan(cfg, start.model, train_cases, val_cases, data.n_classes, info)
+    restore_resume(plan, start.resume_state)
+    prov = fit_provenance(cfg, data, start, cases, split, split_path, plan, info)
+    saver = RunFolderSaver(out, start.model, plan, fit_meta_writer(start, data, plan, prov, cfg))
+    plan.hooks.append(saver)
+    state = yield from run_plan(plan, cancel)
+    if info.enabled:
+        record_ddp_checksums(info, start.model, saver.last_path)
+    if state.stop_reason == "cancelled":
+        last = saver.last_path
+        raise Cancelled(
+            f"training cancelled at step {state.step}"
+            + (f"; the last checkpoint saved is {last}" if last.exists() else "; nothing was saved")
+        )
+    if not val_cases and info.is_main and saver.last_path.exists():
+        import shutil
+
+        from ..atomic import atomic_write
+
+        # without validation, the last is the best we know (copied atomically: a kill leaves no half file)
+        last = saver.last_path
+        atomic_write(saver.best_path, lambda tmp: shutil.copyfile(last, tmp))
+    if info.is_main and saver.best_path.exists():
+        stamp_domain(cfg, saver.best_path, data, cases, set(split.val), info)
+    best, last = saver.best_path, saver.last_path
+    return FitResult(
+        best if best.exists() else None,
+        last if last.exists() else None,
+        state.best,
+        state.step,
+        time.perf_counter() - t_start,
+        state.stop_reason,
+        state.history,
+        split_path,
+        [c.name for c in val_cases],
+        [c.name for c in train_cases],
+    )
+
+
+def run_folder(cfg: FitConfig, info: DistInfo) -> Path:
+    """The run folder (created on rank 0); a ``.segmodel`` path there is a mistake worth naming."""
     from .. import checkpoint
 
-    t_start = time.perf_counter()
     out = Path(cfg.out)
     if out.suffix == checkpoint.SUFFIX:
         raise TrainingError(f"--out is a run folder (best/last checkpoints go inside), not a file: {out}")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    return out
+
+
+@dataclass
+class FitData:
+    """The training pairs as read: (name, image, mapped label values), and the class layout."""
+
+    loaded: list[tuple[str, Any, np.ndarray]]
+    label_map: dict[int, int]
+    spatial_dims: int
+    in_channels: int
+    n_classes: int
+    names: list[str]
+
+    @property
+    def value_to_index(self) -> dict[int, int]:
+        return {i: i for i in range(self.n_classes)}
+
+
+def read_training_data(cfg: FitConfig, cancel: CancelToken | None) -> Generator[Progress, None, FitData]:
+    """Read every pair, map its labels, and check they form one kind of data with consecutive classes."""
     sources, ds_info = gather_sources(cfg)
     label_map = parse_label_map(cfg.label_map)
     yield Progress(0, len(sources), "load", f"reading {len(sources)} case(s)")
@@ -253,77 +336,93 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
             for v, li in lab.labels.items():
                 ds_info.labels.setdefault(int(v), li.name)
         yield Progress(i + 1, len(sources), "load", f"read {src.name}")
+    for name, _, values in loaded:
+        check_label_values(values, name)
+    check_has_foreground((name, v) for name, _, v in loaded)
     dims = {img.ndim for _, img, _ in loaded}
     chans = {img.channels for _, img, _ in loaded}
     if len(dims) != 1 or len(chans) != 1:
         raise TrainingError(
             f"cases mix dimensions {sorted(dims)} or channel counts {sorted(chans)}; train on one kind"
         )
-    spatial_dims, in_channels = dims.pop(), chans.pop()
+    n_classes = count_classes(loaded, cfg.class_names)
+    names = _class_names(n_classes, cfg.class_names, ds_info, loaded)
+    return FitData(loaded, label_map, dims.pop(), chans.pop(), n_classes, names)
+
+
+def count_classes(loaded: list[tuple[str, Any, np.ndarray]], class_names: list[str] | None) -> int:
+    """Classes = the largest label value + 1; gaps (e.g. 0/255 masks) need a label map or names."""
     max_value = max(int(v.max()) for _, _, v in loaded)
     present = set()
     for _, _, v in loaded:
         present.update(int(x) for x in np.unique(v) if x >= 0)
     missing = [c for c in range(1, max_value + 1) if c not in present]
-    if missing and not cfg.class_names:
+    if missing and not class_names:
         odd = sorted(c for c in present if c > len(present) - 1)
         raise TrainingError(
             f"label value(s) {odd[:6]} leave classes {missing[0]}..{missing[-1]} empty; map them to consecutive "
             f"classes with --label-map (e.g. {odd[0]}:{missing[0]}) or name every class with --classes"
         )
-    n_classes = max(2, max_value + 1, len(cfg.class_names or []))
-    names = _class_names(n_classes, cfg.class_names, ds_info, loaded)
-    value_to_index = {i: i for i in range(n_classes)}
+    return max(2, max_value + 1, len(class_names or []))
 
-    # Resume: the checkpoint of the run decides the architecture and classes.
+
+@dataclass
+class ModelStart:
+    """The model a run starts from: fresh from the registry, ``init`` weights, or the run's last (resume)."""
+
+    model: Any  # SegModel
+    architecture: str
+    arch_args: dict[str, Any]
+    normalization: dict[str, Any]
+    init_path: Path | None
+    resume_state: dict[str, Any] | None
+
+
+def start_model(cfg: FitConfig, out: Path, data: FitData) -> ModelStart:
+    """Build the variant, or load ``init``/the run's ``last.segmodel`` (which then decides architecture
+    and classes) with the optimiser state of ``resume.pt``."""
+    from .. import checkpoint
+
     resume_state: dict[str, Any] | None = None
-    last_path, best_path = out / "last.segmodel", out / "best.segmodel"
     init_path = Path(cfg.init) if cfg.init else None
     if cfg.resume:
-        if not last_path.exists():
+        init_path = out / "last.segmodel"
+        if not init_path.exists():
             raise TrainingError(
                 f"nothing to resume in {out}: no last.segmodel; drop --resume to start afresh"
             )
-        init_path = last_path
         rp = out / "resume.pt"
         if rp.exists():
-            resume_state = torch.load(rp, map_location="cpu", weights_only=True)
-
-    if init_path is not None:
-        model, meta0 = checkpoint.load(init_path)
-        if meta0.out_channels != max(n_classes, 2) and not (meta0.out_channels == 1 and n_classes == 2):
-            raise TrainingError(
-                f"{init_path.name} has {meta0.out_channels} classes but the labels have {n_classes}; "
-                "use 'seg-studio finetune', which grows the output head"
-            )
-        architecture, arch_args = meta0.architecture, dict(meta0.arch_args)
-        normalization = dict(meta0.normalization)
-    else:
-        architecture, arch_args = cfg.architecture, _arch_args(cfg)
-        model = create_model(architecture, spatial_dims, in_channels, n_classes, **arch_args)
-        normalization = dict(cfg.normalization)
-
-    cases: list[Case] = []
-    for name, img, values in loaded:
-        cases.append(make_case(name, img, values, value_to_index, normalization, model.in_channels))
-    split_path = Path(cfg.split) if cfg.split else out / "split.json"
-    split = resolve_split(
-        [c.hash for c in cases], [c.name for c in cases], split_path, cfg.val_fraction, info.is_main
+            resume_state = checkpoint.load_resume_state(rp)
+    if init_path is None:
+        arch_args = _arch_args(cfg)
+        model = create_model(
+            cfg.architecture, data.spatial_dims, data.in_channels, data.n_classes, **arch_args
+        )
+        return ModelStart(model, cfg.architecture, arch_args, dict(cfg.normalization), None, None)
+    model, meta0 = checkpoint.load(init_path)
+    n = data.n_classes
+    if meta0.out_channels != max(n, 2) and not (meta0.out_channels == 1 and n == 2):
+        raise TrainingError(
+            f"{init_path.name} has {meta0.out_channels} classes but the labels have {n}; "
+            "use 'seg-studio finetune', which grows the output head"
+        )
+    return ModelStart(
+        model, meta0.architecture, dict(meta0.arch_args), dict(meta0.normalization), init_path, resume_state
     )
-    val_set = set(split.val)
-    train_cases = [c for c in cases if c.hash not in val_set]
-    val_cases = [c for c in cases if c.hash in val_set]
-    if not train_cases:
-        raise TrainingError("every case is in the validation split; add training cases")
 
-    device = info.device
-    dtype = pick_precision(device, cfg.precision)
+
+def fit_plan(
+    cfg: FitConfig, model: Any, train_cases: list[Case], val_cases: list[Case], n_classes: int, info: DistInfo
+) -> TrainingPlan:
+    """The recipe as a plan: device and precision, patch, flips, schedule, stopping, critic, DDP."""
+    device, dims = info.device, model.spatial_dims
     channels_last = (
-        cfg.channels_last if cfg.channels_last is not None else default_channels_last(spatial_dims, device)
+        cfg.channels_last if cfg.channels_last is not None else default_channels_last(dims, device)
     )
-    patch = tuple(cfg.patch_size) if cfg.patch_size else default_patch(spatial_dims)
-    if len(patch) != spatial_dims:
-        raise TrainingError(f"patch size {patch} does not match {spatial_dims}D data")
+    patch = tuple(cfg.patch_size) if cfg.patch_size else default_patch(dims)
+    if len(patch) != dims:
+        raise TrainingError(f"patch size {patch} does not match {dims}D data")
     patch = fit_patch(patch, train_cases)
     aug = AugmentConfig.from_dict(cfg.augment)
     if cfg.flip == "none":
@@ -332,147 +431,168 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
         aug.flip_axes = symmetric_axes(train_cases)
     model = model.to(device)
     if channels_last:
-        model = model.to(memory_format=memory_format(spatial_dims, True))
-    settings = LoopSettings(
-        patch=patch,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        max_steps=cfg.max_steps,
-        time_budget_s=cfg.time_budget_s,
-        val_every=cfg.val_every,
-        early_stop_patience=cfg.early_stop_patience,
-        fg_prob=cfg.fg_prob,
-        augment=aug,
-        deep_supervision=cfg.deep_supervision,
-        ds_decay=cfg.ds_decay,
-        adversarial=AdversarialConfig(weight=cfg.adv_weight, lr=cfg.adv_lr) if cfg.adversarial else None,
-        autocast=dtype,
-        channels_last=channels_last,
-        seed=cfg.seed,
-    )
+        model = model.to(memory_format=memory_format(dims, True))
+    compute = Compute(device, pick_precision(device, cfg.precision), channels_last, info)
+    hooks: list[LoopHook] = []
+    if cfg.adversarial:
+        adv = AdversarialConfig(weight=cfg.adv_weight, lr=cfg.adv_lr)
+        hooks.append(AdversarialStep(dims, model.in_channels, n_classes, adv, device))
     train_model: torch.nn.Module = model
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    from .loop import make_optimizer
+    schedule = Schedule(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return TrainingPlan(
+        model=train_model,
+        train_cases=train_cases,
+        n_classes=n_classes,
+        compute=compute,
+        batches=Batches(patch, cfg.batch_size, cfg.fg_prob, aug, cfg.seed),
+        schedule=schedule,
+        stopping=StoppingRule(cfg.max_steps, cfg.time_budget_s, None, cfg.early_stop_patience),
+        validation=Validation(val_cases, cfg.val_every),
+        loss=SupervisedLoss(deep_supervision=cfg.deep_supervision, ds_decay=cfg.ds_decay),
+        optimizer=make_optimizer(train_model, schedule),
+        hooks=hooks,
+    )
 
-    opt = make_optimizer(train_model, settings)
-    state = LoopState()
-    if resume_state is not None:
-        opt.load_state_dict(resume_state["optimizer"])
-        st = resume_state["state"]
-        state = LoopState(
-            int(st["step"]),
-            float(st["best"]),
-            int(st["best_step"]),
-            int(st["bad_validations"]),
-            float(st["elapsed_s"]),
-            json.loads(st["history"]),
-        )
-        log.info("resuming at step %d (best Dice %.4f)", state.step, state.best)
 
-    classes = checkpoint.default_classes(n_classes, names)
-    base_prov = {
+def restore_resume(plan: TrainingPlan, resume_state: dict[str, Any] | None) -> None:
+    """Put a saved ``resume.pt`` (optimiser state, step, best, history) back into the plan."""
+    if resume_state is None:
+        return
+    from .. import checkpoint
+
+    assert plan.optimizer is not None
+    checkpoint.restore_optimizer(plan.optimizer, resume_state["optimizer"], "resume.pt")
+    st = resume_state["state"]
+    plan.state = LoopState(
+        int(st["step"]),
+        float(st["best"]),
+        int(st["best_step"]),
+        int(st["bad_validations"]),
+        float(st["elapsed_s"]),
+        json.loads(st["history"]),
+    )
+    log.info("resuming at step %d (best Dice %.4f)", plan.state.step, plan.state.best)
+
+
+def fit_provenance(
+    cfg: FitConfig,
+    data: FitData,
+    start: ModelStart,
+    cases: list[Case],
+    split: Split,
+    split_path: Path,
+    plan: TrainingPlan,
+    info: DistInfo,
+) -> dict[str, Any]:
+    """What every checkpoint of the run records about how it was trained (metrics are added per save)."""
+    from .. import checkpoint
+
+    source = cfg.dataset_json or cfg.images or "pairs"
+    return {
         "kind": "train",
-        "parent": checkpoint.file_hash(init_path) if init_path is not None else None,
-        "data": {
-            "source": cfg.dataset_json or cfg.images or "pairs",
-            "label_map": {str(k): v for k, v in label_map.items()},
-            "cases": {c.hash: c.name for c in cases},
-        },
+        "parent": checkpoint.file_hash(start.init_path) if start.init_path is not None else None,
+        "data": training_data_record(cases, data.label_map, source),
         "split": {"val": split.val, "train": split.train, "file": str(split_path.name)},
         "settings": {
             **cfg.to_json(),
-            "patch_size": list(patch),
-            "precision": str(dtype or "fp32"),
-            "hardware": describe_hardware(device),
-            "flip_axes": aug.flip_axes,
+            "patch_size": list(plan.batches.patch),
+            "precision": str(plan.compute.autocast or "fp32"),
+            "hardware": describe_hardware(plan.compute.device),
+            "flip_axes": plan.batches.augment.flip_axes,
             "world_size": info.world_size,
         },
     }
 
+
+def fit_meta_writer(
+    start: ModelStart, data: FitData, plan: TrainingPlan, prov: dict[str, Any], cfg: FitConfig
+) -> Callable[[dict[str, Any], LoopState], Any]:
+    """A function (validation metrics, loop state) -> the ModelMeta of a checkpoint saved then."""
+    from .. import checkpoint
+
+    classes = checkpoint.default_classes(data.n_classes, data.names)
+    n_val, n_train = len(plan.validation.cases), len(plan.train_cases)
+
     def meta_for(metrics: dict[str, Any], st: LoopState) -> Any:
-        prov = dict(base_prov)
-        prov["metrics"] = {
-            "val_dice": _num(metrics.get("dice")),
-            "val_dice_per_class": {names[c]: _num(v) for c, v in metrics.get("per_class", {}).items()},
+        per_class = metrics.get("per_class", {})
+        record = dict(prov)
+        record["metrics"] = {
+            "val_dice": finite_or_none(metrics.get("dice")),
+            "val_dice_per_class": {data.names[c]: finite_or_none(v) for c, v in per_class.items()},
             "step": st.step,
-            "best_val_dice": _num(st.best),
+            "best_val_dice": finite_or_none(st.best),
             "best_step": st.best_step,
-            "val_cases": len(val_cases),
-            "train_cases": len(train_cases),
+            "val_cases": n_val,
+            "train_cases": n_train,
         }
         return checkpoint.new_meta(
-            model,
-            architecture,
-            arch_args,
+            start.model,
+            start.architecture,
+            start.arch_args,
             classes=classes,
-            normalization=normalization,
-            channel_names=[f"ch{i}" for i in range(in_channels)],
-            patch_size=patch,
-            provenance=prov,
+            normalization=start.normalization,
+            channel_names=[f"ch{i}" for i in range(data.in_channels)],
+            patch_size=plan.batches.patch,
+            provenance=record,
         )
 
-    def on_validated(st: LoopState, metrics: dict[str, Any], improved: bool) -> None:
-        if improved or not best_path.exists() and not val_cases:
-            checkpoint.save(best_path, model, meta_for(metrics, st))
-        checkpoint.save(last_path, model, meta_for(metrics, st))
-        _save_resume(out / "resume.pt", opt, st)
-        _write_history(out / "history.json", st)
+    return meta_for
 
-    gen = train_loop(
-        train_model,
-        train_cases,
-        val_cases,
-        n_classes,
-        settings,
-        device,
-        info,
-        cancel,
-        on_validated,
-        state,
-        opt,
-    )
-    state = yield from gen
-    if info.enabled:
-        sums = all_gather_floats(info, [parameter_checksum(model)])
-        if info.is_main:
-            base_prov["ddp"] = {"world_size": info.world_size, "param_checksums": [s[0] for s in sums]}
-            meta = checkpoint.read_meta(last_path)
-            meta.provenance["ddp"] = base_prov["ddp"]
-            checkpoint.save(last_path, model, meta)
-        barrier(info)
-    if state.stop_reason == "cancelled":
-        raise Cancelled(
-            f"training cancelled at step {state.step}"
-            + (f"; the last checkpoint saved is {last_path}" if last_path.exists() else "; nothing was saved")
-        )
-    if not val_cases and info.is_main and last_path.exists():
-        import shutil
 
-        shutil.copyfile(last_path, best_path)  # without validation, the last is the best we know
-    return FitResult(
-        best_path if best_path.exists() else None,
-        last_path if last_path.exists() else None,
-        state.best,
-        state.step,
-        time.perf_counter() - t_start,
-        state.stop_reason,
-        state.history,
-        split_path,
-        [c.name for c in val_cases],
-        [c.name for c in train_cases],
+class RunFolderSaver(LoopHook):
+    """Writes the run folder after each validation: ``best`` when it improved, ``last``, ``resume.pt``
+    and ``history.json`` (rank 0 only; the loop calls it there)."""
+
+    def __init__(
+        self, out: Path, model: Any, plan: TrainingPlan, meta_for: Callable[[dict[str, Any], LoopState], Any]
+    ) -> None:
+        self.out, self.model, self.plan, self.meta_for = out, model, plan, meta_for
+        self.best_path, self.last_path = out / "best.segmodel", out / "last.segmodel"
+
+    def on_validated(self, state: LoopState, metrics: dict[str, Any], improved: bool) -> None:
+        from .. import checkpoint
+
+        if improved or not self.best_path.exists() and not self.plan.validation.cases:
+            checkpoint.save(self.best_path, self.model, self.meta_for(metrics, state))
+        checkpoint.save(self.last_path, self.model, self.meta_for(metrics, state))
+        assert self.plan.optimizer is not None
+        _save_resume(self.out / "resume.pt", self.plan.optimizer, state)
+        _write_history(self.out / "history.json", state)
+
+
+def stamp_domain(
+    cfg: FitConfig, best_path: Path, data: FitData, cases: list[Case], val_set: set[str], info: DistInfo
+) -> None:
+    """What the model was trained on, into ``best.segmodel`` (``core/domain.py``): the training cases'
+    geometry and intensities, and what the model produces on the validation cases."""
+    from ..domain import stamp_checkpoint
+
+    pairs = list(zip(data.loaded, cases, strict=True))
+    train_imgs = [(img, v) for (_, img, v), c in pairs if c.hash not in val_set]
+    val_imgs = [img for (_, img, _), c in pairs if c.hash in val_set]
+    stamp_checkpoint(
+        best_path,
+        train_imgs,
+        val_imgs,
+        expected_input=f"scans like its training cases ({cfg.images or cfg.dataset_json or 'given pairs'})",
+        device=str(info.device),
     )
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if not math.isfinite(f) else round(f, 6)
+def record_ddp_checksums(info: DistInfo, model: Any, last_path: Path) -> None:
+    """Every rank's parameter checksum into ``last``'s provenance: proof DDP kept the ranks in step."""
+    from .. import checkpoint
+
+    sums = all_gather_floats(info, [parameter_checksum(model)])
+    if info.is_main:
+        meta = checkpoint.read_meta(last_path)
+        meta.provenance["ddp"] = {"world_size": info.world_size, "param_checksums": [s[0] for s in sums]}
+        checkpoint.save(last_path, model, meta)
+    barrier(info)
 
 
 def _clean(obj: Any) -> Any:
@@ -482,7 +602,7 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_clean(v) for v in obj]
     if isinstance(obj, float):
-        return _num(obj)
+        return finite_or_none(obj)
     return obj
 
 

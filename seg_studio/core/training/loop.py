@@ -1,381 +1,300 @@
-"""The optimisation loop shared by ``iter_fit`` and ``iter_finetune``.
+"""The one training loop: ``run_plan(plan)`` runs a ``TrainingPlan`` and yields progress.
 
 One step: sample a batch of patches from preloaded tensors, augment it in torch, forward under
-autocast (bf16 where the hardware does it natively), Dice+CE (+ deep supervision heads, + the
-adversarial term), backward, AdamW. The learning rate warms up, then follows a cosine to the end of
-whichever budget binds first (steps or seconds), so a time-limited fine-tune still ends on a low LR.
+autocast (bf16 where the hardware does it natively), Dice+CE (+ deep supervision heads, + what the
+hooks add, e.g. the adversarial term), backward, AdamW, then the hooks' own updates. The learning rate
+follows ``plan.schedule``; ``plan.stopping`` ends the run; validation runs on rank 0 every
+``plan.validation.every`` steps and at the end. Under torchrun, rank 0 decides when to stop and every
+rank follows.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
+import statistics
 import time
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..models import AUX_DEEP_SUPERVISION, SegModel
+from ..errors import TrainingError
 from ..progress import CancelToken, Progress
-from .adversarial import AdversarialConfig, AdversarialStep
-from .augment import AugmentConfig, augment_batch
-from .data import IGNORE_INDEX, Case, PatchSampler
-from .distributed import DistInfo, broadcast_flag
-from .losses import DiceCELoss, supervised_loss
+from .augment import augment_batch
+from .data import PatchSampler
+from .distributed import broadcast_flag
+from .evaluation import autocast_ctx, memory_format, unwrap, validate
+from .plan import LoopState, Schedule, TrainingPlan
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LoopSettings:
-    patch: tuple[int, ...]
-    batch_size: int = 4
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    max_steps: int | None = 1000
-    time_budget_s: float | None = None
-    warmup_steps: int = 20
-    min_lr_fraction: float = 0.02
-    val_every: int = 100
-    early_stop_patience: int | None = None  # validations without improvement
-    min_delta: float = 1e-3
-    fg_prob: float = 0.5
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    deep_supervision: bool | None = None  # None: use heads when the model has them
-    ds_decay: float = 0.5
-    adversarial: AdversarialConfig | None = None
-    autocast: torch.dtype | None = None
-    channels_last: bool = False
-    seed: int = 0
-    #: parameters trained with ``lr * head_lr_mult`` (e.g. a freshly grown output head)
-    head_params: Sequence[str] = ()
-    head_lr_mult: float = 1.0
-
-
-@dataclass
-class LoopState:
-    step: int = 0
-    best: float = -math.inf
-    best_step: int = 0
-    bad_validations: int = 0
-    elapsed_s: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stop_reason: str = ""
-
-
-def autocast_ctx(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _unwrap(model: nn.Module) -> SegModel:
-    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
-
-
-@torch.no_grad()
-def predict_logits(
-    model: SegModel,
-    image: torch.Tensor,
-    patch: Sequence[int],
-    device: torch.device,
-    dtype: torch.dtype | None,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """Logits ``(K, *spatial)`` of one case: whole image when small, else overlapping tiles averaged."""
-    x = image.unsqueeze(0).to(device)
-    spatial = tuple(image.shape[1:])
-    fmt = memory_format(len(spatial), channels_last)
-    whole = math.prod(spatial) <= 4 * math.prod(patch)
-    if whole:
-        with autocast_ctx(device, dtype):
-            return model(x.contiguous(memory_format=fmt)).logits.float()[0].cpu()
-    k = _unwrap(model).out_channels
-    acc = torch.zeros((k, *spatial))
-    cnt = torch.zeros((1, *spatial))
-    steps = []
-    for n, p in zip(spatial, patch, strict=True):
-        p = min(p, n)
-        stride = max(1, int(p * 0.75))
-        starts = list(range(0, max(1, n - p + 1), stride))
-        if starts[-1] != n - p:
-            starts.append(n - p)
-        steps.append((starts, p))
-    import itertools
-
-    for origin in itertools.product(*[s for s, _ in steps]):
-        sl = tuple(slice(o, o + p) for o, (_, p) in zip(origin, steps, strict=True))
-        with autocast_ctx(device, dtype):
-            out = (
-                model(x[(slice(None), slice(None), *sl)].contiguous(memory_format=fmt))
-                .logits.float()[0]
-                .cpu()
-            )
-        acc[(slice(None), *sl)] += out
-        cnt[(slice(None), *sl)] += 1
-    return acc / cnt
-
-
-def default_channels_last(spatial_dims: int, device: torch.device) -> bool:
-    """Whether training uses channels-last tensors by default.
-
-    2D everywhere but MPS; 3D on the CPU too, where a 16-feature 3D U-Net step (2x40x56x40, one
-    thread, AVX2 EPYC) took 1.0 s in channels_last_3d against 1.5 s in NCDHW. On CUDA 3D stays NCDHW,
-    which has not been measured against it here.
-    """
-    if device.type == "mps":
-        return False
-    return spatial_dims == 2 or device.type == "cpu"
-
-
-def memory_format(nd: int, channels_last: bool) -> torch.memory_format:
-    """The tensor layout of an ``nd``-dimensional model: channels-last when asked, else contiguous."""
-    if not channels_last:
-        return torch.contiguous_format
-    return torch.channels_last if nd == 2 else torch.channels_last_3d
-
-
-def validate(
-    model: SegModel,
-    cases: Sequence[Case],
-    n_classes: int,
-    patch: Sequence[int],
-    device: torch.device,
-    dtype: torch.dtype | None,
-    channels_last: bool = False,
-    cancel: CancelToken | None = None,
-) -> dict[str, Any]:
-    """Dice per foreground class (mean over cases, NaN where a class is absent from both), and their mean."""
-    was_training = model.training
-    model.eval()
-    per_class: dict[int, list[float]] = {c: [] for c in range(1, n_classes)}
-    try:
-        for case in cases:
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            pred = predict_logits(model, case.image, patch, device, dtype, channels_last).argmax(0)
-            t = case.target.long()
-            valid = t != IGNORE_INDEX
-            for c in per_class:
-                p, g = (pred == c) & valid, t == c
-                denom = int(p.sum()) + int(g.sum())
-                per_class[c].append(math.nan if denom == 0 else 2.0 * int((p & g).sum()) / denom)
-    finally:
-        model.train(was_training)
-    means = {c: _nanmean(v) for c, v in per_class.items()}
-    return {"dice": _nanmean(list(means.values())), "per_class": means, "cases": len(cases)}
-
-
-def _nanmean(v: Sequence[float]) -> float:
-    vals = [x for x in v if not math.isnan(x)]
-    return math.nan if not vals else float(sum(vals) / len(vals))
-
-
-def make_optimizer(model: nn.Module, s: LoopSettings) -> torch.optim.Optimizer:
-    heads = set(s.head_params)
+def make_optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; ``schedule.head_params`` in a group of their own (faster)."""
+    heads = set(schedule.head_params)
     base, head = [], []
-    for name, p in _unwrap(model).named_parameters():
+    for name, p in unwrap(model).named_parameters():
         if not p.requires_grad:
             continue
         (head if name in heads else base).append(p)
-    groups = [{"params": base, "lr": s.lr, "base_lr": s.lr}]
+    groups = [{"params": base, "lr": schedule.lr, "base_lr": schedule.lr}]
     if head:
-        groups.append({"params": head, "lr": s.lr * s.head_lr_mult, "base_lr": s.lr * s.head_lr_mult})
-    return torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
+        fast = schedule.lr * schedule.head_lr_mult
+        groups.append({"params": head, "lr": fast, "base_lr": fast})
+    return torch.optim.AdamW(groups, lr=schedule.lr, weight_decay=schedule.weight_decay)
 
 
-def lr_factor(progress: float, step: int, s: LoopSettings) -> float:
-    if step < s.warmup_steps:
-        return (step + 1) / s.warmup_steps
-    p = min(1.0, max(0.0, progress))
-    return s.min_lr_fraction + (1 - s.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * p))
+class RunClock:
+    """Wall time and step times of one run: how far through the budget it is, ETA, expected total."""
 
+    def __init__(self, plan: TrainingPlan) -> None:
+        self.plan = plan
+        self.started = time.perf_counter()
+        self.t0 = self.started - plan.state.elapsed_s  # a resumed run keeps its elapsed time
+        self.step_times: list[float] = []
 
-def train_loop(
-    model: nn.Module,
-    train_cases: Sequence[Case],
-    val_cases: Sequence[Case],
-    n_classes: int,
-    s: LoopSettings,
-    device: torch.device,
-    dist_info: DistInfo | None = None,
-    cancel: CancelToken | None = None,
-    on_validated: Callable[[LoopState, dict[str, Any], bool], None] | None = None,
-    state: LoopState | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    deadline: float | None = None,
-    stage: str = "train",
-) -> Generator[Progress, None, LoopState]:
-    """Run until the step or time budget (or early stopping, or ``deadline`` on perf_counter) ends.
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
 
-    ``model`` may be DDP-wrapped. Validation runs on rank 0 every ``val_every`` steps and at the end;
-    ``on_validated(state, metrics, improved)`` lets the caller save checkpoints there.
-    """
-    info = dist_info or DistInfo(device=device)
-    st = state or LoopState()
-    core = _unwrap(model)
-    nd = core.spatial_dims
-    fmt = memory_format(nd, s.channels_last)
-    sampler = PatchSampler(train_cases, s.patch, s.fg_prob, seed=s.seed * 1000 + info.rank + st.step)
-    g = torch.Generator().manual_seed(s.seed * 7919 + info.rank + st.step)
-    loss_fn = DiceCELoss()
-    opt = optimizer or make_optimizer(model, s)
-    scaler = torch.amp.GradScaler(device.type) if s.autocast == torch.float16 else None
-    adv = (
-        AdversarialStep(nd, core.in_channels, n_classes, s.adversarial, device)
-        if s.adversarial is not None
-        else None
-    )
-    want_ds: tuple[str, ...] = () if s.deep_supervision is False else (AUX_DEEP_SUPERVISION,)
-    model.train()
-    t0 = time.perf_counter() - st.elapsed_s
-    step_times: list[float] = []
-    last_val_step = st.step if st.history else -1
+    def mean_step(self) -> float | None:
+        recent = self.step_times[-20:]
+        return sum(recent) / len(recent) if recent else None
 
-    def budget_progress() -> float:
+    def next_step(self) -> float:
+        """What the next step is expected to take (the median of the last five; 0 before the first)."""
+        return statistics.median(self.step_times[-5:]) if self.step_times else 0.0
+
+    def progress(self) -> float:
+        """The fraction of the binding budget spent (steps, seconds or the deadline)."""
+        stop, st = self.plan.stopping, self.plan.state
         fr = []
-        if s.max_steps:
-            fr.append(st.step / s.max_steps)
-        if s.time_budget_s:
-            fr.append((time.perf_counter() - t0) / s.time_budget_s)
-        if deadline is not None and s.time_budget_s is None:
-            fr.append(0.0)
+        if stop.max_steps:
+            fr.append(st.step / stop.max_steps)
+        if stop.time_budget_s:
+            fr.append(self.elapsed() / stop.time_budget_s)
+        if stop.deadline is not None:
+            fr.append((time.perf_counter() - self.started) / max(1e-9, stop.deadline - self.started))
         return max(fr) if fr else 0.0
 
-    def eta() -> float | None:
-        if not step_times:
+    def eta(self) -> float | None:
+        mean = self.mean_step()
+        if mean is None:
             return None
-        mean = sum(step_times[-20:]) / len(step_times[-20:])
-        left = []
-        if s.max_steps:
-            left.append((s.max_steps - st.step) * mean)
-        if s.time_budget_s:
-            left.append(max(0.0, s.time_budget_s - (time.perf_counter() - t0)))
-        if deadline is not None:
-            left.append(max(0.0, deadline - time.perf_counter()))
+        stop, left = self.plan.stopping, []
+        if stop.max_steps:
+            left.append((stop.max_steps - self.plan.state.step) * mean)
+        if stop.time_budget_s:
+            left.append(max(0.0, stop.time_budget_s - self.elapsed()))
+        if stop.deadline is not None:
+            left.append(max(0.0, stop.deadline - time.perf_counter()))
         return min(left) if left else None
 
-    def total_steps() -> int:
-        if s.max_steps and not s.time_budget_s:
-            return s.max_steps
-        if step_times:
-            per = sum(step_times[-20:]) / len(step_times[-20:])
-            est = st.step + int((eta() or 0) / max(per, 1e-6))
-            return min(s.max_steps, est) if s.max_steps else est
-        return s.max_steps or 1
+    def total_steps(self) -> int:
+        """The step count the run is expected to end at (for progress bars)."""
+        stop, step = self.plan.stopping, self.plan.state.step
+        if stop.max_steps and not stop.time_budget_s and stop.deadline is None:
+            return stop.max_steps
+        mean = self.mean_step()
+        if mean is not None:
+            est = step + int((self.eta() or 0) / max(mean, 1e-6))
+            return min(stop.max_steps, est) if stop.max_steps else est
+        return stop.max_steps or 1
 
-    def do_validate() -> Generator[Progress, None, None]:
-        nonlocal last_val_step
-        last_val_step = st.step
-        improved = False
-        if info.is_main and val_cases:
-            yield Progress(st.step, total_steps(), "validate", f"validating on {len(val_cases)} case(s)")
-            m = validate(core, val_cases, n_classes, s.patch, device, s.autocast, s.channels_last, cancel)
-            score = m["dice"]
-            improved = not math.isnan(score) and score > st.best + s.min_delta
-            if improved:
-                st.best, st.best_step, st.bad_validations = score, st.step, 0
-            else:
-                st.bad_validations += 1
-            rec = {
-                "step": st.step,
-                "seconds": round(time.perf_counter() - t0, 2),
-                "val_dice": score,
-                "per_class": m["per_class"],
-            }
-            st.history.append(rec)
-            st.elapsed_s = time.perf_counter() - t0
-            if on_validated is not None:
-                on_validated(st, m, improved)
-            yield Progress(
-                st.step,
-                total_steps(),
-                "validate",
-                f"validation Dice {score:.4f}",
-                eta(),
-                {
-                    "step": st.step,
-                    "val_dice": score,
-                    "dice": score,
-                    "per_class": m["per_class"],
-                    "best": st.best,
-                },
-            )
-        elif info.is_main and on_validated is not None:
-            st.elapsed_s = time.perf_counter() - t0
-            on_validated(st, {"dice": math.nan, "per_class": {}}, False)
 
-    while True:
-        # --- stop? (rank 0 decides, all ranks follow) ---
-        stop = ""
-        if cancel is not None and cancel.cancelled:
-            stop = "cancelled"
-        elif s.max_steps is not None and st.step >= s.max_steps:
-            stop = "step budget"
-        elif s.time_budget_s is not None and time.perf_counter() - t0 >= s.time_budget_s:
-            stop = "time budget"
-        elif deadline is not None and time.perf_counter() >= deadline:
-            stop = "time budget"
-        elif s.early_stop_patience is not None and st.bad_validations >= s.early_stop_patience:
-            stop = "early stopping"
-        if broadcast_flag(info, bool(stop)):
-            st.stop_reason = stop or "stopped by rank 0"
-            break
-        ts = time.perf_counter()
-        x, y = sampler.sample(s.batch_size)
-        x, y = x.to(device), y.to(device)
-        x, y = augment_batch(x, y, s.augment, g)
-        x = x.contiguous(memory_format=fmt)
-        f = lr_factor(budget_progress(), st.step, s)
-        for grp in opt.param_groups:
-            grp["lr"] = grp.get("base_lr", s.lr) * f
-        with autocast_ctx(device, s.autocast):
-            out = model(x, aux=want_ds)
-        heads = out.aux.get(AUX_DEEP_SUPERVISION, []) if s.deep_supervision is not False else []
-        loss = supervised_loss(loss_fn, out.logits, heads, y, s.ds_decay)
-        seg_loss = float(loss.detach())
-        if adv is not None and adv.active(st.step):
-            loss = loss + adv.segmenter_loss(x, out.logits)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        if adv is not None and adv.active(st.step):
-            adv.critic_step(x, out.logits, y)
-        st.step += 1
-        step_times.append(time.perf_counter() - ts)
-        metrics: dict[str, Any] = {
+def stop_reason(plan: TrainingPlan, clock: RunClock, cancel: CancelToken | None) -> str:
+    """Why the loop ends now ("" to go on). A deadline also ends it when the next step would not fit."""
+    stop, st = plan.stopping, plan.state
+    now = time.perf_counter()
+    if cancel is not None and cancel.cancelled:
+        return "cancelled"
+    if stop.max_steps is not None and st.step >= stop.max_steps:
+        return "step budget"
+    if stop.time_budget_s is not None and clock.elapsed() >= stop.time_budget_s:
+        return "time budget"
+    if stop.deadline is not None and now + clock.next_step() >= stop.deadline:
+        return "time budget"
+    if stop.early_stop_patience is not None and st.bad_validations >= stop.early_stop_patience:
+        return "early stopping"
+    return ""
+
+
+@dataclass
+class StepParts:
+    """What every step of one run reuses: the patch stream, the augmentation RNG, the optimiser."""
+
+    sampler: PatchSampler
+    generator: torch.Generator
+    layout: torch.memory_format
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def for_plan(cls, plan: TrainingPlan) -> StepParts:
+        rank, step, b = plan.compute.ranks.rank, plan.state.step, plan.batches
+        sampler = PatchSampler(plan.train_cases, b.patch, b.fg_prob, seed=b.seed * 1000 + rank + step)
+        g = torch.Generator().manual_seed(b.seed * 7919 + rank + step)
+        opt = plan.optimizer or make_optimizer(plan.model, plan.schedule)
+        fp16 = plan.compute.autocast == torch.float16
+        scaler = torch.amp.GradScaler(plan.compute.device.type) if fp16 else None
+        layout = memory_format(unwrap(plan.model).spatial_dims, plan.compute.channels_last)
+        return cls(sampler, g, layout, opt, scaler)
+
+
+def train_step(plan: TrainingPlan, parts: StepParts, progress: float) -> dict[str, Any]:
+    """One optimiser step on a fresh batch; returns its metrics (loss, lr, heads, what hooks add)."""
+    dev, st = plan.compute.device, plan.state
+    x, y = parts.sampler.sample(plan.batches.batch_size)
+    x, y = augment_batch(x.to(dev), y.to(dev), plan.batches.augment, parts.generator)
+    x = x.contiguous(memory_format=parts.layout)
+    f = plan.schedule.factor(progress, st.step)
+    for grp in parts.optimizer.param_groups:
+        grp["lr"] = grp.get("base_lr", plan.schedule.lr) * f
+    with autocast_ctx(dev, plan.compute.autocast):
+        out = plan.model(x, aux=plan.loss.wanted_aux())
+    heads = plan.loss.heads(out.aux)
+    loss = plan.loss(out.logits, heads, y)
+    seg_loss = float(loss.detach())
+    for hook in plan.hooks:
+        extra = hook.extra_loss(st.step, x, out.logits)
+        loss = loss if extra is None else loss + extra
+    _backward_and_step(loss, parts)
+    metrics: dict[str, Any] = {
+        "loss": seg_loss,
+        "lr": parts.optimizer.param_groups[0]["lr"],
+        "ds_heads": len(heads),
+    }
+    for hook in plan.hooks:
+        metrics.update(hook.after_update(st.step, x, out.logits, y))
+    st.step += 1
+    metrics["step"] = st.step
+    if not math.isfinite(seg_loss):
+        raise TrainingError(
+            f"the loss became {seg_loss} at step {st.step}; lower the learning rate (--lr) or use fp32 (--precision fp32)"
+        )
+    return metrics
+
+
+def _backward_and_step(loss: torch.Tensor, parts: StepParts) -> None:
+    opt = parts.optimizer
+    opt.zero_grad(set_to_none=True)
+    if parts.scaler is not None:
+        parts.scaler.scale(loss).backward()
+        parts.scaler.step(opt)
+        parts.scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+
+
+def validation_round(
+    plan: TrainingPlan, clock: RunClock, cancel: CancelToken | None
+) -> Generator[Progress, None, None]:
+    """Validate on rank 0, record the history, tell the hooks (which may save) whether it improved."""
+    st, val, c = plan.state, plan.validation, plan.compute
+    if not c.ranks.is_main:
+        return
+    if not val.cases:
+        st.elapsed_s = clock.elapsed()
+        for hook in plan.hooks:
+            hook.on_validated(st, {"dice": math.nan, "per_class": {}}, False)
+        return
+    yield Progress(st.step, clock.total_steps(), "validate", f"validating on {len(val.cases)} case(s)")
+    core = unwrap(plan.model)
+    m = validate(
+        core, val.cases, plan.n_classes, plan.batches.patch, c.device, c.autocast, c.channels_last, cancel
+    )
+    score = m["dice"]
+    improved = not math.isnan(score) and score > st.best + plan.stopping.min_delta
+    if improved:
+        st.best, st.best_step, st.bad_validations = score, st.step, 0
+    else:
+        st.bad_validations += 1
+    st.history.append(
+        {
             "step": st.step,
-            "loss": seg_loss,
-            "lr": opt.param_groups[0]["lr"],
-            "ds_heads": len(heads),
+            "seconds": round(clock.elapsed(), 2),
+            "val_dice": score,
+            "per_class": m["per_class"],
         }
-        if adv is not None:
-            metrics.update(adv.last)
-        if not math.isfinite(seg_loss):
-            from ..errors import TrainingError
+    )
+    st.elapsed_s = clock.elapsed()
+    for hook in plan.hooks:
+        hook.on_validated(st, m, improved)
+    metrics = {
+        "step": st.step,
+        "val_dice": score,
+        "dice": score,
+        "per_class": m["per_class"],
+        "best": st.best,
+    }
+    yield Progress(
+        st.step, clock.total_steps(), "validate", f"validation Dice {score:.4f}", clock.eta(), metrics
+    )
 
-            raise TrainingError(
-                f"the loss became {seg_loss} at step {st.step}; lower the learning rate (--lr) or use fp32 (--precision fp32)"
-            )
-        yield Progress(st.step, total_steps(), stage, f"step {st.step} loss {seg_loss:.4f}", eta(), metrics)
-        if s.val_every and st.step % s.val_every == 0:
-            yield from do_validate()
-    if st.stop_reason == "cancelled":
-        st.elapsed_s = time.perf_counter() - t0
-        return st
-    if last_val_step != st.step:
-        yield from do_validate()
-    st.elapsed_s = time.perf_counter() - t0
+
+def patch_forward(plan: TrainingPlan, seed: int = 12345) -> Callable[[], object]:
+    """A forward pass of one training patch (eval mode, no gradients), to time the machine with
+    (``ThreadTuner.probe``); the patch comes from a sampler of its own, so the run's stream is as it was."""
+    sampler = PatchSampler(plan.train_cases, plan.batches.patch, plan.batches.fg_prob, seed=seed)
+    x, _ = sampler.sample(1)
+    layout = memory_format(unwrap(plan.model).spatial_dims, plan.compute.channels_last)
+    x = x.to(plan.compute.device).contiguous(memory_format=layout)
+
+    @torch.no_grad()
+    def run() -> object:
+        was_training = plan.model.training
+        plan.model.eval()
+        try:
+            with autocast_ctx(plan.compute.device, plan.compute.autocast):
+                return plan.model(x).logits
+        finally:
+            plan.model.train(was_training)
+
+    return run
+
+
+def run_plan(plan: TrainingPlan, cancel: CancelToken | None = None) -> Generator[Progress, None, LoopState]:
+    """Train until the plan's stopping rule (or ``cancel``) ends it; yields a Progress per step and
+    per validation, returns the final ``LoopState``. A cancelled run is not validated again."""
+    st, clock = plan.state, RunClock(plan)
+    parts = StepParts.for_plan(plan)
+    plan.optimizer = parts.optimizer
+    last_val_step = st.step if st.history else -1
+    plan.model.train()
+    try:
+        while True:
+            stop = stop_reason(plan, clock, cancel)
+            if broadcast_flag(plan.compute.ranks, bool(stop)):
+                st.stop_reason = stop or "stopped by rank 0"
+                break
+            ts = time.perf_counter()
+            metrics = train_step(plan, parts, clock.progress())
+            clock.step_times.append(time.perf_counter() - ts)
+            for hook in plan.hooks:
+                hook.after_step(st, clock.step_times[-1])
+            msg = f"step {st.step} loss {metrics['loss']:.4f}"
+            yield Progress(st.step, clock.total_steps(), plan.stage, msg, clock.eta(), metrics)
+            if plan.validation.every and st.step % plan.validation.every == 0:
+                last_val_step = st.step
+                yield from validation_round(plan, clock, cancel)
+        if st.stop_reason != "cancelled" and last_val_step != st.step:
+            yield from validation_round(plan, clock, cancel)
+    finally:
+        st.elapsed_s = clock.elapsed()
+        for hook in plan.hooks:
+            hook.on_end(st)
     return st
 
 
-__all__ = ["LoopSettings", "LoopState", "make_optimizer", "predict_logits", "train_loop", "validate"]
+__all__ = [
+    "RunClock",
+    "patch_forward",
+    "make_optimizer",
+    "run_plan",
+    "stop_reason",
+    "train_step",
+    "validation_round",
+]

@@ -9,11 +9,13 @@ painted. Losses are computed in float32 even under bf16 autocast.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.base import AUX_DEEP_SUPERVISION
 from .data import IGNORE_INDEX
 
 
@@ -91,3 +93,29 @@ def supervised_loss(
             h = F.interpolate(h.float(), size=tuple(target.shape[1:]), mode="nearest")
         total = total + w * loss_fn(h, target)
     return total
+
+
+@dataclass
+class SupervisedLoss:
+    """The segmentation loss of a plan: Dice+CE on the final logits, plus the deep-supervision heads.
+
+    ``deep_supervision`` None uses the heads when the model has them (UNet++, nnU-Net-style variants),
+    False never asks the model for them; ``ds_decay`` weighs each earlier head against the next.
+    """
+
+    loss_fn: nn.Module = field(default_factory=DiceCELoss)
+    deep_supervision: bool | None = None
+    ds_decay: float = 0.5
+
+    def wanted_aux(self) -> tuple[str, ...]:
+        """The auxiliary outputs to ask the model for."""
+        return () if self.deep_supervision is False else (AUX_DEEP_SUPERVISION,)
+
+    def heads(self, aux: dict[str, list[torch.Tensor]]) -> list[torch.Tensor]:
+        """The deep-supervision heads the model returned (none when switched off)."""
+        return list(aux.get(AUX_DEEP_SUPERVISION, [])) if self.deep_supervision is not False else []
+
+    def __call__(
+        self, logits: torch.Tensor, heads: Sequence[torch.Tensor], target: torch.Tensor
+    ) -> torch.Tensor:
+        return supervised_loss(self.loss_fn, logits, heads, target, self.ds_decay)
