@@ -96,6 +96,9 @@ _HC18 = {
     "intended_use": "research: the fetal head outline in 2D obstetric ultrasound, and from the ellipse fitted to it"
     " the head circumference (HC), biparietal (BPD) and occipito-frontal (OFD) diameters"
     " (seg_studio.core.biometry.measure_head). Not a medical device: a sonographer checks every measurement.",
+    "modality": "US",
+    # one ultrasound frame: a 3D volume (or a stack of frames) does not fit the model
+    "slice_by_slice": False,
     "expected_input": "2D gray-scale B-mode ultrasound of the fetal head in the standard HC plane, probe at the"
     " top, with its TRUE pixel size (training: 0.054-0.39 mm/pixel, fields of view 43-315 mm wide, heads of"
     " 44-331 mm HC). The model resamples the scan to 0.5 mm, so a wrong pixel size (a PNG stores none: 1 mm is"
@@ -122,6 +125,7 @@ _SUNNYBROOK = {
     "intended_use": "research: the left-ventricle blood pool (cavity area per image; volume per patient from"
     " the slices) in cine short-axis MRI. Trained on 3 patients: expect it to fail on other scanners,"
     " sequences and pathologies. Not a medical device.",
+    "modality": "MR",
     "expected_input": "one 2D cine short-axis SSFP MRI image (one phase at one slice position, e.g. one DICOM"
     " file of a cine series) at about 1.3-1.4 mm in-plane, the heart within a ~330-350 mm field of view;"
     " mid-ventricular to apical slices, as contoured in the training data",
@@ -258,6 +262,7 @@ def compute_domain(name: str, model: Any, meta: checkpoint.ModelMeta) -> domain.
         modality=info.get("modality"),
         expected_input=info.get("expected_input", ""),
         synthetic=bool(info.get("synthetic")),
+        slice_by_slice=bool(info.get("slice_by_slice", True)),
         device="cpu",
     )
 
