@@ -116,3 +116,36 @@ def test_an_unusual_result_adds_its_warnings_after_predict(panel_on, qtbot) -> N
     assert len(after) > len(before) and after[: len(before)] == before
     assert any("membrane" in ln or "unsure" in ln for ln in after[len(before) :])
     assert "check this result" in panel.banner.text.text()
+
+
+HC18 = DATA / "hc18_fetal_head_ultrasound"
+HC18_HELD_BACK = "063_2HC"  # held back from hc18_fetal_head's training
+
+
+def test_an_ultrasound_png_given_its_pixel_size_gets_the_hc18_model_and_its_head_circumference(
+    panel_on, qtbot
+) -> None:
+    """The PNG stores no pixel size: no model fits and the Measure tab asks for it; given the CSV's,
+    hc18_fetal_head becomes the default, and Predict gives the head with HC, BPD and OFD in mm."""
+    from seg_studio.core.datasets import hc18
+
+    ref = hc18.read_reference(HC18)[HC18_HELD_BACK]
+    viewer, panel = panel_on(HC18 / "images" / f"{HC18_HELD_BACK}.png")
+    ms = panel.measure_section
+    assert chosen(panel) is None and not ms.pixel_size_row.isHidden()
+    assert any("stores no pixel size" in ln for ln in panel.domain_warnings())
+    ms.pixel_size.setValue(ref.pixel_mm)
+    ms.pixel_size_button.click()
+    assert chosen(panel) == "hc18_fetal_head" and panel.domain_warnings() == []
+    assert ms.pixel_size_row.isHidden()
+    assert panel.predict()
+    qtbot.waitUntil(lambda: panel.mask_layer() is not None and not panel.run.busy, timeout=JOB_TIMEOUT_MS)
+    ms.measure_now()
+    qtbot.waitUntil(lambda: ms.report is not None and not ms.busy, timeout=JOB_TIMEOUT_MS)
+    (head,) = ms.report.classes
+    assert head.name == "head" and head.size_unit == "mm²"
+    assert abs(head.extras["HC (mm)"] - ref.hc_mm) < 2.5, (head.extras, ref.hc_mm)
+    columns = [ms.table.horizontalHeaderItem(i).text() for i in range(ms.table.columnCount())]
+    assert {"HC (mm)", "BPD (mm)", "OFD (mm)"} <= set(columns)
+    hc_cell = ms.table.item(0, columns.index("HC (mm)")).text()
+    assert float(hc_cell) == pytest.approx(head.extras["HC (mm)"], abs=0.06)
