@@ -187,14 +187,19 @@ def _slice_location(path: Path) -> float:
 
 
 def evaluate_blood_pool(
-    checkpoint_path: Path, source: Path, patient: str, device: str = "cpu"
+    checkpoint_path: Path,
+    source: Path,
+    patient: str,
+    device: str = "cpu",
+    postprocess: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The held-back patient's blood pool as a cardiologist reads it: per image and per phase.
 
     Per image: Dice and the cavity area (mm^2) against the contour. Per patient: the Dice of all its
     pixels pooled (small apical slices weigh by their size, as in a volume Dice), and per phase the
     blood-pool volume over the contoured slices (area x slice gap summed; the phase of an image is its
-    rank among the images at its slice position, by instance number).
+    rank among the images at its slice position, by instance number). ``postprocess`` is what
+    ``seg-studio predict --largest-component`` etc. apply (``{"largest_component": True}``).
     """
     from .. import checkpoint, metrics
     from ..inference import PredictOptions, predict
@@ -209,7 +214,8 @@ def evaluate_blood_pool(
     for item in items:
         image, lab = read_item(item)
         truth = np.asarray(lab.array) == 1
-        pred = np.asarray(predict(image, model, meta, PredictOptions(device=device)).labels.array) == 1
+        opts = PredictOptions(device=device, postprocess=postprocess)
+        pred = np.asarray(predict(image, model, meta, opts).labels.array) == 1
         px = float(image.spacing[0] * image.spacing[1])
         d = metrics.dice(pred.astype(np.int64), truth.astype(np.int64), [1])[1]
         per_image[item.name] = {"dice": d, "area_mm2": truth.sum() * px, "pred_area_mm2": pred.sum() * px}
