@@ -19,6 +19,7 @@ MSD_EXTRA = DATA / "msd_task04_hippocampus_extra/images/hippocampus_001.nii.gz"
 TCIA = DATA / "tcia_brain_tumor_progression_dicom/images/PGBM-003_19950329"
 ISBI = DATA / "isbi2012_em_membrane/images/18.png"
 JSRT = DATA / "jsrt_chest_xray_heart_lungs/images/JPCLN002.png"
+SUNNYBROOK = DATA / "sunnybrook_cardiac_mri/dicom/SCD0000201/100.dcm"  # the held-back patient's
 JOB_TIMEOUT_MS = 180_000
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not here")
@@ -56,8 +57,8 @@ def chosen(panel) -> str | None:
 
 @pytest.mark.parametrize(
     "scan, model",
-    [(MSD_EXTRA, "hippocampus_unet"), (ISBI, "isbi2012_unet")],
-    ids=["msd_crop", "isbi_slice"],
+    [(MSD_EXTRA, "hippocampus_unet"), (ISBI, "isbi2012_unet"), (SUNNYBROOK, "sunnybrook_lv")],
+    ids=["msd_crop", "isbi_slice", "sunnybrook_dicom"],
 )
 def test_the_default_model_is_the_one_made_for_the_scan(scan, model, panel_on) -> None:
     viewer, panel = panel_on(scan)
