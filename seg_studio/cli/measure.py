@@ -16,6 +16,9 @@ def add_measure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", type=Path, help="the scan, for intensity statistics (HU for CT)")
     p.add_argument("--series", help="DICOM series UID of --image when its folder holds several")
     p.add_argument(
+        "--phase", type=int, metavar="N", help="cine DICOM --image: its phase N (as predict --phase)"
+    )
+    p.add_argument(
         "--pixel-size",
         type=_floats,
         metavar="MM",
@@ -31,7 +34,7 @@ def run_measure(args: argparse.Namespace) -> int:
     from ..core import io
     from ..core.measure import format_table, measure, rows_for_csv
 
-    image = io.read(args.image, series=args.series) if args.image else None
+    image = io.read(args.image, series=args.series, phase=args.phase) if args.image else None
     labels = _read_labels(args.labels, image)
     if args.pixel_size:  # for the files that store none (a PNG mask or scan); refused when neither lacks it
         lacking = [v for v in (labels, image) if v is not None and not io.has_physical_spacing(v)]

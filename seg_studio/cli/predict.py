@@ -180,6 +180,13 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-size", type=int, default=0, help="drop islands smaller than this many voxels")
     p.add_argument("--series", help="DICOM series UID when a folder holds several")
     p.add_argument(
+        "--phase",
+        type=int,
+        metavar="N",
+        help="a cine DICOM folder (several images per slice position): read phase N (0 = the first image"
+        " at each position, by instance number)",
+    )
+    p.add_argument(
         "--pixel-size",
         type=_floats,
         metavar="MM",
@@ -308,7 +315,7 @@ def _predict_one(
     from ..core import domain, io
     from ..core.inference import iter_predict
 
-    vol = io.read(scan, series=args.series)
+    vol = io.read(scan, series=args.series, phase=args.phase)
     if args.pixel_size:
         io.set_pixel_size(vol, args.pixel_size)
     prefix = f"{scan.name}: " if args.input.is_dir() and scan != args.input else ""

@@ -130,10 +130,16 @@ def find_scan_grid(
 # --- reading ------------------------------------------------------------------------------------
 
 
-def read(path: str | os.PathLike[str], series: str | None = None, allow_nonuniform: bool = False) -> Volume:
+def read(
+    path: str | os.PathLike[str],
+    series: str | None = None,
+    allow_nonuniform: bool = False,
+    phase: int | None = None,
+) -> Volume:
     """Read a scan or label map. ``series`` picks a DICOM series by UID when a folder holds several;
     ``allow_nonuniform`` reads a DICOM series with uneven slice gaps (average spacing) instead of
-    refusing it."""
+    refusing it; ``phase`` reads one cardiac phase (the N-th image at each slice position) of a cine
+    series folder."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ImageLoadError(f"{path} does not exist; check the path")
@@ -147,7 +153,7 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
             if info.modality == "SEG" and info.slice_count == 1:  # a DICOM SEG alone in its series
                 vol = _read_file(info.files[0])
             else:
-                vol = read_series(info, allow_nonuniform=allow_nonuniform)
+                vol = read_series(info, allow_nonuniform=allow_nonuniform, phase=phase)
             name = f"DICOM series in {path.name}"
         else:
             vol = _read_file(path)
