@@ -368,6 +368,14 @@ def test_the_cardiac_model_fits_its_held_back_patient_and_not_a_brain_mri() -> N
     assert "modality" in codes(domain.check_scan(meta_of("hc18_fetal_head").domain, io.read(SUNNYBROOK)))
 
 
+@needs_data
+def test_one_phase_of_the_cine_folder_gets_the_cardiac_model_slice_by_slice() -> None:
+    stack = io.read(SUNNYBROOK.parent, phase=0)
+    top = _rank(stack)[0]
+    assert top.key == "sunnybrook_lv" and top.fits
+    assert [(w.code, w.severity) for w in top.warnings] == [("dims", "note")]
+
+
 def test_a_record_without_the_dark_share_or_slice_rule_reads_as_before() -> None:
     d = sample_domain()
     assert d.dark_fraction is not None and d.slice_by_slice
