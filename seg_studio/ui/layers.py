@@ -111,7 +111,7 @@ def layer_volume(layer: Any) -> Volume:
     nd = data.ndim - (1 if channels > 1 else 0)
     if nd not in (2, 3):
         raise ValueError(f"layer {layer.name!r} has {nd} spatial dimensions; seg_studio needs 2D or 3D")
-    spacing = md.get("spacing") or tuple(float(s) for s in reversed(layer.scale[-nd:]))
+    spacing = md.get("spacing") or tuple(abs(float(s)) for s in reversed(layer.scale[-nd:]))
     origin = md.get("origin") or tuple(float(t) for t in reversed(layer.translate[-nd:]))
     direction = md.get("direction") or tuple(np.eye(nd).ravel())
     source = md.get("source")
@@ -126,9 +126,32 @@ def layer_volume(layer: Any) -> Volume:
     )
 
 
+def axis_signs_zyx(volume: Volume) -> tuple[float, ...]:
+    """+1/-1 per array axis (z, y, x) when the direction matrix only flips axes, else all +1.
+
+    Most NIfTI files store the rows right-to-left and front-to-back (direction ``diag(-1, -1, 1)``)
+    while a DICOM series of the same patient stores them left-to-right: without the flip the two
+    would not overlay, and a NIfTI CT would show the spine at the top. A rotated or permuted
+    direction cannot be shown by scale and translate alone and keeps all +1 (napari would slice
+    obliquely); the full matrix stays in the metadata either way.
+    """
+    d = volume.direction_matrix
+    diag = np.diag(d)
+    if np.allclose(d, np.diag(diag)) and np.allclose(np.abs(diag), 1.0):
+        return tuple(float(np.sign(v)) for v in reversed(diag))
+    return (1.0,) * volume.ndim
+
+
+def placement(volume: Volume) -> dict[str, tuple[float, ...]]:
+    """napari's ``scale``/``translate`` for ``volume``: millimetres in the scanner's x,y,z frame
+    (given in napari's z,y,x order), with axis flips applied as negative scales."""
+    signs = axis_signs_zyx(volume)
+    scale = tuple(s * g for s, g in zip(volume.spacing_zyx, signs, strict=True))
+    return {"scale": scale, "translate": tuple(volume.origin_zyx)}
+
+
 def layer_kwargs(volume: Volume, like: Any | None = None) -> dict[str, Any]:
     """``scale``/``translate`` for a new layer on ``volume``'s grid (aligned with the scan layer ``like``)."""
-    scale = tuple(volume.spacing_zyx)
     if like is not None:
         nd = volume.ndim
         like_scale = tuple(like.scale[-nd:])
@@ -142,8 +165,10 @@ def layer_kwargs(volume: Volume, like: Any | None = None) -> dict[str, Any]:
             translate = tuple(
                 t + (sc - ls) / 2 for t, sc, ls in zip(translate, scale, like_scale, strict=True)
             )
+        else:
+            scale = like_scale
         return {"scale": scale, "translate": translate}
-    return {"scale": scale, "translate": tuple(volume.origin_zyx)}
+    return placement(volume)
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
