@@ -309,12 +309,14 @@ def set_pixel_size(viewer: Any, scan_layer: Any, pixel_mm: float) -> int:
     vol = io.set_pixel_size(layer_volume(scan_layer), (float(pixel_mm),))
     nd = vol.ndim
     old, shape = tuple(scan_layer.scale[-nd:]), vol.spatial_shape
+    place = placement(vol)
     changed = 0
     for ly in list(viewer.layers):
         lined_up = tuple(ly.scale[-nd:]) == old and tuple(np.shape(ly.data)[-nd:]) == shape
         if ly is not scan_layer and not (lined_up and _md(ly).get("role") in (ROLE_MASK, ROLE_OUTPUT)):
             continue
-        ly.scale = (*tuple(ly.scale[:-nd]), *vol.spacing_zyx)
+        ly.scale = (*tuple(ly.scale[:-nd]), *place["scale"])  # axis flips stay negative scales
+        ly.translate = (*tuple(ly.translate[:-nd]), *place["translate"])
         md = ly.metadata.setdefault(META_KEY, {})
         md["spacing"] = tuple(vol.spacing)
         md.setdefault("meta", {})["pixel_size_given"] = True
