@@ -215,3 +215,15 @@ def test_cli_gives_the_held_back_patients_lv_volume_per_phase(data_dir: Path, tm
         (lv,) = json.loads(capsys.readouterr().out)["classes"]
         assert lv["size_unit"] == "ml"
         assert lv["size"] == pytest.approx(truth[phase]["volume_ml"], rel=0.1), (phase, lv["size"])
+
+
+def test_cli_info_and_convert_read_one_phase_of_a_cine_folder(data_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from seg_studio.cli import main
+
+    folder = str(data_dir / "sunnybrook_cardiac_mri" / "dicom" / "SCD0000201")
+    assert main(["info", folder]) == 2
+    assert "--phase N" in capsys.readouterr().err
+    assert main(["info", folder, "--phase", "1"]) == 0
+    assert "x 9 (x,y,z)" in capsys.readouterr().out
+    assert main(["convert", folder, str(tmp_path / "phase1.nii.gz"), "--phase", "1"]) == 0
+    assert io.read(tmp_path / "phase1.nii.gz").spatial_shape == (9, 256, 256)
