@@ -608,6 +608,9 @@ and is not meant for, with the warning each gets: [model_domains.md](model_domai
 
 What was tried to lift the hippocampus and ISBI models towards their targets (longer runs, mirroring,
 instance norm, ensembles, thresholds), with figures and commands: [zoo_experiments.md](zoo_experiments.md).
+Trained and not shipped, with the reasons there: the Sunnybrook blood pool + myocardium model
+(myocardium Dice 0.644 from 28 training images) and the hippocampus models on all 245 cases (still
+training: resumable with `seg-studio train resources/recipes/hippocampus_unet_245.toml --resume`).
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
