@@ -96,8 +96,11 @@ def _validation_case(card: dict, data_dir: Path) -> tuple[str, object, np.ndarra
         items = {i.name: i for i in sunnybrook.contoured_images(data_dir / ev["folder"])}
         image, labels = sunnybrook.read_item(items[name])
         return name, image, np.asarray(labels.array).astype(np.int64)
-    images = [p for p in (data_dir / ev["images"]).iterdir() if p.name.split(".")[0] == name]
-    labels = [p for p in (data_dir / ev["labels"]).iterdir() if p.name.split(".")[0] == name]
+    folders = {
+        k: [ev[k]] if isinstance(ev[k], str) else ev[k] for k in ("images", "labels")
+    }  # one or several
+    images = [p for f in folders["images"] for p in (data_dir / f).iterdir() if p.name.split(".")[0] == name]
+    labels = [p for f in folders["labels"] for p in (data_dir / f).iterdir() if p.name.split(".")[0] == name]
     assert len(images) == 1 and len(labels) == 1, name
     truth = apply_label_map(io.read(labels[0]).array, parse_label_map(card.get("label_map")))
     return name, io.read(images[0]), truth
