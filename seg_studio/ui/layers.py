@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -341,6 +342,52 @@ def labels_volume(labels_layer: Any, scan: Volume) -> Volume:
         source=scan.source,
         meta={"kind": "labels", **({"pixel_size_given": True} if scan.meta.get("pixel_size_given") else {})},
     )
+
+
+#: Overlays of a Labels layer that only its paint and polygon tools draw. napari builds their vispy
+#: visuals when the layer is inserted: 60-90 ms of the first mask's landing turn (the polygon's line
+#: visual alone 40-60 ms; ``ui_responsiveness.py --profile``), so a new mask gets them a turn later.
+TOOL_OVERLAYS = ("polygon", "brush_stroke")
+#: layer -> the tool overlays taken off it until ``restore_tool_overlays``
+_DETACHED: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def new_labels_layer(data: np.ndarray, **kwargs: Any) -> Any:
+    """A Labels layer not yet in a viewer, without its tool overlays (see ``TOOL_OVERLAYS``).
+
+    Insert it, then call ``restore_tool_overlays`` in a later event-loop turn, and before anything
+    sets its mode (napari's mode setter reads those overlays).
+    """
+    from napari.layers import Labels
+
+    layer = Labels(data, **kwargs)
+    overlays = getattr(layer, "_overlays", None)
+    if overlays is not None:
+        taken = {key: overlays.pop(key) for key in TOOL_OVERLAYS if key in overlays}
+        if taken:
+            _DETACHED[layer] = taken
+    return layer
+
+
+def restore_tool_overlays(layer: Any, only: str | None = None) -> bool:
+    """Give ``layer`` back the overlays ``new_labels_layer`` took (all, or just ``only``); idempotent.
+
+    Returns True when none are left to restore."""
+    taken = _DETACHED.get(layer)
+    if not taken:
+        return True
+    for key in [only] if only is not None else list(taken):
+        overlay = taken.pop(key, None)
+        if overlay is not None and key not in layer._overlays:
+            layer._overlays[key] = overlay
+    if not taken:
+        _DETACHED.pop(layer, None)
+    return not taken
+
+
+def detached_tool_overlays(layer: Any) -> list[str]:
+    """The tool overlays ``layer`` still waits for."""
+    return list(_DETACHED.get(layer, {}))
 
 
 def replace_labels(layer: Any, new: np.ndarray) -> int:

@@ -57,7 +57,10 @@ MIN_WINDOW = (1030, 860)
 class SegStudioPanel(QWidget):
     """Pick a model, predict in the background, look, correct, fine-tune, save."""
 
-    def __init__(self, napari_viewer: Any, autosave_interval_s: float | None = None) -> None:
+    def __init__(
+        self, napari_viewer: Any, autosave_interval_s: float | None = None, probe: bool = True
+    ) -> None:
+        """``probe=False``: the caller starts the model list (``models.start_probe``) when it suits it."""
         from .native_guard import guard_triton
 
         guard_triton()  # before any fine-tune imports torch._dynamo (see native_guard)
@@ -141,7 +144,8 @@ class SegStudioPanel(QWidget):
         app = QApplication.instance()
         if app is not None:  # standalone app and napari plugin alike: a last autosave on quit
             app.aboutToQuit.connect(self.shutdown)
-        self.models.start_probe()
+        if probe:
+            self.models.start_probe()
 
     # --- layout ---------------------------------------------------------------------------------------
     def add_section(self, tab: str, section: QWidget) -> None:
@@ -293,6 +297,11 @@ class SegStudioPanel(QWidget):
         return self.run.mask_layer(scan_layer)
 
     def _layers_changed(self, event: Any = None) -> None:
+        if event is not None and not L.is_scan_layer(getattr(event, "value", None)):
+            # a mask or a map came or went: the scans, and so the model that suits them, are the same
+            # (re-ranking the checkpoints cost 10-20 ms of the turn that lands the first mask)
+            self.correct.refresh_classes()
+            return
         names = [ly.name for ly in L.scan_layers(self.viewer)]
         current = self.scan_combo.currentText()
         self.scan_combo.blockSignals(True)
