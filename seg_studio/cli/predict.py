@@ -188,6 +188,20 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-size", type=int, default=0, help="drop islands smaller than this many voxels")
     p.add_argument("--series", help="DICOM series UID when a folder holds several")
     p.add_argument(
+        "--phase",
+        type=int,
+        metavar="N",
+        help="a cine DICOM folder (several images per slice position): read phase N (0 = the first image"
+        " at each position, by instance number)",
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=_floats,
+        metavar="MM",
+        help="the scan's pixel size in mm (one value, or x,y) for a picture that stores none (PNG, JPEG),"
+        " e.g. an HC18 frame's from its CSV; files that store a spacing are refused",
+    )
+    p.add_argument(
         "--ext", help="mask file type in folder mode, e.g. .nii.gz (default: the scan's own if writable)"
     )
     p.add_argument(
@@ -309,7 +323,9 @@ def _predict_one(
     from ..core import domain, io
     from ..core.inference import iter_predict
 
-    vol = io.read(scan, series=args.series)
+    vol = io.read(scan, series=args.series, phase=args.phase)
+    if args.pixel_size:
+        io.set_pixel_size(vol, args.pixel_size)
     prefix = f"{scan.name}: " if args.input.is_dir() and scan != args.input else ""
     warnings = [w.message for w in domain.scan_warnings(meta, vol) if w.severity != "refuse"]
     for text in warnings:  # before the run: a long prediction on the wrong scan is announced at once

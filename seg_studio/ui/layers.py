@@ -300,6 +300,31 @@ def classes_metadata(classes: list[Any]) -> list[dict[str, Any]]:
     return [{"value": int(c.value), "name": str(c.name), "color": [int(v) for v in c.color]} for c in classes]
 
 
+def set_pixel_size(viewer: Any, scan_layer: Any, pixel_mm: float) -> int:
+    """Give a picture that stores no pixel size (a PNG, e.g. an ultrasound frame whose pixel size is
+    printed on it or in a CSV) its pixel size in mm: the scan's geometry and the scale of every layer
+    lined up with it (its mask, outputs), so sizes, the default model and predictions use millimetres.
+    A scan that stores its own spacing is refused (``io.set_pixel_size``). Returns the layers changed."""
+    from ..core import io
+
+    vol = io.set_pixel_size(layer_volume(scan_layer), (float(pixel_mm),))
+    nd = vol.ndim
+    old, shape = tuple(scan_layer.scale[-nd:]), vol.spatial_shape
+    place = placement(vol)
+    changed = 0
+    for ly in list(viewer.layers):
+        lined_up = tuple(ly.scale[-nd:]) == old and tuple(np.shape(ly.data)[-nd:]) == shape
+        if ly is not scan_layer and not (lined_up and _md(ly).get("role") in (ROLE_MASK, ROLE_OUTPUT)):
+            continue
+        ly.scale = (*tuple(ly.scale[:-nd]), *place["scale"])  # axis flips stay negative scales
+        ly.translate = (*tuple(ly.translate[:-nd]), *place["translate"])
+        md = ly.metadata.setdefault(META_KEY, {})
+        md["spacing"] = tuple(vol.spacing)
+        md.setdefault("meta", {})["pixel_size_given"] = True
+        changed += 1
+    return changed
+
+
 def labels_volume(labels_layer: Any, scan: Volume) -> Volume:
     """The Labels layer as a label Volume in the scan's geometry (what gets saved or trained on)."""
     arr = np.asarray(labels_layer.data)
@@ -315,7 +340,7 @@ def labels_volume(labels_layer: Any, scan: Volume) -> Volume:
         direction=scan.direction,
         labels={c.value: LabelInfo(c.value, c.name, tuple(c.color)) for c in classes},
         source=scan.source,
-        meta={"kind": "labels"},
+        meta={"kind": "labels", **({"pixel_size_given": True} if scan.meta.get("pixel_size_given") else {})},
     )
 
 

@@ -102,7 +102,9 @@ class SegStudioPanel(QWidget):
         self.view = ViewSection(self.viewer, self.scan_layer)
         self.correct = CorrectSection(self.viewer, self.scan_layer, self.mask_layer)
         self.finetune_section = FinetuneSection(self.viewer, self.models, self.run, self.scan_layer)
-        self.measure_section = MeasureSection(self.viewer, self.scan_layer, self.mask_layer)
+        self.measure_section = MeasureSection(
+            self.viewer, self.scan_layer, self.mask_layer, on_geometry=self._suit_model_to_scan
+        )
         lay.addWidget(self.run)  # Predict / Cancel / progress: always in view
         self.tabs = QTabWidget()
         self.tabs.setUsesScrollButtons(True)
