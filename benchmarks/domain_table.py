@@ -47,6 +47,11 @@ SCANS: list[tuple[str, str, str]] = [
     ("JSRT chest X-ray", "jsrt_chest_xray_heart_lungs/images/JPCLN002.png", "224 x 224 PNG"),
     ("HC18 fetal head US", "hc18_fetal_head_ultrasound/images/000_HC.png", "PNG, no stored pixel size"),
     (
+        "HC18 fetal head US, pixel size given",
+        "hc18px:063_2HC",
+        "held-back PNG + its CSV pixel size (--pixel-size)",
+    ),
+    (
         "Sunnybrook cardiac MRI",
         "sunnybrook_cardiac_mri/dicom/SCD0000101/108.dcm",
         "one short-axis DICOM slice",
@@ -65,6 +70,12 @@ def read_scan(spec: str) -> Any:
 
     if spec.startswith("sample:"):
         return (make_sample_2d if spec.endswith("2d") else make_sample_3d)(seed=0)[0]
+    if spec.startswith("hc18px:"):  # an HC18 frame with the pixel size its CSV gives (the PNG stores none)
+        from seg_studio.core.datasets import hc18
+
+        folder, name = DATA / "hc18_fetal_head_ultrasound", spec.split(":", 1)[1]
+        ref = hc18.read_reference(folder)[name]
+        return io.set_pixel_size(io.read(folder / "images" / f"{name}.png"), (ref.pixel_mm,))
     return io.read(DATA / spec)
 
 
@@ -176,8 +187,10 @@ Below, each shipped model on one scan of every data set in `../shared/data`: **m
 fires (a 2D model on a 3D scan, slice by slice, is only a note), else the warning codes before / after
 predicting and the percentage of voxels the model marked as foreground; "refused" means the model
 cannot run on it at all (channels or dims), and nothing was predicted. Codes: `dims` 2D model on a 3D
-scan (slice by slice) or 3D on 2D (refused), `channels`, `modality`, `spacing`, `no_spacing` (the scan
-stores no pixel size), `fov` (field of view), `intensity`, `fraction` (a class covers far more of the
+scan (slice by slice; for a model made for single 2D images, such as the ultrasound one, a mismatch) or
+3D on 2D (refused), `channels`, `modality`, `spacing`, `no_spacing` (the scan
+stores no pixel size), `fov` (field of view), `intensity`, `dark` (the share of the scan at its darkest
+level, the black outside an ultrasound sector, unlike the training scans'), `fraction` (a class covers far more of the
 scan than on validation), `uncertainty`. The last column is the app's default for that scan.
 
 Made by `nice .venv/bin/python benchmarks/domain_table.py` on {dt.date.today().isoformat()}: CPU

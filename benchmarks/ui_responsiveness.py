@@ -2,28 +2,34 @@
 and the time from launch to a ready window. Not a test: it prints measured figures.
 
     xvfb-run -a -s "-screen 0 1400x900x24" env QT_QPA_PLATFORM=xcb \\
-        .venv/bin/python benchmarks/ui_responsiveness.py [--dims 3] [--budget 20] [--trace]
+        .venv/bin/python benchmarks/ui_responsiveness.py [--dims 3] [--budget 20] [--trace] [--profile]
 
 Stall: a 5 ms QTimer runs on the main thread while the panel's ``predict()`` and ``finetune()`` run
 in their workers; the gap between two ticks minus 5 ms is how long the UI could not react (a user
 sees a stall above ~100 ms). The same timer also runs for 2 s with nothing to do (the baseline of
 this machine under its current load). Launch: a fresh ``python`` process builds the real app window
-(``build_window``: napari, our panel, the sample) and reports when the window is exposed with the
-sample drawn, when the model list is ready (torch imported in the worker) and when the start-up
-warm-up is done. Each stall is reported twice more: "while_computing" (the worker runs) and
+(``build_window``: napari, our panel, the sample) and reports when the window is first painted
+(panel and empty canvas), when it is exposed with the sample drawn, when the model list is ready (torch
+imported in the worker) and when the start-up warm-up is done, with the times ``build_window`` reached
+each of its steps (``phase_*``). ``--baseline DIR`` (an older checkout) alternates its launches with
+this tree's, so that before and after see the same load. Each stall is reported twice more: "while_computing" (the worker runs) and
 "landing" (the result is turned into layers on the main thread). After the first prediction it
 shows one map (a layer made on the user's click) and predicts again (the result lands in the layers
-that exist). ``--trace`` prints the main
-thread's stack during every stall over 100 ms.
+that exist). ``max_turn_cpu_ms`` is the most CPU time the main thread itself spent between two ticks
+(``time.thread_time``): what the longest stall would be on an idle machine, where wall-clock stalls
+also hold waits for the GIL and for a core. ``--trace`` prints the main thread's stack during every
+stall over 100 ms; ``--profile`` prints a cProfile of the main thread from each landing on.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import faulthandler
 import json
 import os
+import pstats
 import re
 import statistics
 import subprocess
@@ -98,18 +104,23 @@ class StallMeter:
         from qtpy.QtCore import QTimer
 
         self.gaps: list[float] = []
+        #: the main thread's CPU time in each gap: what the stall would be on an idle machine
+        self.cpu: list[float] = []
         self.ticks: list[float] = []
         self.sampler = sampler
         self.stalls: list[tuple[float, float]] = []
         self._last = self.started = time.perf_counter()
+        self._last_cpu = time.thread_time()
         self.timer = QTimer()
         self.timer.setInterval(TICK_MS)
         self.timer.timeout.connect(self._tick)
 
     def _tick(self) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.thread_time()
         gap = (now - self._last) * 1000 - TICK_MS
         self.gaps.append(gap)
+        self.cpu.append((cpu - self._last_cpu) * 1000)
+        self._last_cpu = cpu
         self.ticks.append(now)
         if gap > 100:
             self.stalls.append((self._last, now))
@@ -129,34 +140,51 @@ class StallMeter:
 
     def start(self) -> None:
         self.gaps.clear()
+        self.cpu.clear()
         self.ticks.clear()
         self.stalls.clear()
         self._last = self.started = time.perf_counter()
+        self._last_cpu = time.thread_time()
         self.timer.start()
 
     def stop(self, landed_at: float | None = None) -> dict[str, float]:
         """Summary of the gaps; with ``landed_at``, also split at that moment (result handed to the UI)."""
         self.timer.stop()
-        out = self._summary(self.gaps)
+        out = self._summary(self.gaps, self.cpu)
         if landed_at is not None:
             # a gap that ends after the result arrived holds landing work (the result's handler runs
             # between two ticks), so split by where each gap ends
-            before = [g for g, t in zip(self.gaps, self.ticks, strict=True) if t < landed_at]
-            after = self.gaps[len(before) :]
-            out["while_computing"] = self._summary(before)
-            out["landing"] = self._summary(after)
+            n = sum(1 for t in self.ticks if t < landed_at)
+            out["while_computing"] = self._summary(self.gaps[:n], self.cpu[:n])
+            out["landing"] = self._summary(self.gaps[n:], self.cpu[n:])
         return out
 
     @staticmethod
-    def _summary(gaps: list[float]) -> dict[str, float]:
+    def _summary(gaps: list[float], cpu: list[float]) -> dict[str, float]:
         g = sorted(gaps) or [0.0]
         return {
+            "max_turn_cpu_ms": round(max(cpu or [0.0]), 1),
             "max_stall_ms": round(max(g), 1),
             "p99_stall_ms": round(g[min(len(g) - 1, int(0.99 * len(g)))], 1),
             "median_gap_ms": round(statistics.median(g), 2),
             "ticks": len(g),
             "stalls_over_100ms": sum(1 for x in g if x > 100),
         }
+
+
+#: ``--profile``: a cProfile of the main thread from each landing until the meter stops
+PROFILER: list[cProfile.Profile] = []
+
+
+def dump_profile(label: str) -> None:
+    """``--profile``: print what the main thread spent its time on since the profiler was enabled."""
+    if not PROFILER:
+        return
+    prof = PROFILER.pop()
+    prof.disable()
+    print(f"--- {label}: the main thread from the landing on (cProfile)", file=sys.stderr)
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
+    PROFILER.append(cProfile.Profile())
 
 
 def mark_landing(section) -> list[float]:  # noqa: ANN001
@@ -167,6 +195,8 @@ def mark_landing(section) -> list[float]:  # noqa: ANN001
 
     def wrapped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         times.append(time.perf_counter())
+        if PROFILER:
+            PROFILER[0].enable()  # cProfile follows the thread that enables it: the main thread
         return handler(*args, **kwargs)
 
     section._done = wrapped
@@ -246,6 +276,7 @@ def measure_stalls(dims: int, budget_s: float, features: int, trace: bool = Fals
         "outcome": done[0],
     }
     meter.report_stalls("predict")
+    dump_profile("predict")
 
     # the maps are not layers until shown: the first show of one (a user's click) costs its layer
     names = panel.run.map_names()
@@ -253,12 +284,15 @@ def measure_stalls(dims: int, budget_s: float, features: int, trace: bool = Fals
     if names:
         meter.start()
         t0 = time.perf_counter()
+        if PROFILER:
+            PROFILER[0].enable()
         panel.run.show_map(names[0])
         while time.perf_counter() - t0 < 1.0:
             app.processEvents()
             time.sleep(0.001)
         out["show_first_map"] = {**meter.stop(), "name": names[0]}
         meter.report_stalls("show first map")
+        dump_profile("show first map")
 
     # a second prediction lands in the layers that exist (the mask and the shown map)
     done.clear()
@@ -274,6 +308,7 @@ def measure_stalls(dims: int, budget_s: float, features: int, trace: bool = Fals
         "outcome": done[0],
     }
     meter.report_stalls("predict again")
+    dump_profile("predict again")
 
     mask = panel.mask_layer()
     truth = labels.array.astype(mask.data.dtype)
@@ -296,6 +331,7 @@ def measure_stalls(dims: int, budget_s: float, features: int, trace: bool = Fals
         "outcome": done[0],
     }
     meter.report_stalls("finetune")
+    dump_profile("finetune")
     if meter.sampler is not None:
         meter.sampler.stop()
     panel.shutdown()
@@ -307,10 +343,11 @@ def launch_child(t_start: float) -> None:
     """Child process: build the app window and report when it is ready."""
     from qtpy.QtWidgets import QApplication
 
-    from seg_studio.ui.app import build_window
+    from seg_studio.ui import app as seg_app
 
     t_import = time.time()
-    viewer, panel = build_window(None)
+    viewer, panel = seg_app.build_window(None)
+    marks = getattr(seg_app, "MILESTONES", {})  # absent in builds before it was recorded
     app = QApplication.instance()
     win = viewer.window._qt_window
     wait_until(app, lambda: win.isVisible() and len(viewer.layers) > 0, 120)
@@ -325,7 +362,14 @@ def launch_child(t_start: float) -> None:
         json.dumps(
             {
                 "python_start_to_app_code_s": round(t_import - t_start, 2),
+                # the window (panel, empty canvas) painted, before the sample is opened into it
+                **(
+                    {"launch_to_first_paint_s": round(marks["window_drawn"] - t_start, 2)}
+                    if "window_drawn" in marks
+                    else {}
+                ),
                 "launch_to_window_s": round(t_window - t_start, 2),
+                **{f"phase_{k}_s": round(v - t_start, 2) for k, v in marks.items()},
                 "launch_to_models_listed_s": round(t_models - t_start, 2),
                 "launch_to_warmed_up_s": round(t_warm - t_start, 2),
             }
@@ -335,24 +379,38 @@ def launch_child(t_start: float) -> None:
     viewer.close()
 
 
-def measure_launch(runs: int) -> list[dict[str, float]]:
-    out = []
+def _launch_once(tree: Path) -> dict[str, float]:
+    """One launch of the app as ``tree`` (a checkout) has it, in a fresh process and a fresh home."""
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "SEG_STUDIO_HOME": home, "PYTHONPATH": str(tree)}
+        t0 = time.time()
+        proc = subprocess.run(
+            [sys.executable, str(tree / "benchmarks" / "ui_responsiveness.py"), "--launch-child", repr(t0)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"launch run of {tree} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def measure_launch(runs: int, baseline: Path | None = None) -> dict[str, list[dict[str, float]]]:
+    """``runs`` launches of this tree, alternating with ``baseline`` (an older checkout) when given,
+    so that both see the same load."""
+    out: dict[str, list[dict[str, float]]] = {"this": [], "baseline": []}
     for _ in range(runs):
-        with tempfile.TemporaryDirectory() as home:
-            env = {**os.environ, "SEG_STUDIO_HOME": home}
-            t0 = time.time()
-            proc = subprocess.run(
-                [sys.executable, __file__, "--launch-child", repr(t0)],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=300,
-            )
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                raise RuntimeError(f"launch run failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
-            out.append(json.loads(lines[-1]))
+        out["this"].append(_launch_once(REPO))
+        if baseline is not None:
+            out["baseline"].append(_launch_once(baseline))
     return out
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for r in runs for k in r}
+    return {k: statistics.median(r[k] for r in runs if k in r) for k in sorted(keys)}
 
 
 def main() -> None:
@@ -362,6 +420,15 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=20.0, help="fine-tune budget in seconds")
     ap.add_argument("--launch-runs", type=int, default=3)
     ap.add_argument("--trace", action="store_true", help="print the main thread's stack in each stall")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a checkout of an earlier commit (git archive REV | tar -x -C DIR): its launches alternate "
+        "with this tree's, for a before/after under the same load",
+    )
+    ap.add_argument("--no-stalls", dest="stalls", action="store_false", help="measure the launch only")
+    ap.add_argument("--profile", action="store_true", help="cProfile the main thread as results land")
     ap.add_argument("--launch-child", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
@@ -370,16 +437,23 @@ def main() -> None:
         return
     if not os.environ.get("DISPLAY"):
         sys.exit("needs a display: run it under xvfb-run (see the docstring)")
+    if args.profile:
+        PROFILER.append(cProfile.Profile())
     load_before = os.getloadavg()
-    launch = measure_launch(args.launch_runs) if args.launch_runs > 0 else []
-    stalls = measure_stalls(args.dims, args.budget, args.features, args.trace)
+    launch = measure_launch(args.launch_runs, args.baseline) if args.launch_runs > 0 else {"this": []}
+    stalls = measure_stalls(args.dims, args.budget, args.features, args.trace) if args.stalls else {}
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpu_count": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "launch": launch,
-        "launch_median": {k: statistics.median(r[k] for r in launch) for k in launch[0]} if launch else {},
+        "launch": launch["this"],
+        "launch_median": _medians(launch["this"]) if launch["this"] else {},
+        **(
+            {"baseline": str(args.baseline), "baseline_launch_median": _medians(launch["baseline"])}
+            if launch.get("baseline")
+            else {}
+        ),
         "stalls": stalls,
     }
     print(json.dumps(result, indent=2))

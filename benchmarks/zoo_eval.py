@@ -122,7 +122,9 @@ def main() -> int:
     }
     if info is not None:  # clinical figures beyond Dice (HC18: head circumference error in mm)
         extra = package._extra_validation(info, [Path(p) for p in paths], split_path, args.tta)
-        out.update({k: v for k, v in extra.items() if not k.startswith("per_case") and k != "hc_how"})
+        out.update(
+            {k: v for k, v in extra.items() if not k.startswith("per_case") and not k.endswith("_how")}
+        )
     if args.thresholds:
         out["dice_at_threshold"] = threshold_sweep(paths, pairs, recipe, args.thresholds)
     print(json.dumps(out))

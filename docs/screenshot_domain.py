@@ -2,11 +2,12 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" env QT_QPA_PLATFORM=xcb .venv/bin/python docs/screenshot_domain.py
 
-The real app opens a real whole-head MRI series from ../shared/data (TCIA Brain-Tumor-Progression,
-PGBM-003 T1post: 22 slices of 320 x 280 at 0.69 x 0.69 x 6.5 mm). With no model chosen the panel finds
-that no shipped model fits it and says so; the script then picks ``hippocampus_unet`` (trained on
-40 x 56 x 40 mm crops around the hippocampus) as a user would, presses Predict, and saves the window
-with the banner that lists what does not fit, before and after the prediction:
+The real app opens a real abdominal MRI from ../shared/data (TotalSegmentator's test MR, Apache-2.0:
+117 x 91 x 20 voxels of 3 mm; the TCIA series are not shown because their terms do not clearly allow
+redistribution). With no model chosen the panel finds that no shipped model fits it and says so; the
+script then picks ``hippocampus_unet`` (trained on 40 x 56 x 40 mm crops around the hippocampus) as a
+user would, presses Predict, and saves the window with the banner that lists what does not fit,
+before and after the prediction:
 
 - docs/images/domain_banner.png
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from screenshots import REPO, run_job, save, settle, wait  # noqa: E402
 
-SCAN = REPO.parent / "shared" / "data" / "tcia_brain_tumor_progression_dicom" / "images" / "PGBM-003_19950329"
+SCAN = REPO.parent / "shared" / "data" / "totalsegmentator_ct_examples" / "images" / "example_mr_sm.nii.gz"
 MODEL = REPO / "resources" / "models" / "hippocampus_unet.segmodel"
 
 
@@ -31,7 +32,7 @@ def main() -> int:
     os.environ["SEG_STUDIO_HOME"] = tempfile.mkdtemp(prefix="seg-studio-shots-")
     if not os.environ.get("DISPLAY"):
         sys.exit("needs a display: run it under xvfb-run (see the docstring)")
-    if not SCAN.is_dir():
+    if not SCAN.is_file():
         sys.exit(f"{SCAN} is not here: the screenshot needs ../shared/data")
 
     from qtpy.QtWidgets import QApplication
@@ -52,7 +53,7 @@ def main() -> int:
     assert run_job(app, panel.predict, panel.run.finished) == "done", panel.run.last_error
     for line in panel.domain_warnings():
         print("banner:", line)  # noqa: T201 - a script reporting what it shows
-    viewer.dims.set_current_step(0, 12)  # a slice through the middle of the head
+    viewer.dims.set_current_step(0, 10)  # a slice through the middle of the volume
     panel.mask_layer().opacity = 0.5
     panel.show_section(panel.models)  # the card beside the banner
     viewer.reset_view()

@@ -66,6 +66,9 @@ ensure_venv() {
     # pyproject.toml gives ranges; installer/constraints.txt the exact tested set (torch 2.14.1 and
     # torchvision 0.29.1 are wheels that lie on this machine).
     .venv/bin/python -m pip install -q -c installer/constraints.txt -e ".[$SEG_STUDIO_EXTRAS]"
+    # napari's own reader claims *.nii.gz too, so without a preference plain `napari scan.nii.gz`
+    # asks which plugin to use; record ours (a choice the user made is kept).
+    .venv/bin/seg-studio napari-reader >&2 || echo "seg_studio: could not record the napari reader preference" >&2
     echo "$want" >"$stamp"
   fi
 }

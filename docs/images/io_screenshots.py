@@ -34,17 +34,18 @@ def main() -> None:
     shot(viewer, "io_napari_nifti_ct.png")
     viewer.close()
 
+    # A real CT DICOM series (TotalSegmentator's test files, Apache-2.0) with its organ labels as NIfTI;
+    # the TCIA series are not pictured: their terms do not clearly allow redistribution.
     viewer = napari.Viewer(title="seg_studio: DICOM folder", show=True)
-    tcia = DATA / "tcia_brain_tumor_progression_dicom"
-    (t1,) = viewer.open(tcia / "images" / "PGBM-003_19950329", plugin="seg-studio")
-    (mask,) = viewer.open(tcia / "labels" / "PGBM-003_19950329", plugin="seg-studio")
-    z = int(np.argmax(mask.data.reshape(mask.data.shape[0], -1).sum(1)))
-    viewer.dims.set_point(0, t1.translate[0] + t1.scale[0] * z)
+    (series,) = viewer.open(ct / "dicom" / "example_ct_dicom", plugin="seg-studio")
+    (organs,) = viewer.open(ct / "labels" / "example_ct_dicom.nii.gz", plugin="seg-studio")
+    series.contrast_limits = (-160, 240)
+    z = int(np.argmax((np.asarray(organs.data) > 0).reshape(organs.data.shape[0], -1).sum(1)))
+    viewer.dims.set_point(0, series.translate[0] + series.scale[0] * z)
     shot(viewer, "io_napari_dicom_axial.png")
-    ys = np.nonzero(mask.data.sum(axis=(0, 2)))[0]
-    viewer.dims.order = (1, 0, 2)  # coronal: 22 slices 6.5 mm apart vs 0.6875 mm pixels
+    viewer.dims.order = (1, 0, 2)  # coronal: 20 slices 2 mm apart vs 0.977 mm pixels
     viewer.scene.camera.orientation2d = ("up", "right")
-    viewer.dims.set_point(1, t1.translate[1] + t1.scale[1] * int(np.median(ys)))
+    viewer.dims.set_point(1, series.translate[1] + series.scale[1] * 256)
     shot(viewer, "io_napari_dicom_coronal.png")
     viewer.close()
 

@@ -75,6 +75,32 @@ def _run_gui(args: argparse.Namespace) -> int:
     return run_app(args.scan)
 
 
+def _add_napari_reader(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a reader the user chose for these formats"
+    )
+
+
+def _run_napari_reader(args: argparse.Namespace) -> int:
+    """napari asks which plugin should read a .nii.gz until a preference exists (its own reader
+    claims the pattern too); the README's set-up runs this once so plain ``napari scan.nii.gz``
+    never asks. A choice the user made is kept unless ``--overwrite``."""
+    try:
+        from napari.settings import get_settings
+
+        from ..ui.reader import PLUGIN_NAME, PREFERRED_PATTERNS, prefer_seg_studio_reader
+    except ImportError as exc:
+        raise SegStudioError(f"napari is not installed ({exc}); install seg-studio[napari]") from exc
+    prefer_seg_studio_reader(overwrite=args.overwrite)
+    prefs = get_settings().plugins.extension2reader
+    ours = [p for p in PREFERRED_PATTERNS if prefs.get(p) == PLUGIN_NAME]
+    print(f"napari opens {' '.join(ours) or 'none of the medical formats'} with seg-studio's reader")
+    for p in PREFERRED_PATTERNS:
+        if p not in ours:
+            print(f"kept your choice for {p}: {prefs[p]} (--overwrite replaces it)")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner]] = {
     "models": ("list the U-Net variants", _add_models, _run_models),
     "self-test": (
@@ -83,6 +109,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
         selftest.run,
     ),
     "gui": ("open the napari app", _add_gui, _run_gui),
+    "napari-reader": (
+        "make plain napari open NIfTI/MHA/NRRD with seg-studio's reader without asking",
+        _add_napari_reader,
+        _run_napari_reader,
+    ),
     "info": (
         "print a scan's size, spacing, origin, direction, type and range (or a DICOM folder's series)",
         scans.add_info,

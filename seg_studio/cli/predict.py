@@ -175,10 +175,32 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--save-attention", type=Path, metavar="A", help="attention-gate maps, one file per gate")
     p.add_argument("--save-uncertainty", type=Path, metavar="U", help="spread over flip TTA (turns --tta on)")
+    p.add_argument(
+        "--review-order",
+        type=Path,
+        metavar="R",
+        help="where to check first: slices (3D) or regions (2D) ranked by the model's uncertainty, "
+        "as .json or .csv (a folder of <scan>_review.json with a folder of scans); with --tta the "
+        "spread over flips counts too",
+    )
     p.add_argument("--largest-component", action="store_true", help="keep each class's largest component")
     p.add_argument("--fill-holes", action="store_true", help="fill enclosed holes of each class")
     p.add_argument("--min-size", type=int, default=0, help="drop islands smaller than this many voxels")
     p.add_argument("--series", help="DICOM series UID when a folder holds several")
+    p.add_argument(
+        "--phase",
+        type=int,
+        metavar="N",
+        help="a cine DICOM folder (several images per slice position): read phase N (0 = the first image"
+        " at each position, by instance number)",
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=_floats,
+        metavar="MM",
+        help="the scan's pixel size in mm (one value, or x,y) for a picture that stores none (PNG, JPEG),"
+        " e.g. an HC18 frame's from its CSV; files that store a spacing are refused",
+    )
     p.add_argument(
         "--ext", help="mask file type in folder mode, e.g. .nii.gz (default: the scan's own if writable)"
     )
@@ -301,7 +323,9 @@ def _predict_one(
     from ..core import domain, io
     from ..core.inference import iter_predict
 
-    vol = io.read(scan, series=args.series)
+    vol = io.read(scan, series=args.series, phase=args.phase)
+    if args.pixel_size:
+        io.set_pixel_size(vol, args.pixel_size)
     prefix = f"{scan.name}: " if args.input.is_dir() and scan != args.input else ""
     warnings = [w.message for w in domain.scan_warnings(meta, vol) if w.severity != "refuse"]
     for text in warnings:  # before the run: a long prediction on the wrong scan is announced at once
@@ -319,6 +343,7 @@ def _predict_one(
     after = [w.message for w in domain.check_result(meta.domain, pred)]
     for text in after:
         warn(prefix + text)
+    review = _review_items(pred, bool(extras.get("review")))
     if drop_probabilities:
         pred.probabilities = None
     from ..core.atomic import transaction
@@ -339,6 +364,10 @@ def _predict_one(
             written.append(io.write(pred.probabilities, extras["probabilities"], protected=protected))
         if extras.get("uncertainty") and pred.uncertainty is not None:
             written.append(io.write(pred.uncertainty, extras["uncertainty"], protected=protected))
+        if review is not None:
+            from ..core.review import write_review_order
+
+            written.append(write_review_order(review, extras["review"], str(scan), protected=protected))
         if extras.get("attention"):
             for i, att in enumerate(pred.attention):
                 written.append(
@@ -348,6 +377,15 @@ def _predict_one(
         for note in pred.notes:
             say(f"{scan.name}: note: {note}")
     return written, list(pred.notes), warnings + after
+
+
+def _review_items(pred, wanted: bool):  # noqa: ANN001, ANN202 - Prediction -> list[ReviewItem] | None
+    """The review order of a prediction (its probabilities, and the TTA spread when it has one)."""
+    if not wanted:
+        return None
+    from ..core.review import review_order
+
+    return review_order(pred.probabilities, pred.uncertainty)
 
 
 def is_seg_path(path: Path) -> bool:
@@ -377,7 +415,7 @@ def _check_outputs(args: argparse.Namespace, folder_mode: bool) -> None:
             raise ImageWriteError(
                 f"--ext {args.ext}: cannot save masks as that; use one of {supported_write_list()}"
             )
-        for flag, folder in {"--out": args.out, **floats}.items():
+        for flag, folder in {"--out": args.out, "--review-order": args.review_order, **floats}.items():
             if folder is not None:
                 check_output_folder(folder, flag)
         return
@@ -394,7 +432,13 @@ def _check_outputs(args: argparse.Namespace, folder_mode: bool) -> None:
                 f"{flag} {p.name}: float maps need one of {', '.join(_FLOAT_FORMATS)} "
                 f"(not {suffix_of(p) or 'no extension'})"
             )
-    check_outputs({"--out": args.out, **floats}, protected=[args.input, args.model])
+    if args.review_order is not None:
+        from ..core.review import check_review_path
+
+        check_review_path(args.review_order)
+    check_outputs(
+        {"--out": args.out, "--review-order": args.review_order, **floats}, protected=[args.input, args.model]
+    )
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -439,11 +483,11 @@ def run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         tta=args.tta or args.save_uncertainty is not None,
         precision=args.precision,
-        probabilities=args.save_probabilities is not None,
+        probabilities=args.save_probabilities is not None or args.review_order is not None,
         probability_dtype=args.probabilities_dtype,
         backend=args.backend,
         attention=args.save_attention is not None,
-        uncertainty=args.save_uncertainty is not None,
+        uncertainty=args.save_uncertainty is not None or (args.tta and args.review_order is not None),
         postprocess=post or None,
     )
     model, meta = ckpt.load(args.model, device="cpu")
@@ -461,6 +505,7 @@ def run_predict(args: argparse.Namespace) -> int:
             "probabilities": args.save_probabilities,
             "uncertainty": args.save_uncertainty,
             "attention": args.save_attention,
+            "review": args.review_order,
         }
         t = time.perf_counter()
         written, notes, warnings = _predict_one(args.input, args.out, model, meta, opts, extras, args)
@@ -506,6 +551,7 @@ def run_predict(args: argparse.Namespace) -> int:
             "probabilities": _float_name(args.save_probabilities, stem) if args.save_probabilities else None,
             "uncertainty": _float_name(args.save_uncertainty, stem) if args.save_uncertainty else None,
             "attention": _float_name(args.save_attention, stem) if args.save_attention else None,
+            "review": args.review_order / f"{stem}_review.json" if args.review_order else None,
         }
         try:
             written, _, warnings = _predict_one(scan, args.out / name, model, meta, opts, extras, args)

@@ -65,6 +65,9 @@ def add_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series", help="DICOM series UID (or a unique part of it) when the folder holds several")
     p.add_argument("--allow-nonuniform", action="store_true", help="read DICOM series with uneven slice gaps")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--phase", type=int, metavar="N", help="a cine DICOM folder: read its phase N (see predict)"
+    )
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -85,7 +88,7 @@ def run_info(args: argparse.Namespace) -> int:
             return 0
     if path.is_file() and _is_seg(path):
         return _print_seg(path, args.json)
-    vol = io.read(path, series=args.series, allow_nonuniform=args.allow_nonuniform)
+    vol = io.read(path, series=args.series, allow_nonuniform=args.allow_nonuniform, phase=args.phase)
     s = io.summary(vol)
     if series_list is not None:
         s["series_in_folder"] = [x.as_dict() for x in series_list]
@@ -140,6 +143,9 @@ def add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series", help="DICOM series UID when the folder holds several")
     p.add_argument("--allow-nonuniform", action="store_true", help="read DICOM series with uneven slice gaps")
     p.add_argument(
+        "--phase", type=int, metavar="N", help="a cine DICOM folder: read its phase N (see predict)"
+    )
+    p.add_argument(
         "--labels",
         action="store_true",
         help="treat the input as a label map (smallest integer type); guessed from the name otherwise",
@@ -149,7 +155,7 @@ def add_convert(p: argparse.ArgumentParser) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     from ..core import io
 
-    vol = io.read(args.input, series=args.series, allow_nonuniform=args.allow_nonuniform)
+    vol = io.read(args.input, series=args.series, allow_nonuniform=args.allow_nonuniform, phase=args.phase)
     if args.labels:
         vol.meta["kind"] = "labels"
     out = io.write(vol, args.output, protected=[args.input])

@@ -23,7 +23,7 @@ def finetune_budget_s(spatial_dims: int) -> float:
 
 
 #: The model arguments of a model trained from scratch in a fine-tune's budget: the app's untrained
-#: variants (``ui.model_section.UNTRAINED_CONFIG``) and the fresh start that replaces a parent that does
+#: variants (``select_variant(..., features=N)`` overrides it) and the fresh start that replaces a parent that does
 #: not fit its corrections. Width 8 learns more than 16 in 50 s on a CPU (JSRT from scratch, two X-rays:
 #: lungs 0.947 at width 8 against 0.912 at width 16; benchmarks/training.py).
 FRESH_ARCH_ARGS: dict[str, int] = {"features": 8}

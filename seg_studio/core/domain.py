@@ -45,6 +45,13 @@ FRACTION_ABS = 0.005
 #: Mean uncertainty is flagged above UNCERTAINTY_FACTOR x the validation maximum (and UNCERTAINTY_ABS more).
 UNCERTAINTY_FACTOR = 1.5
 UNCERTAINTY_ABS = 0.02
+#: The dark share (voxels within DARK_LEVEL of the intensity range above the minimum: the black outside an
+#: ultrasound sector, the air around a body) is flagged outside [low / DARK_FACTOR, high x DARK_FACTOR + DARK_ABS]
+#: of the training images'. Set on ../shared/data: HC18 ultrasound 6.6-62 %, JSRT films 0-2.5 %, ISBI EM 0-0.3 %,
+#: MSD crops 0-0.9 %, the CT examples 0 %: intensity quantiles alone cannot tell these grey images apart.
+DARK_LEVEL = 0.01
+DARK_FACTOR = 2.0
+DARK_ABS = 0.05
 #: Statistics are taken on at most this many voxels (a strided subsample).
 SAMPLE_VOXELS = 1_000_000
 
@@ -121,6 +128,11 @@ class Domain:
     #: the model's own target spacing (``ModelMeta.spacing``): scans are resampled to it, so their
     #: spacing is not compared, only their field of view
     resampled_to: tuple[float, ...] | None = None
+    #: (low, mean, high) over the training images of the dark share (``dark_fraction``); None: not recorded
+    dark_fraction: Stat | None = None
+    #: False for a model made for single 2D images (an ultrasound frame, one cine image): a 3D scan does
+    #: not fit it; True lets a 2D model segment each slice of a 3D scan (with a note)
+    slice_by_slice: bool = True
     version: int = DOMAIN_VERSION
 
     # --- JSON --------------------------------------------------------------------------------------
@@ -149,6 +161,8 @@ class Domain:
             "mean_uncertainty": _rl(self.mean_uncertainty),
             "synthetic": self.synthetic,
             "resampled_to": _rl(self.resampled_to),
+            "dark_fraction": _rl(self.dark_fraction),
+            "slice_by_slice": self.slice_by_slice,
         }
 
     @classmethod
@@ -190,6 +204,8 @@ class Domain:
                 resampled_to=None
                 if d.get("resampled_to") is None
                 else _floats(d["resampled_to"], dims, "resampled_to"),
+                dark_fraction=_stat(d.get("dark_fraction"), "dark_fraction"),
+                slice_by_slice=bool(d.get("slice_by_slice", True)),
                 version=version,
             )
         except KeyError as exc:
@@ -279,6 +295,8 @@ def scan_modality(volume: Volume) -> str | None:
 
 def has_physical_spacing(volume: Volume) -> bool:
     """False for raster images (PNG, JPEG, ...) that store no pixel size: their spacing of 1 is a placeholder."""
+    if volume.meta.get("pixel_size_given"):  # io.set_pixel_size
+        return True
     fmt = str(volume.meta.get("format") or "").upper()
     return not (fmt in _RASTER and all(abs(s - 1.0) < 1e-9 for s in volume.spacing))
 
@@ -302,6 +320,17 @@ def _subsample(array: np.ndarray, limit: int = SAMPLE_VOXELS) -> np.ndarray:
         return array
     step = int(math.ceil((array.size / limit) ** (1 / array.ndim)))
     return array[(slice(None, None, step),) * array.ndim]
+
+
+def dark_fraction(volume: Volume) -> float:
+    """Share of the voxels (first channel) within ``DARK_LEVEL`` of the intensity range above the minimum:
+    the black outside an ultrasound sector or the air around a body, which grey pictures of other
+    kinds (films, EM, MRI crops) hardly have."""
+    a = np.asarray(_subsample(volume.channel_first()[0]), dtype=np.float64)
+    if not a.size:
+        return 0.0
+    lo, hi = float(a.min()), float(a.max())
+    return float(np.mean(a <= lo + DARK_LEVEL * (hi - lo)))
 
 
 def intensity_quantiles(volume: Volume, normalization: Mapping[str, Any] | None) -> np.ndarray:
@@ -374,6 +403,7 @@ def domain_from_pairs(
     modality: str | None = None,
     expected_input: str = "",
     synthetic: bool = False,
+    slice_by_slice: bool = True,
     device: str = "cpu",
 ) -> Domain:
     """The domain of a model trained on ``train`` (image, class-value label array) pairs.
@@ -382,6 +412,7 @@ def domain_from_pairs(
     ``validation`` images, the model segments each validation image (the app's inference, with
     probabilities) and the per-class fractions and uncertainties it produced are recorded, so that
     ``check_result`` can tell an unusual result later. ``modality`` defaults to what the images say.
+    ``slice_by_slice=False`` marks a 2D model made for single images only (a 3D scan then does not fit).
     """
     if not train:
         raise ValueError("a domain needs at least one training image")
@@ -419,6 +450,8 @@ def domain_from_pairs(
         mean_uncertainty=_stat_of([p["mean_uncertainty"] for p in preds]),
         synthetic=synthetic,
         resampled_to=None if meta.spacing is None else tuple(float(s) for s in meta.spacing),
+        dark_fraction=_stat_of([dark_fraction(img) for img in images]),
+        slice_by_slice=slice_by_slice,
     )
 
 
@@ -475,8 +508,13 @@ def widen(domain: Domain, images: Sequence[Volume]) -> Domain:
             out.append((min([lo, *vals]), max([hi, *vals])))
         return tuple(out)
 
+    dark = domain.dark_fraction
+    if dark is not None:
+        fracs = [dark_fraction(img) for img in images]
+        dark = (min(dark[0], *fracs), dark[1], max(dark[2], *fracs))
     return replace(
         domain,
+        dark_fraction=dark,
         spacing=grow(domain.spacing, 0),
         fov=grow(domain.fov, 1),
         intensity_lo=tuple(float(v) for v in np.minimum(domain.intensity_lo, quants.min(axis=0))),
@@ -534,6 +572,15 @@ def _shape_checks(domain: Domain, volume: Volume) -> list[DomainWarning]:
         )
     if domain.dims == 3 and volume.ndim == 2:
         out.append(DomainWarning("dims", "a 3D model cannot segment a 2D image: pick a 2D model", "refuse"))
+    elif domain.dims == 2 and volume.ndim == 3 and not domain.slice_by_slice:
+        n = volume.spatial_shape[0]
+        out.append(
+            DomainWarning(
+                "dims",
+                f"the scan is a 3D volume of {n} slices but the model was made for single 2D images, "
+                "not for the slices of a volume",
+            )
+        )
     elif domain.dims == 2 and volume.ndim == 3:
         n = volume.spatial_shape[0]
         out.append(
@@ -626,6 +673,23 @@ def _intensity_check(
     ]
 
 
+def _dark_check(domain: Domain, volume: Volume) -> list[DomainWarning]:
+    """The dark share against the training images' (where the domain records it)."""
+    if domain.dark_fraction is None:
+        return []
+    lo, _, hi = domain.dark_fraction
+    frac = dark_fraction(volume)
+    if lo / DARK_FACTOR <= frac <= hi * DARK_FACTOR + DARK_ABS:
+        return []
+    return [
+        DomainWarning(
+            "dark",
+            f"{100 * frac:.1f} % of the scan is at its darkest level (the black outside an ultrasound sector, "
+            f"the air around a body); in the training scans {100 * lo:.1f}-{100 * hi:.1f} %",
+        )
+    ]
+
+
 def check_scan(
     domain: Domain | None, volume: Volume, cache: dict[str, np.ndarray] | None = None
 ) -> list[DomainWarning]:
@@ -645,6 +709,7 @@ def check_scan(
     out += _modality_check(domain, volume)
     out += _geometry_checks(domain, volume)
     out += _intensity_check(domain, volume, cache)
+    out += _dark_check(domain, volume)
     return _with_expected_input(domain, out)
 
 
@@ -771,7 +836,12 @@ def describe(domain: Domain | None) -> list[str]:
     unit = "mm" if domain.physical_spacing else "px (no stored pixel size)"
     lines = [
         f"{domain.modality or 'unknown modality'}{' (synthetic)' if domain.synthetic else ''}, {domain.dims}D, "
-        f"{domain.channels} channel(s), {domain.cases} training scans",
+        f"{domain.channels} channel(s), {domain.cases} training scans"
+        + (
+            ""
+            if domain.slice_by_slice or domain.dims == 3
+            else "; single 2D images only (not the slices of a volume)"
+        ),
         f"field of view {format_spans(domain.fov, unit)}",
     ]
     if domain.physical_spacing:

@@ -33,16 +33,22 @@ PERCENTILES = (5, 25, 50, 75, 95)
 #: Formats whose pixel size is not a physical spacing unless the file says so (1.0 = "unknown").
 _NO_SPACING_FORMATS = {"PNG", "JPEG", "BMP", "GIF"}
 
-#: name -> (function(mask_2d_bool, spacing_xy) -> float | None, unit): extra rows for 2D masks.
-#: The place for biometry (e.g. ``head_circumference_mm`` from ``core.biometry``'s ellipse fit).
-EXTRA_2D: dict[str, tuple[Callable[[np.ndarray, tuple[float, float]], float | None], str]] = {}
+Measure2D = Callable[[np.ndarray, tuple[float, float]], float | None]
+#: name -> (function(mask_2d_bool, spacing_xy) -> float | None, unit, class names it applies to or None
+#: for all): extra rows for 2D masks. The place for biometry (the head circumference below).
+EXTRA_2D: dict[str, tuple[Measure2D, str, frozenset[str] | None]] = {}
+#: Class names (lower case) that get the fetal head biometry rows (HC18's model calls its class "head").
+HEAD_CLASSES = frozenset({"head", "fetal head"})
 
 
 def register_2d_measure(
-    name: str, fn: Callable[[np.ndarray, tuple[float, float]], float | None], unit: str = "mm"
+    name: str, fn: Measure2D, unit: str = "mm", classes: set[str] | frozenset[str] | None = None
 ) -> None:
-    """Add a per-class measure for 2D masks (``fn(mask, (sx, sy))`` -> number, or None if it does not apply)."""
-    EXTRA_2D[name] = (fn, unit)
+    """Add a per-class measure for 2D masks (``fn(mask, (sx, sy))`` -> number, or None if it does not
+    apply), for the classes named in ``classes`` (any case; None: every class). A measure in "mm" is
+    left out when the image stores no pixel size: a length in pixels would read as millimetres."""
+    names = None if classes is None else frozenset(c.lower() for c in classes)
+    EXTRA_2D[name] = (fn, unit, names)
 
 
 @dataclass
@@ -87,6 +93,8 @@ class Report:
 
 def has_physical_spacing(vol: Volume) -> bool:
     """False for plain pictures (PNG, JPEG...) whose 1.0 spacing only means "not given"."""
+    if vol.meta.get("pixel_size_given"):  # io.set_pixel_size
+        return True
     fmt = str(vol.meta.get("format", ""))
     unit = np.allclose(vol.spacing, 1.0)
     return not (unit and (fmt in _NO_SPACING_FORMATS or (fmt == "TIFF" and vol.ndim == 2)))
@@ -176,7 +184,8 @@ def _measure_class(
     if pixels is not None:
         out.intensity = _stats(pixels[box][mask])
     if labels.ndim == 2 and EXTRA_2D:
-        out.extras = _extras(arr == value, tuple(labels.spacing) if physical else (1.0, 1.0))  # type: ignore[arg-type]
+        spacing = tuple(labels.spacing) if physical else (1.0, 1.0)
+        out.extras = _extras(arr == value, spacing, out.name, physical)  # type: ignore[arg-type]
     return out
 
 
@@ -214,12 +223,18 @@ def _stats_from_histogram(counts: np.ndarray, lo: int) -> IntensityStats:
     return IntensityStats(mean, sd, float(vals[nz[0]]), float(vals[nz[-1]]), pct)
 
 
-def _extras(mask: np.ndarray, spacing_xy: tuple[float, float]) -> dict[str, float]:
+def _extras(
+    mask: np.ndarray, spacing_xy: tuple[float, float], class_name: str, physical: bool
+) -> dict[str, float]:
+    from .errors import SegStudioError
+
     out = {}
-    for name, (fn, _unit) in EXTRA_2D.items():
+    for name, (fn, unit, classes) in EXTRA_2D.items():
+        if classes is not None and class_name.lower() not in classes or unit == "mm" and not physical:
+            continue
         try:
             got = fn(mask, spacing_xy)
-        except (ValueError, ArithmeticError) as exc:  # a shape the measure does not fit
+        except (ValueError, ArithmeticError, SegStudioError) as exc:  # a shape the measure does not fit
             log.info("%s not measured: %s", name, exc)
             continue
         if got is not None and math.isfinite(got):
@@ -284,3 +299,16 @@ def format_table(report: Report) -> str:
             text += f"  {k} {_num(v)}"
         lines.append(text)
     return "\n".join(lines + [f"note: {n}" for n in report.notes])
+
+
+def _register_head_biometry() -> None:
+    """HC, BPD and OFD (mm) of a 2D fetal head mask, from the ellipse fitted to it (``core.biometry``),
+    the figures an obstetric report gives."""
+    from .biometry import head_biometry
+
+    register_2d_measure("HC (mm)", lambda m, sp: head_biometry(m, sp).hc_mm, "mm", HEAD_CLASSES)
+    register_2d_measure("BPD (mm)", lambda m, sp: head_biometry(m, sp).bpd_mm, "mm", HEAD_CLASSES)
+    register_2d_measure("OFD (mm)", lambda m, sp: head_biometry(m, sp).ofd_mm, "mm", HEAD_CLASSES)
+
+
+_register_head_biometry()

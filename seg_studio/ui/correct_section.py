@@ -115,6 +115,7 @@ class CorrectSection(QGroupBox):
         """Paint with class ``value`` on the mask (napari's brush)."""
         mask = self._require_mask()
         mask.selected_label = int(value)
+        L.restore_tool_overlays(mask)  # a mask that just landed may still wait for its brush overlay
         mask.mode = "paint"
         self.viewer.layers.selection.active = mask
 

@@ -41,6 +41,7 @@ from . import layers as L
 from .model_section import CHECKPOINT_SUFFIX, ModelChoice, ModelSection, bundled_model_dirs
 from .plot_widget import LossPlot
 from .run_section import RunSection, build_untrained, format_progress
+from .workers import FINETUNE_NICE
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,17 @@ def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, serie
         replay=series,
         cancel=token,
     )
-    return result
+    # the lineage hashes every checkpoint in the model folders: here, not on the GUI thread (110-150 ms
+    # of the landing turn measured with ``ui_responsiveness.py --trace``)
+    return result, lineage_of(Path(result.path))
+
+
+def lineage_of(path: Path) -> list[Any]:
+    """``path``'s versions (it, its parent, ...) found in the user's and the bundled model folders."""
+    from ..core.autosave import user_model_dir
+    from ..core.training.lineage import lineage
+
+    return lineage(path, [user_model_dir(), *bundled_model_dirs()])
 
 
 class FinetuneSection(QGroupBox):
@@ -276,6 +287,7 @@ class FinetuneSection(QGroupBox):
             on_cancelled=self._cancelled,
             on_finished=self._job_finished,
             name="fine-tune",
+            nice=FINETUNE_NICE,
         )
         return True
 
@@ -285,12 +297,12 @@ class FinetuneSection(QGroupBox):
             self.status.setText("cancelling...")
             self.job.cancel()
 
-    def show_lineage(self, path: Path) -> list[Any]:
-        """List ``path``'s lineage (it, its parent, ...) for "use this version"; returns the versions."""
-        from ..core.autosave import user_model_dir
-        from ..core.training.lineage import lineage
+    def show_lineage(self, path: Path, chain: list[Any] | None = None) -> list[Any]:
+        """List ``path``'s lineage (it, its parent, ...) for "use this version"; returns the versions.
 
-        chain = lineage(path, [user_model_dir(), *bundled_model_dirs()])
+        ``chain``: the lineage already found (by the worker); without it, it is found here."""
+        if chain is None:
+            chain = lineage_of(path)
         self.versions.clear()
         for v in chain:
             self.versions.addItem(v.label(), str(v.path))
@@ -324,15 +336,16 @@ class FinetuneSection(QGroupBox):
         if loss is not None or dice is not None:
             self.plot.add(m.get("step", p.done), loss, dice)
 
-    def _done(self, result: Any) -> None:
+    def _done(self, done: Any) -> None:
         from napari.utils.notifications import show_info, show_warning
 
+        result, chain = done
         self.last_result = result
         path = Path(result.path)
         before, after = result.dice_before, result.dice_after
         scores = f"Dice {before:.3f} -> {after:.3f} on the {result.dice_on}"
         self.bar.setValue(1000)
-        self.show_lineage(path)
+        self.show_lineage(path, chain)
         if result.better:
             self.models.add_checkpoint(path, select=True)
             self.status.setText(f"saved {path.name} ({scores}); it is selected")

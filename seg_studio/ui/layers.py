@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def layer_volume(layer: Any) -> Volume:
     nd = data.ndim - (1 if channels > 1 else 0)
     if nd not in (2, 3):
         raise ValueError(f"layer {layer.name!r} has {nd} spatial dimensions; seg_studio needs 2D or 3D")
-    spacing = md.get("spacing") or tuple(float(s) for s in reversed(layer.scale[-nd:]))
+    spacing = md.get("spacing") or tuple(abs(float(s)) for s in reversed(layer.scale[-nd:]))
     origin = md.get("origin") or tuple(float(t) for t in reversed(layer.translate[-nd:]))
     direction = md.get("direction") or tuple(np.eye(nd).ravel())
     source = md.get("source")
@@ -126,9 +127,32 @@ def layer_volume(layer: Any) -> Volume:
     )
 
 
+def axis_signs_zyx(volume: Volume) -> tuple[float, ...]:
+    """+1/-1 per array axis (z, y, x) when the direction matrix only flips axes, else all +1.
+
+    Most NIfTI files store the rows right-to-left and front-to-back (direction ``diag(-1, -1, 1)``)
+    while a DICOM series of the same patient stores them left-to-right: without the flip the two
+    would not overlay, and a NIfTI CT would show the spine at the top. A rotated or permuted
+    direction cannot be shown by scale and translate alone and keeps all +1 (napari would slice
+    obliquely); the full matrix stays in the metadata either way.
+    """
+    d = volume.direction_matrix
+    diag = np.diag(d)
+    if np.allclose(d, np.diag(diag)) and np.allclose(np.abs(diag), 1.0):
+        return tuple(float(np.sign(v)) for v in reversed(diag))
+    return (1.0,) * volume.ndim
+
+
+def placement(volume: Volume) -> dict[str, tuple[float, ...]]:
+    """napari's ``scale``/``translate`` for ``volume``: millimetres in the scanner's x,y,z frame
+    (given in napari's z,y,x order), with axis flips applied as negative scales."""
+    signs = axis_signs_zyx(volume)
+    scale = tuple(s * g for s, g in zip(volume.spacing_zyx, signs, strict=True))
+    return {"scale": scale, "translate": tuple(volume.origin_zyx)}
+
+
 def layer_kwargs(volume: Volume, like: Any | None = None) -> dict[str, Any]:
     """``scale``/``translate`` for a new layer on ``volume``'s grid (aligned with the scan layer ``like``)."""
-    scale = tuple(volume.spacing_zyx)
     if like is not None:
         nd = volume.ndim
         like_scale = tuple(like.scale[-nd:])
@@ -142,8 +166,10 @@ def layer_kwargs(volume: Volume, like: Any | None = None) -> dict[str, Any]:
             translate = tuple(
                 t + (sc - ls) / 2 for t, sc, ls in zip(translate, scale, like_scale, strict=True)
             )
+        else:
+            scale = like_scale
         return {"scale": scale, "translate": translate}
-    return {"scale": scale, "translate": tuple(volume.origin_zyx)}
+    return placement(volume)
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
@@ -274,6 +300,31 @@ def classes_metadata(classes: list[Any]) -> list[dict[str, Any]]:
     return [{"value": int(c.value), "name": str(c.name), "color": [int(v) for v in c.color]} for c in classes]
 
 
+def set_pixel_size(viewer: Any, scan_layer: Any, pixel_mm: float) -> int:
+    """Give a picture that stores no pixel size (a PNG, e.g. an ultrasound frame whose pixel size is
+    printed on it or in a CSV) its pixel size in mm: the scan's geometry and the scale of every layer
+    lined up with it (its mask, outputs), so sizes, the default model and predictions use millimetres.
+    A scan that stores its own spacing is refused (``io.set_pixel_size``). Returns the layers changed."""
+    from ..core import io
+
+    vol = io.set_pixel_size(layer_volume(scan_layer), (float(pixel_mm),))
+    nd = vol.ndim
+    old, shape = tuple(scan_layer.scale[-nd:]), vol.spatial_shape
+    place = placement(vol)
+    changed = 0
+    for ly in list(viewer.layers):
+        lined_up = tuple(ly.scale[-nd:]) == old and tuple(np.shape(ly.data)[-nd:]) == shape
+        if ly is not scan_layer and not (lined_up and _md(ly).get("role") in (ROLE_MASK, ROLE_OUTPUT)):
+            continue
+        ly.scale = (*tuple(ly.scale[:-nd]), *place["scale"])  # axis flips stay negative scales
+        ly.translate = (*tuple(ly.translate[:-nd]), *place["translate"])
+        md = ly.metadata.setdefault(META_KEY, {})
+        md["spacing"] = tuple(vol.spacing)
+        md.setdefault("meta", {})["pixel_size_given"] = True
+        changed += 1
+    return changed
+
+
 def labels_volume(labels_layer: Any, scan: Volume) -> Volume:
     """The Labels layer as a label Volume in the scan's geometry (what gets saved or trained on)."""
     arr = np.asarray(labels_layer.data)
@@ -289,8 +340,54 @@ def labels_volume(labels_layer: Any, scan: Volume) -> Volume:
         direction=scan.direction,
         labels={c.value: LabelInfo(c.value, c.name, tuple(c.color)) for c in classes},
         source=scan.source,
-        meta={"kind": "labels"},
+        meta={"kind": "labels", **({"pixel_size_given": True} if scan.meta.get("pixel_size_given") else {})},
     )
+
+
+#: Overlays of a Labels layer that only its paint and polygon tools draw. napari builds their vispy
+#: visuals when the layer is inserted: 60-90 ms of the first mask's landing turn (the polygon's line
+#: visual alone 40-60 ms; ``ui_responsiveness.py --profile``), so a new mask gets them a turn later.
+TOOL_OVERLAYS = ("polygon", "brush_stroke")
+#: layer -> the tool overlays taken off it until ``restore_tool_overlays``
+_DETACHED: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def new_labels_layer(data: np.ndarray, **kwargs: Any) -> Any:
+    """A Labels layer not yet in a viewer, without its tool overlays (see ``TOOL_OVERLAYS``).
+
+    Insert it, then call ``restore_tool_overlays`` in a later event-loop turn, and before anything
+    sets its mode (napari's mode setter reads those overlays).
+    """
+    from napari.layers import Labels
+
+    layer = Labels(data, **kwargs)
+    overlays = getattr(layer, "_overlays", None)
+    if overlays is not None:
+        taken = {key: overlays.pop(key) for key in TOOL_OVERLAYS if key in overlays}
+        if taken:
+            _DETACHED[layer] = taken
+    return layer
+
+
+def restore_tool_overlays(layer: Any, only: str | None = None) -> bool:
+    """Give ``layer`` back the overlays ``new_labels_layer`` took (all, or just ``only``); idempotent.
+
+    Returns True when none are left to restore."""
+    taken = _DETACHED.get(layer)
+    if not taken:
+        return True
+    for key in [only] if only is not None else list(taken):
+        overlay = taken.pop(key, None)
+        if overlay is not None and key not in layer._overlays:
+            layer._overlays[key] = overlay
+    if not taken:
+        _DETACHED.pop(layer, None)
+    return not taken
+
+
+def detached_tool_overlays(layer: Any) -> list[str]:
+    """The tool overlays ``layer`` still waits for."""
+    return list(_DETACHED.get(layer, {}))
 
 
 def replace_labels(layer: Any, new: np.ndarray) -> int:

@@ -4,7 +4,8 @@ Every paint, fill or clean-up restarts a short timer; when it fires ``core.measu
 on the layer's own array (the GUI thread only fills the table). Edits that arrive while it runs
 are measured right after, so the table always ends on the mask as it is.
 Rows that biometry registers (``core.measure.register_2d_measure``, e.g. a head circumference)
-appear as extra columns.
+appear as extra columns. A picture that stores no pixel size (a PNG) is measured in pixels until the
+user gives its pixel size here (the row shows only then); the scan then carries it for predicting too.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import Any
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
+    QDoubleSpinBox,
     QGroupBox,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
+    QPushButton,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -56,6 +60,7 @@ class MeasureSection(QGroupBox):
         scan_layer: Callable[[], Any],
         mask_layer: Callable[[], Any],
         parent: QWidget | None = None,
+        on_geometry: Callable[[], None] | None = None,
     ) -> None:
         super().__init__("Measurements", parent)
         self.viewer = viewer
@@ -71,6 +76,8 @@ class MeasureSection(QGroupBox):
         lay = QVBoxLayout(self)
         lay.addWidget(self.table)
         lay.addWidget(self.note)
+        lay.addWidget(self._pixel_size_row())
+        self._on_geometry = on_geometry
         self.report: Any = None
         self.job: Any = None
         self.updates = 0
@@ -84,9 +91,54 @@ class MeasureSection(QGroupBox):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._start)
 
+    def _pixel_size_row(self) -> QWidget:
+        row = QWidget()
+        h = QHBoxLayout(row)
+        h.setContentsMargins(0, 0, 0, 0)
+        h.addWidget(QLabel("Pixel size"))
+        self.pixel_size = QDoubleSpinBox()
+        self.pixel_size.setDecimals(5)
+        self.pixel_size.setRange(0.001, 100.0)
+        self.pixel_size.setValue(0.1)
+        self.pixel_size.setSuffix(" mm")
+        self.pixel_size.setToolTip("the picture stores none: sizes are in pixels until it is given")
+        h.addWidget(self.pixel_size)
+        self.pixel_size_button = QPushButton("Set")
+        self.pixel_size_button.clicked.connect(lambda: self.set_pixel_size(self.pixel_size.value()))
+        h.addWidget(self.pixel_size_button)
+        self.pixel_size_row = row
+        row.setVisible(False)
+        return row
+
+    def set_pixel_size(self, pixel_mm: float) -> None:
+        """The scan in view (and its mask) gets this pixel size; the table, the default model and the
+        domain banner follow."""
+        scan = self._scan_layer()
+        if scan is None:
+            return
+        try:
+            L.set_pixel_size(self.viewer, scan, pixel_mm)
+        except Exception as exc:  # noqa: BLE001 - SegStudioError or a layer error: one line
+            self.note.setText(str(exc))
+            return
+        if self._on_geometry is not None:
+            self._on_geometry()
+        self.follow()
+
+    def _show_pixel_size_row(self) -> None:
+        from ..core.io import has_physical_spacing
+
+        scan = self._scan_layer()
+        try:
+            lacking = scan is not None and not has_physical_spacing(L.layer_volume(scan))
+        except ValueError:
+            lacking = False
+        self.pixel_size_row.setVisible(lacking)
+
     # --- which mask -----------------------------------------------------------------------------------
     def follow(self) -> None:
         """Watch the current mask (called when layers or the scan change) and measure it."""
+        self._show_pixel_size_row()
         mask = self._mask_layer()
         if mask is not self._watched:
             self._disconnect()
@@ -140,6 +192,7 @@ class MeasureSection(QGroupBox):
         # no copy (a 512x512x300 mask is 75 MB: copying it took up to 0.4 s on the GUI thread): an edit
         # made while the worker reads marks the table stale and is measured right after
         labels.meta["format"] = scan.meta.get("format", "")
+        labels.meta["pixel_size_given"] = bool(scan.meta.get("pixel_size_given"))
         self.gui_seconds = time.perf_counter() - t0
         self.job = Job(
             lambda token: _measure_job(labels, scan),

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.defaults import OVERLAP
+from ..core.defaults import FRESH_ARCH_ARGS, OVERLAP
 from ..core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,6 @@ class CheckpointInfo:
     @property
     def architecture(self) -> str:
         return getattr(self.meta, "architecture", "?") if self.meta is not None else "?"
-
-
-#: How the app builds an untrained variant: it exists to be fine-tuned on a few corrected scans within the
-#: one-click budget (50 s in 2D, 100 s in 3D), and a narrow network learns more in that time on a CPU (JSRT,
-#: 50 s from scratch on two X-rays, training augmentation: lungs 0.912 at width 16, 78 steps; 0.947 at width 8,
-#: 161 steps; benchmarks/training.py). ``select_variant(..., features=N)`` overrides it.
-UNTRAINED_CONFIG: dict[str, Any] = {"features": 8}
 
 
 @dataclass
@@ -352,7 +345,7 @@ class ModelSection(QGroupBox):
         data = self.checkpoint.currentData()
         if isinstance(data, str) and data.startswith("variant:"):
             name = data.split(":", 1)[1]
-            return ModelChoice(variant=name, config=dict(self._variant_config.get(name, UNTRAINED_CONFIG)))
+            return ModelChoice(variant=name, config=dict(self._variant_config.get(name, FRESH_ARCH_ARGS)))
         if isinstance(data, str) and data:
             info = self._infos.get(Path(data))
             if info is None or info.error:

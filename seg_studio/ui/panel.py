@@ -42,7 +42,9 @@ from .domain_banner import DomainBanner, DomainWatch
 from .finetune_section import FinetuneSection
 from .measure_section import MeasureSection
 from .model_section import ModelSection
+from .review_section import ReviewSection
 from .run_section import RunSection
+from .series_section import SeriesSection
 from .view_section import ViewSection
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,10 @@ MIN_WINDOW = (1030, 860)
 class SegStudioPanel(QWidget):
     """Pick a model, predict in the background, look, correct, fine-tune, save."""
 
-    def __init__(self, napari_viewer: Any, autosave_interval_s: float | None = None) -> None:
+    def __init__(
+        self, napari_viewer: Any, autosave_interval_s: float | None = None, probe: bool = True
+    ) -> None:
+        """``probe=False``: the caller starts the model list (``models.start_probe``) when it suits it."""
         from .native_guard import guard_triton
 
         guard_triton()  # before any fine-tune imports torch._dynamo (see native_guard)
@@ -98,7 +103,9 @@ class SegStudioPanel(QWidget):
         self.view = ViewSection(self.viewer, self.scan_layer)
         self.correct = CorrectSection(self.viewer, self.scan_layer, self.mask_layer)
         self.finetune_section = FinetuneSection(self.viewer, self.models, self.run, self.scan_layer)
-        self.measure_section = MeasureSection(self.viewer, self.scan_layer, self.mask_layer)
+        self.measure_section = MeasureSection(
+            self.viewer, self.scan_layer, self.mask_layer, on_geometry=self._suit_model_to_scan
+        )
         lay.addWidget(self.run)  # Predict / Cancel / progress: always in view
         self.tabs = QTabWidget()
         self.tabs.setUsesScrollButtons(True)
@@ -107,6 +114,8 @@ class SegStudioPanel(QWidget):
         self.add_section("Model", self.models)
         self.add_section("View", self.view)
         self.add_section("Correct", self.correct)
+        self.review = ReviewSection(self.viewer, self.run, self.models, self.scan_layer)
+        self.add_section("Correct", self.review)
         self.clicks = ClicksSection(
             self.viewer, self.scan_layer, self.mask_layer, lambda: self.run._baselines
         )
@@ -115,6 +124,8 @@ class SegStudioPanel(QWidget):
         self.models.probed.connect(lambda *_: self.clicks.fill_models(self._model_dirs()))
         self.add_section("Clicks", self.clicks)
         self.add_section("Fine-tune", self.finetune_section)
+        self.series = SeriesSection(self.viewer, self.run, self.finetune_section, self.scan_layer)
+        self.add_section("Fine-tune", self.series)
         self.add_section("Measure", self.measure_section)
         self.about = AboutSection()
         self.add_section("About", self.about)
@@ -148,7 +159,8 @@ class SegStudioPanel(QWidget):
         app = QApplication.instance()
         if app is not None:  # standalone app and napari plugin alike: a last autosave on quit
             app.aboutToQuit.connect(self.shutdown)
-        self.models.start_probe()
+        if probe:
+            self.models.start_probe()
 
     @staticmethod
     def _model_dirs() -> list[Path]:
@@ -307,6 +319,11 @@ class SegStudioPanel(QWidget):
         return self.run.mask_layer(scan_layer)
 
     def _layers_changed(self, event: Any = None) -> None:
+        if event is not None and not L.is_scan_layer(getattr(event, "value", None)):
+            # a mask or a map came or went: the scans, and so the model that suits them, are the same
+            # (re-ranking the checkpoints cost 10-20 ms of the turn that lands the first mask)
+            self.correct.refresh_classes()
+            return
         names = [ly.name for ly in L.scan_layers(self.viewer)]
         current = self.scan_combo.currentText()
         self.scan_combo.blockSignals(True)

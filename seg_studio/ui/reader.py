@@ -1,24 +1,26 @@
 """napari reader: any file or DICOM folder ``core.io`` reads becomes a layer in physical units.
 
-Layer placement, chosen once for every layer seg_studio adds (see ``ui/layers.py``):
-``scale = spacing_zyx`` and ``translate = origin_zyx``. Scale makes millimetres the world unit, so
-anisotropic scans look right; translate puts layers of one frame of reference where they belong
-relative to each other (the TCIA mask series lands on its T1 series, a cropped label map on its
-region) and the status bar shows scanner coordinates. The direction matrix is *not* applied: napari
-would then slice and paint obliquely through the data, so it is kept, with the full geometry, in
-``layer.metadata["seg_studio"]``, from which the writer rebuilds the ``Volume`` exactly. Masks made on
-a scan get the scan's scale and translate, so they always line up with it.
+Layer placement, chosen once for every layer seg_studio adds (``ui/layers.placement``):
+``scale = spacing_zyx`` and ``translate = origin_zyx``, with a negative scale on each axis the
+direction matrix flips. Millimetres are the world unit, so anisotropic scans look right, and the
+world is the scanner's frame: a NIfTI stored right-to-left lands on the DICOM series it was made
+from, and every scan shows as radiologists read it (patient's left on the right, anterior at the
+top). A rotated or permuted direction is *not* applied: napari would then slice and paint obliquely
+through the data. The full geometry is kept in ``layer.metadata["seg_studio"]``, from which the
+writer rebuilds the ``Volume`` exactly. Masks made on a scan get the scan's scale and translate, so
+they always line up with it.
 
 Only numpy and ``seg_studio.core.io`` are imported at module level: napari starts fast and torch
 stays out of the reading path.
 
-In plain napari nothing of ours runs before napari asks which reader to use, so with fresh settings
-``napari scan.nii.gz`` shows napari's reader dialog once: seg_studio is preselected (napari lists
-readers by display name, and ours sorts first) and OK reads the scan. Every read through this
-reader then records seg_studio as the preferred reader for the medical formats (never replacing a
-choice the user made, ``prefer_seg_studio_reader``) and for DICOM folders beside the one opened, so
-napari asks no more. A file that cannot be read becomes one error notification and no layer: an
-exception here would end ``napari bad.nii.gz`` before its window opens.
+In plain napari nothing of ours runs before napari asks which reader to use, and napari's own
+reader claims these patterns too: ``seg-studio napari-reader`` (run by the README's set-up) records
+seg_studio as the preferred reader for the medical formats, keeping a choice the user made. Without
+it napari asks once, with seg_studio preselected (napari lists readers by display name, and ours
+sorts first), and every read through this reader records the same preference
+(``prefer_seg_studio_reader``) and one for the DICOM folders beside the one opened. A file that
+cannot be read becomes one error notification and no layer: an exception here would end
+``napari bad.nii.gz`` before its window opens.
 """
 
 from __future__ import annotations
@@ -32,11 +34,16 @@ import numpy as np
 
 from ..core.display import initial_window
 from ..core.volume import Volume
-from .layers import class_colormap, class_features, layer_metadata
+from .layers import class_colormap, class_features, layer_metadata, placement
 
 log = logging.getLogger(__name__)
 
 LayerData = tuple[Any, dict[str, Any], str]
+
+
+def _is_uid(text: str) -> bool:
+    """A DICOM UID (digits and dots, e.g. 1.2.826.0.1.3680043...): no name a user would read."""
+    return len(text) > 16 and text.count(".") >= 3 and text.replace(".", "").isdigit()
 
 
 def _layer_name(volume: Volume, name: str | None) -> str:
@@ -47,7 +54,10 @@ def _layer_name(volume: Volume, name: str | None) -> str:
         return str(volume.meta.get("name", "scan"))
     if Path(src).is_dir():
         desc = volume.meta.get("series_description")
-        return f"{Path(src).name} {desc}".strip() if desc else Path(src).name
+        folder = Path(src).name
+        if desc and _is_uid(folder):  # a series pulled from a PACS sits in a folder named by its UID
+            return f"{volume.meta.get('modality', '')} {desc}".strip()
+        return f"{folder} {desc}".strip() if desc else folder
     from ..core.atomic import split_suffix
 
     return split_suffix(src)[0]
@@ -61,8 +71,8 @@ def volume_layer_data(volume: Volume, name: str | None = None, kind: str | None 
     """
     kind = kind or ("labels" if volume.meta.get("kind") == "labels" else "image")
     nd = volume.ndim
-    scale = list(volume.spacing_zyx)
-    translate = list(volume.origin_zyx)
+    place = placement(volume)
+    scale, translate = list(place["scale"]), list(place["translate"])
     kwargs: dict[str, Any] = {"name": _layer_name(volume, name), "metadata": layer_metadata(volume)}
     data = volume.array
     if kind == "labels":

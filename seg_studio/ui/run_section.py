@@ -1,7 +1,9 @@
 """Run: predict in a worker with a progress bar, ETA and Cancel; results become layers.
 
-The worker loads the model (or builds an untrained variant) and drives ``inference.iter_predict``;
-the main thread then adds the mask as a Labels layer with the checkpoint's class names and colours.
+The worker loads the model (or builds an untrained variant), drives ``inference.iter_predict`` and,
+for a scan without a mask of ours, builds the mask's Labels layer with the checkpoint's class names and
+colours; the main thread inserts it and lands the rest one step per event-loop turn (``_landing``: its
+paint/polygon overlays, then the selection), so no turn pays all of napari's work for a new layer.
 The optional maps (probabilities, uncertainty, one per attention gate level) are prepared in the
 worker and listed in the "show maps" menu; each becomes an additive, colormapped Image layer when
 first shown, all on the scan's physical grid (a layer costs the main thread 0.35-1.5 s, so none is
@@ -87,7 +89,7 @@ def load_choice(choice: ModelChoice, scan: Volume, classes: list[Any]) -> tuple[
     return checkpoint.load(choice.checkpoint, device="cpu")
 
 
-def _predict_job(choice, scan, scan_name, classes, options, cached, token):  # noqa: ANN001, ANN202 - worker generator
+def _predict_job(choice, scan, scan_name, classes, options, cached, new_mask, token):  # noqa: ANN001, ANN202 - worker generator
     from ..core.inference import PredictOptions, iter_predict
 
     if cached is None:
@@ -97,9 +99,31 @@ def _predict_job(choice, scan, scan_name, classes, options, cached, token):  # n
         model, meta = cached
     token.raise_if_cancelled()
     pred = yield from iter_predict(scan, model, meta, PredictOptions(**options), cancel=token)
-    # what the maps need (float data, ranges, metadata) is built here, off the GUI thread
+    # what the maps need (float data, ranges, metadata) is built here, off the GUI thread, and so is
+    # a new mask's layer (napari's layer model is plain Python; only its visual needs the GUI thread)
     maps = L.output_maps(pred, list(meta.classes), scan_name)
-    return pred, model, meta, maps
+    mask = new_mask_layer(pred, list(meta.classes), scan_name, **new_mask) if new_mask else None
+    return pred, model, meta, maps, mask
+
+
+def mask_metadata(pred: Any, classes: list[Any], scan_name: str) -> dict[str, Any]:
+    """``metadata`` of the mask layer a prediction writes: its geometry, role, scan and classes."""
+    md = L.geometry_metadata(pred.labels)
+    md[L.META_KEY].update(role=L.ROLE_MASK, scan_layer=scan_name, labels=L.classes_metadata(classes))
+    return md
+
+
+def new_mask_layer(pred: Any, classes: list[Any], scan_name: str, name: str, place: dict[str, Any]) -> Any:
+    """A new Labels layer holding ``pred``'s labels (a copy), not yet in a viewer (worker or main thread)."""
+    return L.new_labels_layer(
+        np.array(pred.labels.array),
+        name=name,
+        colormap=L.class_colormap(classes),
+        features=L.class_features(classes),
+        metadata=mask_metadata(pred, classes, scan_name),
+        opacity=0.5,
+        **place,
+    )
 
 
 class RunSection(QGroupBox):
@@ -131,13 +155,16 @@ class RunSection(QGroupBox):
             lambda e: self._baselines.pop(getattr(e.value, "unique_id", None), None)
         )
         self._t0 = 0.0
-        #: shown maps still to update in place, one per event-loop turn (see ``_update_next_map``)
-        self._pending_maps: list[L.OutputMap] = []
+        #: what is left of landing a result, one step per event-loop turn (see ``_next_landing_step``)
+        self._landing: list[Callable[[], Any]] = []
+        self._landing_scheduled = False
         self._finish_when_drained = False
         #: the maps of the current results: name -> (map, its scan layer); layers only once shown
         self.maps: dict[str, tuple[L.OutputMap, Any]] = {}
         #: (prediction, its maps) built in the worker, for ``_add_maps``
         self._prepared_maps: tuple[Any, list[L.OutputMap]] | None = None
+        #: (prediction, the new mask's layer or None) built in the worker, for ``add_prediction``
+        self._prepared_mask: tuple[Any, Any] | None = None
 
         self.predict_button = QPushButton("Predict")
         self.predict_button.setToolTip("segment the selected scan with the chosen model (in the background)")
@@ -174,7 +201,7 @@ class RunSection(QGroupBox):
 
     @property
     def busy(self) -> bool:
-        return (self.job is not None and self.job.running) or bool(self._pending_maps)
+        return (self.job is not None and self.job.running) or bool(self._landing)
 
     # --- actions -----------------------------------------------------------------------------------
     def predict(self) -> bool:
@@ -200,6 +227,10 @@ class RunSection(QGroupBox):
             show_error(str(exc))
             return False
         mask = self.mask_layer(layer)
+        # no mask of ours to write into: the worker builds the new mask's layer (names need Qt's fonts)
+        new_mask = None
+        if mask is None or L.role(mask) != L.ROLE_MASK:
+            new_mask = {"name": L.derived_name(layer.name, "mask"), "place": L.layer_kwargs(scan, like=layer)}
         classes = L.layer_classes(mask) if (choice.untrained and mask is not None) else DEFAULT_CLASSES
         if choice.untrained and len(classes) < 2:
             classes = DEFAULT_CLASSES
@@ -217,7 +248,7 @@ class RunSection(QGroupBox):
         self.predict_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.job = Job(
-            lambda token: _predict_job(choice, scan, layer.name, classes, options, cached, token),
+            lambda token: _predict_job(choice, scan, layer.name, classes, options, cached, new_mask, token),
             on_progress=self._progress,
             on_done=lambda result: self._done(result, layer, scan, key),
             on_error=self._error,
@@ -242,8 +273,9 @@ class RunSection(QGroupBox):
     def _done(
         self, result: tuple[Any, Any, Any, Any], layer: Any, scan: Volume, key: tuple[Any, ...]
     ) -> None:
-        pred, model, meta, maps = result
+        pred, model, meta, maps, new_mask = result
         self._prepared_maps = (pred, maps)
+        self._prepared_mask = (pred, new_mask)
         self.models.remember_model(key, model, meta)
         if layer not in list(self.viewer.layers):
             self.status.setText("the scan was closed; the prediction was dropped")
@@ -277,8 +309,8 @@ class RunSection(QGroupBox):
         self.status.setText("cancelled; nothing was added")
 
     def _job_finished(self) -> None:
-        if self._pending_maps:
-            # the maps are still being added, one per event-loop turn: report the end after them
+        if self._landing:
+            # the result is still landing, one step per event-loop turn: report the end after it
             self._finish_when_drained = True
             self.cancel_button.setEnabled(False)
             return
@@ -300,10 +332,14 @@ class RunSection(QGroupBox):
             if not getattr(scan_layer, "rgb", False)
             else None
         )
+        # a mask another open scan's prediction made is that scan's, even when the shapes match (the next
+        # X-ray of a series): predicting this scan must not write into it
+        others = {ly.name for ly in L.scan_layers(self.viewer)} - {scan_layer.name}
         fits = [
             ly
             for ly in L.labels_layers(self.viewer)
-            if shape is None or tuple(np.shape(ly.data)) == tuple(shape)
+            if (shape is None or tuple(np.shape(ly.data)) == tuple(shape))
+            and L._md(ly).get("scan_layer") not in others
         ]
         ours = [ly for ly in fits if L._md(ly).get("scan_layer") == scan_layer.name]
         if ours:
@@ -314,13 +350,11 @@ class RunSection(QGroupBox):
         """Turn a ``Prediction`` into layers; returns the mask layer."""
         classes = list(meta.classes)
         labels = np.asarray(pred.labels.array)
-        md = L.geometry_metadata(pred.labels)
-        md[L.META_KEY].update(
-            role=L.ROLE_MASK, scan_layer=scan_layer.name, labels=L.classes_metadata(classes)
-        )
-        place = L.layer_kwargs(pred.labels, like=scan_layer)
+        ready = self._prepared_mask
+        self._prepared_mask = None
         mask = self.mask_layer(scan_layer)
         if mask is not None and L._md(mask).get("role") == L.ROLE_MASK:
+            md = mask_metadata(pred, classes, scan_layer.name)
             keep = self.keep_corrections.isChecked()
             before = self._baselines.get(mask.unique_id)
             merged, baseline, self.last_kept = merge_prediction(
@@ -342,20 +376,50 @@ class RunSection(QGroupBox):
         else:
             self.last_kept, self._kept_note = None, ""
             baseline = ModelBaseline.of_prediction(labels)
-            mask = self.viewer.add_labels(
-                labels.copy(),
-                name=L.derived_name(scan_layer.name, "mask"),
-                colormap=L.class_colormap(classes),
-                features=L.class_features(classes),
-                metadata=md,
-                opacity=0.5,
-                **place,
-            )
+            if ready is not None and ready[0] is pred and ready[1] is not None:
+                mask = ready[1]  # built by the worker
+            else:  # a mask of ours went while the worker ran, or a caller's own prediction
+                name = L.derived_name(scan_layer.name, "mask")
+                place = L.layer_kwargs(pred.labels, like=scan_layer)
+                mask = new_mask_layer(pred, classes, scan_layer.name, name, place)
+            self._insert_unselected(mask)
+            # a new layer costs the main thread 150-300 ms in one turn (its GL visual, overlays, layer
+            # controls, the selection switching those controls): its tool overlays and the selection
+            # come in the next turns
+            for key in L.detached_tool_overlays(mask):
+                self._landing.append(lambda k=key: L.restore_tool_overlays(mask, k))
         self._baselines[mask.unique_id] = baseline
+        mode = mask.mode
+        self._landing.append(lambda: self._select_mask(mask, mode))
         self._add_maps(pred, classes, scan_layer)
-        self.viewer.layers.selection.active = mask
-        mask.mode = "pan_zoom"
+        self._start_landing()
         return mask
+
+    def _insert_unselected(self, layer: Any) -> None:
+        """Add ``layer`` without selecting it (selecting rebuilds the layer controls: a turn of its own)."""
+        layers = self.viewer.layers
+        keep = getattr(layers, "_activate_on_insert", None)
+        if keep is not None:
+            layers._activate_on_insert = False
+        try:
+            layers.append(layer)
+        finally:
+            if keep is not None:
+                layers._activate_on_insert = keep
+
+    def _select_mask(self, mask: Any, mode: Any) -> None:
+        """The last landing step: the mask, complete, becomes the selected layer, in pan/zoom unless the
+        user picked a tool since it landed (``mode``: its mode then)."""
+        L.restore_tool_overlays(mask)
+        if mask in self.viewer.layers:
+            self.viewer.layers.selection.active = mask
+            if mask.mode == mode:
+                mask.mode = "pan_zoom"
+
+    def finish_landing(self) -> None:
+        """Run what is left of landing a result now (e.g. before the user paints into the new mask)."""
+        while self._landing:
+            self._next_landing_step(reschedule=False)
 
     def _add_maps(self, pred: Any, classes: list[Any], scan_layer: Any) -> None:
         """Offer the probability / uncertainty / attention maps of ``pred`` (see ``L.output_maps``).
@@ -383,31 +447,36 @@ class RunSection(QGroupBox):
                 self.viewer.layers.remove(ly)
         self.maps = {n: v for n, v in self.maps.items() if v[1] is not scan_layer}
         self.maps.update({m.name: (m, scan_layer) for m in maps})
-        self._pending_maps = [m for m in maps if self._map_layer(m.name) is not None]
+        self._landing += [
+            lambda m=m: self._update_map(m) for m in maps if self._map_layer(m.name) is not None
+        ]
         self._rebuild_maps_menu()
-        if self._pending_maps:
-            from qtpy.QtCore import QTimer
-
-            QTimer.singleShot(0, self._update_next_map)
 
     def _map_layer(self, name: str) -> Any:
         return next(
             (ly for ly in self.viewer.layers if ly.name == name and L.role(ly) == L.ROLE_OUTPUT), None
         )
 
-    def _update_next_map(self) -> None:
-        """Put ONE queued map's new data into its layer, then yield to the event loop before the next."""
-        from qtpy.QtCore import QTimer
+    def _start_landing(self) -> None:
+        if self._landing and not self._landing_scheduled:
+            from qtpy.QtCore import QTimer
 
-        if not self._pending_maps:
+            self._landing_scheduled = True
+            QTimer.singleShot(0, self._next_landing_step)
+
+    def _next_landing_step(self, reschedule: bool = True) -> None:
+        """Run ONE step of landing a result, then yield to the event loop before the next."""
+        self._landing_scheduled = False
+        if not self._landing:
             return
-        spec = self._pending_maps.pop(0)
+        step = self._landing.pop(0)
         try:
-            self._update_map(spec)
-        except Exception:  # noqa: BLE001 - a map is optional; the queue and `finished` must go on
-            log.warning("could not update %s", spec.name, exc_info=True)
-        if self._pending_maps:
-            QTimer.singleShot(0, self._update_next_map)
+            step()
+        except Exception:  # noqa: BLE001 - a step is cosmetic (a map, an overlay); the rest must go on
+            log.warning("a step of landing the result failed", exc_info=True)
+        if self._landing:
+            if reschedule:
+                self._start_landing()
         elif self._finish_when_drained:
             self._finish_when_drained = False
             self._job_finished()

@@ -42,12 +42,16 @@ def _exercise_lazy_paths() -> None:
     napari's first Labels layer draws random label colours through skimage.color, which loads its
     submodules on first attribute access (on the main thread). torch builds its first optimizer
     under ``_disable_dynamo``, which imports torch._dynamo: ~3 s of GIL held by the fine-tune worker
-    (py-spy --gil), during which the event loop stood still for up to 700 ms at a time.
+    (py-spy --gil), during which the event loop stood still for up to 700 ms at a time. The first
+    Labels layer's polygon overlay builds vispy's 13 dash patterns in a Python loop (cached after):
+    200-300 ms of the first mask's landing turn (``ui_responsiveness.py --trace``).
     """
     import torch
     from napari.utils.colormaps import label_colormap
+    from vispy.visuals.line.dash_atlas import DashAtlas
 
     label_colormap(8)
+    DashAtlas()
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
 
 

@@ -35,6 +35,11 @@ PROGRESS_INTERVAL_S = 0.05
 
 #: How much lower than the UI thread a worker thread runs (Linux ``nice`` steps, per thread).
 WORKER_NICE = 10
+#: The same for a fine-tune, which must also hold its own against other programs: at +10 its weight
+#: is a tenth of a normal process's, and with two CPU-bound processes beside it on the 2-core machine
+#: it made 1 training step in a 30 s budget where the same fine-tune at the process's priority made
+#: 9-19 (``benchmarks/busy_finetune.py``). At +3 the UI thread still outweighs it two to one.
+FINETUNE_NICE = 3
 
 #: How long quitting waits for running jobs, cancelled first, to end: a prediction or fine-tune stops at
 #: its next step, but imports (the start-up warm-up) cannot be interrupted and took up to ~40 s under load.
@@ -132,10 +137,12 @@ def user_message(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {first} (details in the log)"
 
 
-def _drive(factory: GenFactory, token: CancelToken) -> Generator[Progress, None, Any]:
+def _drive(
+    factory: GenFactory, token: CancelToken, nice: int = WORKER_NICE
+) -> Generator[Progress, None, Any]:
     """Runs in the worker thread: builds the core generator and forwards throttled progress."""
     if threading.current_thread() is not threading.main_thread():
-        lower_thread_priority()
+        lower_thread_priority(nice)
     gen = factory(token)
     last = 0.0
     while True:
@@ -172,7 +179,9 @@ class Job:
         on_cancelled: Callable[[], None] | None = None,
         on_finished: Callable[[], None] | None = None,
         name: str = "job",
+        nice: int = WORKER_NICE,
     ) -> None:
+        """``nice``: how many nice levels below the UI thread the worker runs (``lower_thread_priority``)."""
         from napari.qt.threading import GeneratorWorker
 
         self.name = name
@@ -191,7 +200,7 @@ class Job:
             owner.destroyed.connect(lambda *_: self._orphan())
         # napari's GeneratorWorker, built directly: napari 0.9.2's create_worker adds a task-status
         # hook whose ``errored`` slot takes the wrong number of arguments (a TypeError on every error).
-        self.worker = GeneratorWorker(_drive, factory, self.token)
+        self.worker = GeneratorWorker(_drive, factory, self.token, nice)
         # Lambdas, not bound methods: Qt holds bound methods weakly, and a Job nobody keeps must
         # still report; the running worker (kept by its thread pool) keeps the lambdas and so the Job.
         self.worker.yielded.connect(lambda item: self._yielded(item))

@@ -31,8 +31,18 @@ JSRT = DATA / "jsrt_chest_xray_heart_lungs/images/JPCLN002.png"
 HC18 = DATA / "hc18_fetal_head_ultrasound/images/000_HC.png"
 DRIVE = DATA / "drive_retina_vessels/images/22_training.tif"
 CT = DATA / "totalsegmentator_ct_examples/images/example_ct_sm.nii.gz"
+SUNNYBROOK = DATA / "sunnybrook_cardiac_mri/dicom/SCD0000201/100.dcm"  # the held-back patient's
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not here")
+
+
+def hc18_with_pixel_size(path: Path = HC18):
+    """An HC18 frame with the pixel size its CSV gives (the PNG stores none), as a sonographer's export
+    or a DICOM would carry it."""
+    from seg_studio.core.datasets import hc18
+
+    ref = hc18.read_reference(path.parents[1])[path.stem]
+    return io.set_pixel_size(io.read(path), (ref.pixel_mm,))
 
 
 def meta_of(name: str) -> checkpoint.ModelMeta:
@@ -290,7 +300,9 @@ def _rank(scan) -> list[domain.Ranked]:
         ("sample3d", "demo3d_unet"),
         (TCIA, None),
         (JSRT, None),
-        (HC18, None),
+        (HC18, None),  # the PNG stores no pixel size: hc18 ranks first but says so (below)
+        ("hc18 with its pixel size", "hc18_fetal_head"),
+        (SUNNYBROOK, "sunnybrook_lv"),
         (DRIVE, None),
         (CT, None),
     ],
@@ -301,6 +313,8 @@ def test_the_best_fitting_shipped_model_is_the_default(scan, best) -> None:
         vol = make_sample_2d(seed=0)[0]
     elif scan == "sample3d":
         vol = make_sample_3d(seed=0)[0]
+    elif scan == "hc18 with its pixel size":
+        vol = hc18_with_pixel_size()
     else:
         vol = io.read(scan)
     ranked = _rank(vol)
@@ -313,6 +327,68 @@ def test_the_best_fitting_shipped_model_is_the_default(scan, best) -> None:
             not r.fits or domain.validation_dice(r.meta) <= domain.validation_dice(ranked[0].meta)
             for r in ranked
         )
+
+
+@needs_data
+def test_an_hc18_png_without_its_pixel_size_ranks_hc18_first_and_says_what_is_missing() -> None:
+    top = _rank(io.read(HC18))[0]
+    assert top.key == "hc18_fetal_head" and not top.fits
+    assert [(w.code, w.severity) for w in top.warnings] == [("no_spacing", "mismatch")]
+
+
+@needs_data
+@pytest.mark.parametrize("scan", [JSRT, ISBI], ids=lambda p: p.name)
+def test_the_ultrasound_model_does_not_fit_other_grey_pictures_given_a_pixel_size(scan: Path) -> None:
+    """A film or an EM slice of unknown modality, even with a plausible pixel size, is not an ultrasound
+    frame: the dark share (the black outside the sector) gives it away where intensities cannot."""
+    vol = io.set_pixel_size(io.read(scan), (0.2,))
+    d = meta_of("hc18_fetal_head").domain
+    found = domain.check_scan(d, vol)
+    assert "dark" in codes(found) and "intensity" not in codes(found), found
+    assert domain.check_scan(d, hc18_with_pixel_size()) == []
+    assert not any(r.fits for r in _rank(vol) if r.key in ("hc18_fetal_head", "sunnybrook_lv"))
+
+
+@needs_data
+def test_a_2d_only_model_does_not_fit_a_3d_volume_of_unknown_modality() -> None:
+    d = meta_of("hc18_fetal_head").domain
+    assert d.modality == "US" and not d.slice_by_slice
+    dims = next(w for w in domain.check_scan(d, io.read(MSD_EXTRA)) if w.code == "dims")
+    assert dims.severity == "mismatch" and "single 2D images" in dims.message
+    # a model that may run slice by slice only notes it
+    em = next(
+        w for w in domain.check_scan(meta_of("isbi2012_unet").domain, io.read(MSD_EXTRA)) if w.code == "dims"
+    )
+    assert em.severity == "note"
+
+
+@needs_data
+def test_the_cardiac_model_fits_its_held_back_patient_and_not_a_brain_mri() -> None:
+    d = meta_of("sunnybrook_lv").domain
+    assert d.modality == "MR"
+    assert domain.check_scan(d, io.read(SUNNYBROOK)) == []
+    assert {"spacing", "fov"} <= codes(domain.check_scan(d, io.read(TCIA)))
+    assert "modality" in codes(domain.check_scan(meta_of("hc18_fetal_head").domain, io.read(SUNNYBROOK)))
+
+
+@needs_data
+def test_one_phase_of_the_cine_folder_gets_the_cardiac_model_slice_by_slice() -> None:
+    stack = io.read(SUNNYBROOK.parent, phase=0)
+    top = _rank(stack)[0]
+    assert top.key == "sunnybrook_lv" and top.fits
+    assert [(w.code, w.severity) for w in top.warnings] == [("dims", "note")]
+
+
+def test_a_record_without_the_dark_share_or_slice_rule_reads_as_before() -> None:
+    d = sample_domain()
+    assert d.dark_fraction is not None and d.slice_by_slice
+    old = {k: v for k, v in d.to_dict().items() if k not in ("dark_fraction", "slice_by_slice")}
+    back = domain.Domain.from_dict(old)
+    assert back.dark_fraction is None and back.slice_by_slice
+    assert (
+        domain.Domain.from_dict(dataclasses.replace(d, slice_by_slice=False).to_dict()).slice_by_slice
+        is False
+    )
 
 
 def test_a_checkpoint_without_a_domain_never_fits_by_default() -> None:

@@ -112,3 +112,70 @@ def test_measure_a_dicom_seg_on_its_series(data_dir: Path, tmp_path: Path, capsy
     assert c["voxels"] == int(mask.sum()) and c["name"] == "tumour"
     assert c["size"] == pytest.approx(mask.sum() * np.prod(scan.spacing) / 1000)
     assert c["intensity"]["mean"] == pytest.approx(scan.array[mask].mean())
+
+
+def test_a_2d_measure_for_named_classes_in_mm_needs_a_pixel_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(measure, "EXTRA_2D", {})
+    measure.register_2d_measure("rows_mm", lambda m, sp: float(m.any(axis=1).sum() * sp[1]), "mm", {"Head"})
+    lab = np.zeros((30, 30), np.uint8)
+    lab[5:15, 2:4] = 1
+    lab[20:22, 2:4] = 2
+    names = {1: LabelInfo(1, "head"), 2: LabelInfo(2, "arm")}
+    r = measure.measure(Volume.from_array(lab, spacing=(1.0, 0.5), labels=names))
+    assert [c.extras for c in r.classes] == [{"rows_mm": 5.0}, {}]  # only the named class (any case)
+    png = Volume.from_array(lab, labels=names, meta={"format": "PNG"})
+    assert measure.measure(png).classes[0].extras == {}  # a length in pixels is not shown as mm
+    assert measure.measure(io.set_pixel_size(png, (0.5,))).classes[0].extras == {"rows_mm": 5.0}
+
+
+def test_the_head_biometry_rows_measure_a_drawn_ellipse() -> None:
+    from seg_studio.core.biometry import Ellipse, ellipse_mask
+
+    truth = Ellipse(cx=40.0, cy=30.0, a=25.0, b=18.0, angle=0.3)
+    mask = ellipse_mask(truth, (120, 160), (0.5, 0.5)).astype(np.uint8)
+    r = measure.measure(Volume.from_array(mask, spacing=(0.5, 0.5), labels={1: LabelInfo(1, "head")}))
+    extras = r.classes[0].extras
+    assert extras["HC (mm)"] == pytest.approx(truth.circumference, rel=0.01)
+    assert (extras["BPD (mm)"], extras["OFD (mm)"]) == pytest.approx((36.0, 50.0), rel=0.02)
+    assert "HC (mm)" in measure.format_table(r) and "HC (mm)" in measure.rows_for_csv(r)[0]
+
+
+def test_a_pixel_size_is_refused_for_a_file_that_stores_one(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    labels, _ = _boxes()
+    with pytest.raises(io.ImageLoadError, match="stores its own voxel size"):
+        io.set_pixel_size(labels, (0.3,))
+    lp = io.write(labels, tmp_path / "case_labels.nrrd")
+    assert main(["measure", str(lp), "--pixel-size", "0.3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stores its own voxel size" in err[0] and "Traceback" not in err[0]
+
+
+HC18_HELD_BACK = "063_2HC"  # a fetus held back from hc18_fetal_head's training (its card lists it)
+
+
+def test_cli_gives_the_head_circumference_in_mm_of_an_hc18_frame(
+    data_dir: Path, tmp_path: Path, capsys
+) -> None:  # noqa: ANN001
+    """predict with the CSV's pixel size (the PNG stores none), then measure: HC, BPD and OFD in mm, and
+    the HC close to the sonographer's (CSV)."""
+    from seg_studio.core.datasets import hc18
+
+    folder = data_dir / "hc18_fetal_head_ultrasound"
+    ref = hc18.read_reference(folder)[HC18_HELD_BACK]
+    png = folder / "images" / f"{HC18_HELD_BACK}.png"
+    model = Path(__file__).resolve().parents[2] / "resources/models/hc18_fetal_head.segmodel"
+    out = tmp_path / "head.nii.gz"
+    argv = ["predict", str(png), "--model", str(model), "--out", str(out), "--device", "cpu"]
+    assert main([*argv, "--pixel-size", str(ref.pixel_mm)]) == 0
+    assert "warning:" not in capsys.readouterr().err  # the scan fits the model once its pixel size is known
+    assert main(["measure", str(out), "--json"]) == 0
+    (head,) = json.loads(capsys.readouterr().out)["classes"]
+    assert head["name"] == "head" and head["size_unit"] == "mm²"
+    assert abs(head["extras"]["HC (mm)"] - ref.hc_mm) < 2.5, (head["extras"], ref.hc_mm)
+    assert head["extras"]["BPD (mm)"] < head["extras"]["OFD (mm)"]
+    # the same frame without its pixel size: the CLI says so, and no millimetres are made up
+    assert main([*argv[:-4], "--out", str(tmp_path / "head.png"), "--device", "cpu"]) == 0
+    assert "stores no pixel size" in capsys.readouterr().err
+    assert main(["measure", str(tmp_path / "head.png"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert not d["physical"] and all("HC (mm)" not in c["extras"] for c in d["classes"])

@@ -19,6 +19,7 @@ MSD_EXTRA = DATA / "msd_task04_hippocampus_extra/images/hippocampus_001.nii.gz"
 TCIA = DATA / "tcia_brain_tumor_progression_dicom/images/PGBM-003_19950329"
 ISBI = DATA / "isbi2012_em_membrane/images/18.png"
 JSRT = DATA / "jsrt_chest_xray_heart_lungs/images/JPCLN002.png"
+SUNNYBROOK = DATA / "sunnybrook_cardiac_mri/dicom/SCD0000201/100.dcm"  # the held-back patient's
 JOB_TIMEOUT_MS = 180_000
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not here")
@@ -56,8 +57,8 @@ def chosen(panel) -> str | None:
 
 @pytest.mark.parametrize(
     "scan, model",
-    [(MSD_EXTRA, "hippocampus_unet"), (ISBI, "isbi2012_unet")],
-    ids=["msd_crop", "isbi_slice"],
+    [(MSD_EXTRA, "hippocampus_unet"), (ISBI, "isbi2012_unet"), (SUNNYBROOK, "sunnybrook_lv")],
+    ids=["msd_crop", "isbi_slice", "sunnybrook_dicom"],
 )
 def test_the_default_model_is_the_one_made_for_the_scan(scan, model, panel_on) -> None:
     viewer, panel = panel_on(scan)
@@ -116,3 +117,36 @@ def test_an_unusual_result_adds_its_warnings_after_predict(panel_on, qtbot) -> N
     assert len(after) > len(before) and after[: len(before)] == before
     assert any("membrane" in ln or "unsure" in ln for ln in after[len(before) :])
     assert "check this result" in panel.banner.text.text()
+
+
+HC18 = DATA / "hc18_fetal_head_ultrasound"
+HC18_HELD_BACK = "063_2HC"  # held back from hc18_fetal_head's training
+
+
+def test_an_ultrasound_png_given_its_pixel_size_gets_the_hc18_model_and_its_head_circumference(
+    panel_on, qtbot
+) -> None:
+    """The PNG stores no pixel size: no model fits and the Measure tab asks for it; given the CSV's,
+    hc18_fetal_head becomes the default, and Predict gives the head with HC, BPD and OFD in mm."""
+    from seg_studio.core.datasets import hc18
+
+    ref = hc18.read_reference(HC18)[HC18_HELD_BACK]
+    viewer, panel = panel_on(HC18 / "images" / f"{HC18_HELD_BACK}.png")
+    ms = panel.measure_section
+    assert chosen(panel) is None and not ms.pixel_size_row.isHidden()
+    assert any("stores no pixel size" in ln for ln in panel.domain_warnings())
+    ms.pixel_size.setValue(ref.pixel_mm)
+    ms.pixel_size_button.click()
+    assert chosen(panel) == "hc18_fetal_head" and panel.domain_warnings() == []
+    assert ms.pixel_size_row.isHidden()
+    assert panel.predict()
+    qtbot.waitUntil(lambda: panel.mask_layer() is not None and not panel.run.busy, timeout=JOB_TIMEOUT_MS)
+    ms.measure_now()
+    qtbot.waitUntil(lambda: ms.report is not None and not ms.busy, timeout=JOB_TIMEOUT_MS)
+    (head,) = ms.report.classes
+    assert head.name == "head" and head.size_unit == "mm²"
+    assert abs(head.extras["HC (mm)"] - ref.hc_mm) < 2.5, (head.extras, ref.hc_mm)
+    columns = [ms.table.horizontalHeaderItem(i).text() for i in range(ms.table.columnCount())]
+    assert {"HC (mm)", "BPD (mm)", "OFD (mm)"} <= set(columns)
+    hc_cell = ms.table.item(0, columns.index("HC (mm)")).text()
+    assert float(hc_cell) == pytest.approx(head.extras["HC (mm)"], abs=0.06)

@@ -71,6 +71,7 @@ def test_pacs_dialog_round_trip_with_measurements(
     _click(qtbot, dlg.open_button)
     qtbot.waitUntil(lambda: not dlg.busy and len(viewer.layers) == 1, timeout=TIMEOUT_MS)
     assert (pacs_cache / series_uid / ".complete").is_file()
+    assert panel.scan_layer().name == "MR T1post"  # not the UID of the cache folder it sits in
 
     panel.select_checkpoint(MODEL)
     _click(qtbot, panel.run.predict_button)

@@ -132,3 +132,25 @@ def test_a_bad_file_is_one_notification_and_napari_goes_on(
     finally:
         notification_manager.notification_ready.disconnect(seen.append)
         watcher.stop()
+
+
+def test_after_the_set_up_command_napari_never_asks(make_napari_viewer, fresh_settings, data_dir, capsys):
+    """The README's set-up runs ``seg-studio napari-reader``: from then on even the first scan opens
+    without the dialog, and a reader the user chose for a format is kept."""
+    from seg_studio.cli import main
+
+    fresh_settings.plugins.extension2reader = {"*.nrrd": "napari"}
+    assert main(["napari-reader"]) == 0
+    out = capsys.readouterr().out
+    assert "*.nii.gz" in out and "kept your choice for *.nrrd: napari" in out
+    assert fresh_settings.plugins.extension2reader["*.nrrd"] == "napari"
+    viewer = make_napari_viewer()
+    watcher = DialogWatcher()
+    try:
+        first = data_dir / "msd_task04_hippocampus" / "images" / "hippocampus_003.nii.gz"
+        (layer,) = _open_like_the_cli(viewer, first)
+        assert watcher.seen == [] and layer.metadata["seg_studio"]["source"] == str(first)
+    finally:
+        watcher.stop()
+    assert main(["napari-reader", "--overwrite"]) == 0
+    assert fresh_settings.plugins.extension2reader["*.nrrd"] == "seg-studio"

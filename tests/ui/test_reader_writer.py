@@ -25,7 +25,8 @@ def test_nifti_opens_with_physical_scale_and_geometry(make_napari_viewer, data_d
     (layer,) = viewer.open(path, plugin=PLUGIN)
     vol = io.read(path)
     assert type(layer).__name__ == "Image" and layer.data.shape == (30, 101, 122)
-    np.testing.assert_allclose(layer.scale, (3.0, 3.0, 3.0))
+    # stored right-to-left and front-to-back (direction diag(-1, -1, 1)): napari flips x and y
+    np.testing.assert_allclose(layer.scale, (3.0, -3.0, -3.0))
     np.testing.assert_allclose(layer.translate, vol.origin_zyx)
     md = _md(layer)
     assert md["spacing"] == list(vol.spacing) and md["direction"] == list(vol.direction)
@@ -39,6 +40,23 @@ def test_nifti_opens_with_physical_scale_and_geometry(make_napari_viewer, data_d
     np.testing.assert_allclose(labels.translate, layer.translate)  # the mask lies on the scan
     names = dict(zip(labels.features["index"], labels.features["class"], strict=True))
     assert names[5] == "liver"
+
+
+def test_a_nifti_mask_stored_flipped_lies_on_its_dicom_series(make_napari_viewer, data_dir: Path) -> None:
+    """TotalSegmentator's organ labels for its CT DICOM series are a NIfTI stored front-to-back
+    (direction y = -1, origin at the other end): in the world they cover the same voxels, and the
+    liver lies on the liver, not 499 mm away."""
+    ct = data_dir / "totalsegmentator_ct_examples"
+    viewer = make_napari_viewer()
+    (series,) = viewer.open(ct / "dicom" / "example_ct_dicom", plugin=PLUGIN)
+    (organs,) = viewer.open(ct / "labels" / "example_ct_dicom.nii.gz", plugin=PLUGIN)
+    assert io.read(ct / "labels" / "example_ct_dicom.nii.gz").direction[4] == -1.0
+    np.testing.assert_allclose(organs.extent.world, series.extent.world, atol=1e-3)
+    liver = np.argwhere(np.asarray(organs.data) == 5)[len(np.argwhere(np.asarray(organs.data) == 5)) // 2]
+    world = organs.data_to_world(liver)
+    index = np.round(series.world_to_data(world)).astype(int)
+    np.testing.assert_array_equal(index[[0, 2]], liver[[0, 2]])  # same slice, same column...
+    assert index[1] == series.data.shape[1] - 1 - liver[1]  # ...and the row counted from the other end
 
 
 def test_dicom_folder_opens_in_millimetres_with_its_window(make_napari_viewer, data_dir: Path) -> None:

@@ -174,3 +174,76 @@ def prepare(source: Path, out: Path, myocardium: bool = False) -> dict[str, Any]
     epi = sum(i.epi is not None for i in items)
     log.info("Sunnybrook: %d images (%d with epicardium), %s held back -> %s", len(items), epi, held, out)
     return {"images": len(items), "with_epicardium": epi, "held_back": held, "val_images": len(val)}
+
+
+def _slice_location(path: Path) -> float:
+    """The image's position (mm) along its slice normal: ImagePositionPatient projected on the cross
+    product of ImageOrientationPatient's axes, as ``io`` orders a series. Not SliceLocation: on these
+    oblique short-axis stacks it moves 6.68 mm per slice where the slices are 10 mm apart (the tag is
+    the position along a scanner axis), which made every volume a third too small."""
+    import pydicom
+
+    tags = ["ImagePositionPatient", "ImageOrientationPatient"]
+    d = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
+    try:
+        iop = np.asarray(d.ImageOrientationPatient, dtype=float)
+        return float(np.dot(np.asarray(d.ImagePositionPatient, dtype=float), np.cross(iop[:3], iop[3:])))
+    except (AttributeError, TypeError, ValueError):
+        raise ImageLoadError(f"{path}: no image position or orientation; the slice gap is unknown") from None
+
+
+def evaluate_blood_pool(
+    checkpoint_path: Path,
+    source: Path,
+    patient: str,
+    device: str = "cpu",
+    postprocess: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The held-back patient's blood pool as a cardiologist reads it: per image and per phase.
+
+    Per image: Dice and the cavity area (mm^2) against the contour. Per patient: the Dice of all its
+    pixels pooled (small apical slices weigh by their size, as in a volume Dice), and per phase the
+    blood-pool volume over the contoured slices (area x slice gap summed; the phase of an image is its
+    rank among the images at its slice position, by instance number). ``postprocess`` is what
+    ``seg-studio predict --largest-component`` etc. apply (``{"largest_component": True}``).
+    """
+    from .. import checkpoint, metrics
+    from ..inference import PredictOptions, predict
+
+    model, meta = checkpoint.load(checkpoint_path)
+    items = [i for i in contoured_images(source) if i.patient == patient]
+    if not items:
+        raise ImageLoadError(f"{source}: patient {patient} has no contoured images")
+    per_image: dict[str, dict[str, float]] = {}
+    inter = total = 0
+    by_position: dict[float, list[tuple[int, str]]] = {}
+    for item in items:
+        image, lab = read_item(item)
+        truth = np.asarray(lab.array) == 1
+        opts = PredictOptions(device=device, postprocess=postprocess)
+        pred = np.asarray(predict(image, model, meta, opts).labels.array) == 1
+        px = float(image.spacing[0] * image.spacing[1])
+        d = metrics.dice(pred.astype(np.int64), truth.astype(np.int64), [1])[1]
+        per_image[item.name] = {"dice": d, "area_mm2": truth.sum() * px, "pred_area_mm2": pred.sum() * px}
+        inter += int((pred & truth).sum())
+        total += int(pred.sum() + truth.sum())
+        by_position.setdefault(round(_slice_location(item.dicom), 2), []).append((item.instance, item.name))
+    positions = sorted(by_position)
+    gap = float(np.median(np.diff(positions))) if len(positions) > 1 else float("nan")
+    phases: dict[int, dict[str, float]] = {}
+    for pos in positions:
+        for phase, (_, name) in enumerate(sorted(by_position[pos])):
+            v = phases.setdefault(phase, {"volume_ml": 0.0, "pred_volume_ml": 0.0, "slices": 0})
+            v["volume_ml"] += per_image[name]["area_mm2"] * abs(gap) / 1000.0
+            v["pred_volume_ml"] += per_image[name]["pred_area_mm2"] * abs(gap) / 1000.0
+            v["slices"] += 1
+    return {
+        "mean_image_dice": metrics.mean_ignoring_nan(r["dice"] for r in per_image.values()),
+        "pooled_dice": 2 * inter / total if total else float("nan"),
+        "mean_abs_area_error_mm2": float(
+            np.mean([abs(r["pred_area_mm2"] - r["area_mm2"]) for r in per_image.values()])
+        ),
+        "slice_gap_mm": abs(gap),
+        "phases": phases,
+        "images": per_image,
+    }

@@ -63,6 +63,7 @@ __all__ = [
     "find_scan_grid",
     "guess_kind",
     "has_physical_spacing",
+    "set_pixel_size",
     "label_color",
     "list_series",
     "read",
@@ -129,10 +130,16 @@ def find_scan_grid(
 # --- reading ------------------------------------------------------------------------------------
 
 
-def read(path: str | os.PathLike[str], series: str | None = None, allow_nonuniform: bool = False) -> Volume:
+def read(
+    path: str | os.PathLike[str],
+    series: str | None = None,
+    allow_nonuniform: bool = False,
+    phase: int | None = None,
+) -> Volume:
     """Read a scan or label map. ``series`` picks a DICOM series by UID when a folder holds several;
     ``allow_nonuniform`` reads a DICOM series with uneven slice gaps (average spacing) instead of
-    refusing it."""
+    refusing it; ``phase`` reads one cardiac phase (the N-th image at each slice position) of a cine
+    series folder."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ImageLoadError(f"{path} does not exist; check the path")
@@ -146,7 +153,7 @@ def read(path: str | os.PathLike[str], series: str | None = None, allow_nonunifo
             if info.modality == "SEG" and info.slice_count == 1:  # a DICOM SEG alone in its series
                 vol = _read_file(info.files[0])
             else:
-                vol = read_series(info, allow_nonuniform=allow_nonuniform)
+                vol = read_series(info, allow_nonuniform=allow_nonuniform, phase=phase)
             name = f"DICOM series in {path.name}"
         else:
             vol = _read_file(path)
@@ -259,9 +266,35 @@ def _write_sidecar(volume: Volume, path: Path, protected: list) -> None:
 
 def has_physical_spacing(volume: Volume) -> bool:
     """False for pictures (PNG, JPEG, TIFF...) that store no pixel size: their spacing of 1 is a placeholder,
-    so lengths are in pixels, not millimetres."""
+    so lengths are in pixels, not millimetres (unless the user gave it: ``set_pixel_size``)."""
+    if volume.meta.get("pixel_size_given"):
+        return True
     fmt = str(volume.meta.get("format") or "").upper()
     return not (fmt in RASTER_FORMATS and all(abs(s - 1.0) < 1e-9 for s in volume.spacing))
+
+
+def set_pixel_size(volume: Volume, pixel_size: tuple[float, ...]) -> Volume:
+    """Give a picture that stores no pixel size (a PNG, e.g. an HC18 ultrasound frame whose pixel size is in
+    a CSV) its pixel size in mm: one value (square pixels) or one per axis, x,y(,z). A file that stores its
+    own spacing is refused: overriding it would silently change every length measured on it."""
+    from ..errors import ImageLoadError
+
+    where = volume.source.name if volume.source else "the scan"
+    if has_physical_spacing(volume):
+        raise ImageLoadError(
+            f"{where} stores its own voxel size ({' x '.join(f'{s:g}' for s in volume.spacing)} mm); "
+            "a pixel size can only be given for pictures that store none (PNG, JPEG, TIFF)"
+        )
+    values = tuple(float(v) for v in pixel_size)
+    if len(values) == 1:
+        values = values * volume.ndim
+    if len(values) != volume.ndim or not all(0 < v < 1e3 for v in values):
+        raise ImageLoadError(
+            f"pixel size {pixel_size}: give one positive size in mm, or {volume.ndim} (x,y{',z' if volume.ndim == 3 else ''})"
+        )
+    volume.spacing = values
+    volume.meta["pixel_size_given"] = True
+    return volume
 
 
 def _dicom_seg():  # noqa: ANN202 - a module (highdicom is imported only for DICOM files)

@@ -205,8 +205,8 @@ def _slice_order(
                 i = int(np.argmin(gaps))
                 raise ImageLoadError(
                     f"DICOM series {label} has {len(pos)} slices but slices {i + 1} and {i + 2} share the "
-                    f"position {pos[i]:.3f} mm (several echoes, phases or volumes in one series); export "
-                    "them as separate series"
+                    f"position {pos[i]:.3f} mm (several echoes, phases or volumes in one series); read one "
+                    "cardiac phase of a cine series with --phase N (phase=N), or export them as separate series"
                 )
             bad = np.flatnonzero(np.abs(gaps - step) > max(0.01 * step, 1e-3))
             if bad.size:
@@ -343,8 +343,37 @@ def _tag_meta(r: sitk.ImageFileReader) -> dict[str, Any]:
     return meta
 
 
-def read_series(info: SeriesInfo, allow_nonuniform: bool = False) -> Volume:
-    """Read one series in slice order; geometry from ITK (which computes it from the sorted files)."""
+def _one_phase(
+    files: tuple[Path, ...], headers: list[sitk.ImageFileReader], phase: int, label: str
+) -> tuple[tuple[Path, ...], list[sitk.ImageFileReader], int]:
+    """The images of one cardiac phase of a cine series, which holds several images per slice position:
+    at each position the ``phase``-th by InstanceNumber (the order the scanner wrote the phases in).
+    Returns (files, headers, number of phases at the fullest position)."""
+    ipps = [_floats(_tag(r, _IPP)) for r in headers]
+    iops = [_floats(_tag(r, _IOP)) for r in headers]
+    if not all(len(p) == 3 for p in ipps) or not all(len(o) == 6 for o in iops):
+        raise ImageLoadError(
+            f"DICOM series {label}: its images have no positions, so phases cannot be told apart"
+        )
+    normal = np.cross(iops[0][:3], iops[0][3:])
+    groups: dict[float, list[tuple[float, int]]] = {}
+    for i, p in enumerate(ipps):
+        number = (_floats(_tag(headers[i], _INSTANCE)) or [float(i)])[0]
+        groups.setdefault(round(float(np.dot(p, normal)), 2), []).append((number, i))
+    short = [pos for pos, g in groups.items() if len(g) <= phase]
+    if phase < 0 or short:
+        fewest = min(len(g) for g in groups.values())
+        raise ImageLoadError(
+            f"DICOM series {label} has {fewest} image(s) at its slice position {short[0] if short else ''} mm: "
+            f"phase {phase} does not exist there; give --phase 0 to {fewest - 1}"
+        )
+    picked = sorted(sorted(g)[phase][1] for g in groups.values())
+    return tuple(files[i] for i in picked), [headers[i] for i in picked], max(len(g) for g in groups.values())
+
+
+def read_series(info: SeriesInfo, allow_nonuniform: bool = False, phase: int | None = None) -> Volume:
+    """Read one series in slice order; geometry from ITK (which computes it from the sorted files).
+    ``phase`` reads one cardiac phase of a cine series (several images per slice position)."""
     label = f"'{info.description or info.uid or info.folder.name}'"
     try:
         headers = [_header(f) for f in info.files]
@@ -352,8 +381,13 @@ def read_series(info: SeriesInfo, allow_nonuniform: bool = False) -> Volume:
         raise ImageLoadError(f"a file of DICOM series {label} is damaged: {sitk_reason(exc)}") from exc
     _check_slices_agree(info.files, headers, label)
     _check_series_fits(headers, label)
-    order, meta = _slice_order(info.files, headers, allow_nonuniform, label)
-    files = [str(info.files[i]) for i in order]
+    all_files, phases = info.files, None
+    if phase is not None:
+        all_files, headers, phases = _one_phase(info.files, headers, phase, label)
+    order, meta = _slice_order(all_files, headers, allow_nonuniform, label)
+    if phases is not None:
+        meta.update(phase=phase, phases=phases)
+    files = [str(all_files[i]) for i in order]
     if len(files) == 1:
         vol = read_dicom_file(Path(files[0]))
         vol.meta.update(meta)

@@ -9,13 +9,20 @@ the machine *this* process will get, so ``ThreadTuner`` measures it with a forwa
 and keeps the fastest; during training it times the current count against a neighbouring one now and
 then (less often while nothing better turns up), dropping a neighbour whose first call is already much
 slower. ``restore`` gives the process its own count back.
+
+The count it starts from is what this process may use now: the CPUs of its affinity mask (a container's
+cpuset or ``taskset`` can leave fewer than ``os.cpu_count()``) and, of those, how many were idle over a
+quarter of a second of ``/proc/stat`` (``free_cpus``). On a busy machine it then starts on one thread
+and never spends a timed call on two threads that must wait for each other.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +30,59 @@ import torch
 from .plan import LoopHook, LoopState
 
 log = logging.getLogger(__name__)
+
+
+PROC_STAT = Path("/proc/stat")
+
+
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask; all of ``os.cpu_count()`` where the OS has none)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_times(text: str) -> dict[int, tuple[int, int]]:
+    """Per CPU, (idle, total) jiffies from the text of ``/proc/stat`` (idle counts iowait too)."""
+    out: dict[int, tuple[int, int]] = {}
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit()) or len(fields) < 4:
+            continue
+        values = [int(v) for v in fields[:8]]
+        out[int(name[3:])] = (values[3] + (values[4] if len(values) > 4 else 0), sum(values))
+    return out
+
+
+def idle_between(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpus: Sequence[int]
+) -> float:
+    """How many of ``cpus`` were idle between two ``cpu_times`` snapshots (0 to ``len(cpus)``)."""
+    free = 0.0
+    for c in cpus:
+        if c in before and c in after:
+            idle, total = after[c][0] - before[c][0], after[c][1] - before[c][1]
+            free += idle / total if total > 0 else 0.0
+    return free
+
+
+def free_cpus(interval_s: float = 0.25) -> float | None:
+    """How many of this process's CPUs sat idle over the next ``interval_s`` (None without ``/proc/stat``)."""
+    try:
+        before = cpu_times(PROC_STAT.read_text())
+        time.sleep(interval_s)
+        after = cpu_times(PROC_STAT.read_text())
+    except OSError:
+        return None
+    return idle_between(before, after, usable_cpus())
+
+
+def start_count(max_threads: int, free: float | None) -> int:
+    """Threads to start on: one per CPU that is (nearly) free, at least one; ``max_threads`` when unknown."""
+    if free is None:
+        return max_threads
+    return max(1, min(max_threads, int(free + 0.3)))
 
 
 def _timed(run: Callable[[], object]) -> float:
@@ -46,11 +106,15 @@ class ThreadTuner(LoopHook):
         recheck: int = 60,
         gain: float = 0.9,
         abort: float = 3.0,
+        free: float | None = None,
     ) -> None:
+        """``max_threads``: at most this many (default: torch's count, capped by the usable CPUs);
+        ``free``: idle CPUs now (default: measured by ``probe``; give it to decide without measuring)."""
         self.run = run
         self.original = torch.get_num_threads()
-        self.max_threads = max(1, max_threads or self.original)
+        self.max_threads = max(1, max_threads or min(self.original, len(usable_cpus())))
         self.current = min(self.original, self.max_threads)
+        self.free = free
         self.recheck, self.gain, self.abort = recheck, gain, abort
         self.next_check = recheck
         self.direction = -1  # the next check tries half (-1) or twice (+1) the count
@@ -64,9 +128,12 @@ class ThreadTuner(LoopHook):
         """Before training: time the current count and halves of it (one untimed call each first: a new
         count builds new kernels), down to one thread or a count slower than the best; keep the fastest."""
         if not self.enabled:
+            torch.set_num_threads(self.current)
             return self.current
+        if self.free is None:
+            self.free = free_cpus()
         seconds: dict[int, float] = {}
-        count = self.current
+        count = self.current = min(self.current, start_count(self.max_threads, self.free))
         while True:
             torch.set_num_threads(count)
             self.run()
@@ -112,4 +179,5 @@ class ThreadTuner(LoopHook):
 
     def record(self) -> dict[str, Any]:
         """For the provenance: the count it started with, the one it ended on, and what it measured."""
-        return {"start": self.original, "kept": self.current, "measured": self.measured}
+        free = None if self.free is None else round(self.free, 2)
+        return {"start": self.original, "free_cpus": free, "kept": self.current, "measured": self.measured}
