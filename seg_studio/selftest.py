@@ -111,7 +111,7 @@ def find_bundled_checkpoint(dims: int, resources: Path | None = None) -> Path:
                 log.warning("skipping %s: %s", path, exc)
                 seen.append(f"{path.name} (unreadable)")
                 continue
-            if meta.spatial_dims == dims:
+            if meta.spatial_dims == dims and meta.interactive is None:
                 return path
             seen.append(f"{path.name} ({meta.spatial_dims}D)")
     where = ", ".join(str(d / "models") for d in dirs) or "no resources folder found"

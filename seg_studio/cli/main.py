@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import selftest
 from ..core.errors import SegStudioError
-from . import compare, export, measure, pacs, predict, scans, train
+from . import compare, export, measure, pacs, predict, refine, scans, train
 
 Runner = Callable[[argparse.Namespace], int]
 log = logging.getLogger("seg_studio")
@@ -133,6 +133,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner
         "segment a scan, a DICOM folder or a folder of scans with a .segmodel",
         predict.add_predict,
         predict.run_predict,
+    ),
+    "refine": (
+        "apply a clicks file to a scan with an interactive model (click to correct; refine SCAN --model M --clicks C --out OUT)",
+        refine.add_refine,
+        refine.run_refine,
     ),
     "inspect": (
         "print a checkpoint's metadata (its model card)",

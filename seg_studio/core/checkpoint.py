@@ -110,10 +110,14 @@ class ModelMeta:
     schema_version: int = SCHEMA_VERSION
     #: what the model was trained on (``core.domain``); optional: older files have none
     domain: Domain | None = None
+    #: an interactive (click) model's guidance channels (``core.interactive.GuidanceSpec.to_dict``)
+    interactive: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("domain")
+        if self.interactive is None:
+            d.pop("interactive")
         if self.domain is not None:
             d["domain"] = self.domain.to_dict()
         d["classes"] = [{"value": c.value, "name": c.name, "color": list(c.color)} for c in self.classes]
@@ -149,6 +153,7 @@ class ModelMeta:
                 card=dict(d.get("card") or {}),
                 schema_version=version,
                 domain=None if d.get("domain") is None else Domain.from_dict(d["domain"], where),
+                interactive=None if d.get("interactive") is None else dict(d["interactive"]),
             )
         except KeyError as exc:
             raise CheckpointError(f"{where}: metadata lacks the field {exc.args[0]!r}") from None
@@ -175,6 +180,7 @@ def new_meta(
     provenance: Mapping[str, Any] | None = None,
     card: Mapping[str, Any] | None = None,
     domain: Domain | None = None,
+    interactive: Mapping[str, Any] | None = None,
 ) -> ModelMeta:
     """Describe ``model`` (built with ``create_model(architecture, ..., **arch_args)``).
 
@@ -209,6 +215,7 @@ def new_meta(
         provenance=dict(provenance or {}),
         card=dict(card or {}),
         domain=domain,
+        interactive=None if interactive is None else dict(interactive),
     )
 
 

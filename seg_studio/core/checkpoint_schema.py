@@ -102,7 +102,20 @@ def validate_record(d: Any, where: str = "checkpoint") -> Mapping[str, Any]:
     for key in ("provenance", "card"):
         _object(d.get(key), key, where)
     _object(d.get("domain"), "domain", where, MAX_DOMAIN_BYTES)
+    _check_interactive(d.get("interactive"), cin, cout, where)
     return d
+
+
+def _check_interactive(record: Any, cin: int, cout: int, where: str) -> None:
+    """An interactive model's guidance record: bounded, adding up to the input channels, and a
+    two-class (background / the clicked structure) output."""
+    if record is None:
+        return
+    from .interactive.guidance import GuidanceSpec
+
+    GuidanceSpec.from_dict(record, cin, where)
+    if cout not in (1, 2):
+        raise _fail(where, f"an interactive model segments one structure, but it has {cout} output channels")
 
 
 def _check_architecture(d: Mapping[str, Any], dims: int, where: str) -> None:

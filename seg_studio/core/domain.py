@@ -784,6 +784,15 @@ def scan_warnings(
 ) -> list[DomainWarning]:
     """``check_scan`` for a checkpoint's metadata: without a domain, dims and channels plus one
     "not recorded" line."""
+    if getattr(meta, "interactive", None) is not None:  # never picked for an automatic prediction
+        return [
+            DomainWarning(
+                "interactive",
+                "an interactive model: it segments what you click (seg-studio refine, the panel's clicks), "
+                "not a whole scan on its own",
+                "refuse",
+            )
+        ]
     domain = meta_domain(meta)
     if domain is None:
         return _shape_only(meta, volume) + check_scan(None, volume)

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 from . import layers as L
 from .about_section import AboutSection
 from .autosave import Autosaver
+from .clicks_section import ClicksSection
 from .correct_section import CorrectSection
 from .domain_banner import DomainBanner, DomainWatch
 from .finetune_section import FinetuneSection
@@ -115,6 +116,13 @@ class SegStudioPanel(QWidget):
         self.add_section("Correct", self.correct)
         self.review = ReviewSection(self.viewer, self.run, self.models, self.scan_layer)
         self.add_section("Correct", self.review)
+        self.clicks = ClicksSection(
+            self.viewer, self.scan_layer, self.mask_layer, lambda: self.run._baselines
+        )
+        # filled once the models are probed: reading checkpoint headers imports torch, which the
+        # window must not wait for
+        self.models.probed.connect(lambda *_: self.clicks.fill_models(self._model_dirs()))
+        self.add_section("Clicks", self.clicks)
         self.add_section("Fine-tune", self.finetune_section)
         self.series = SeriesSection(self.viewer, self.run, self.finetune_section, self.scan_layer)
         self.add_section("Fine-tune", self.series)
@@ -136,6 +144,7 @@ class SegStudioPanel(QWidget):
         self.correct.restore_button.clicked.connect(lambda: self.restore_autosave())
         self.correct.discard_button.clicked.connect(lambda: self.discard_autosave())
         self.correct.saved.connect(self._after_save)
+        self.correct.saved.connect(self.clicks.save_beside)
         self._offer_layer: Any = None
         self.autosaver.watch_existing()
 
@@ -152,6 +161,13 @@ class SegStudioPanel(QWidget):
             app.aboutToQuit.connect(self.shutdown)
         if probe:
             self.models.start_probe()
+
+    @staticmethod
+    def _model_dirs() -> list[Path]:
+        from ..core.autosave import user_model_dir
+        from .model_section import bundled_model_dirs
+
+        return [d for d in (*bundled_model_dirs(), user_model_dir()) if d.is_dir()]
 
     # --- layout ---------------------------------------------------------------------------------------
     def add_section(self, tab: str, section: QWidget) -> None:

@@ -111,6 +111,13 @@ def test_shipped_model_still_segments_a_validation_case(path: Path, data_dir: Pa
     model, meta = checkpoint.load(path)
     card = meta.card
     name, image, truth = _validation_case(card, data_dir)
+    if meta.interactive is not None:  # a click model: its card's Dice is after N simulated clicks
+        mean = _clicked_dice(model, meta, image, truth, card["validation"]["clicks"])
+        expected = card["validation"]["per_case_mean_dice"][name]
+        assert mean >= expected - TOLERANCE, (
+            f"{path.name} on {name}: Dice {mean:.4f} after clicks, card {expected}"
+        )
+        return
     pred = predict(image, model, meta, PredictOptions(device="cpu"))
     assert pred.labels.spatial_shape == image.spatial_shape
     classes = [c.value for c in meta.classes if c.value != 0]
@@ -126,6 +133,25 @@ def test_shipped_model_still_segments_a_validation_case(path: Path, data_dir: Pa
         assert error <= card_error + HC_TOLERANCE_MM, (
             f"{path.name} on {name}: HC off by {error:.2f} mm, card {card_error}"
         )
+
+
+def _clicked_dice(model, meta, image, truth: np.ndarray, n: int) -> float:  # noqa: ANN001
+    """Mean Dice over the structures of ``truth`` after ``n`` clicks of the simulated user, from nothing
+    (``core.interactive.next_click``, as benchmarks/clicks.py clicks)."""
+    from seg_studio.core.interactive import Click, next_click, refine_step, start_session
+
+    session = start_session(image, model, meta)
+    scores = []
+    for value in (int(v) for v in np.unique(truth) if v > 0):
+        labels, clicks = np.zeros(truth.shape, np.uint16), []
+        for _ in range(n):
+            nxt = next_click(labels == value, truth == value, image.spacing_zyx)
+            if nxt is None:
+                break
+            clicks.append(Click(value, *nxt))
+            labels = refine_step(session, clicks, labels).labels
+        scores.append(metrics.dice(labels.astype(np.int64), truth, [value])[value])
+    return float(np.mean(scores))
 
 
 @pytest.mark.parametrize(

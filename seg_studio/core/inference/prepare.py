@@ -42,6 +42,11 @@ def check_pairing(volume: Volume, model: SegModel, meta: ModelMeta, overlap: flo
     3D scan). Cheap, so a bad pairing fails before any work."""
     if not 0 <= overlap < 1:
         raise InferenceError(f"overlap must be in [0, 1), got {overlap}")
+    if meta.interactive is not None and volume.channels != meta.in_channels:
+        raise InferenceError(
+            "this is an interactive model: it segments what you click; use it with clicks "
+            "(seg-studio refine SCAN --model M --clicks clicks.json --out OUT, or the panel)"
+        )
     if volume.channels != meta.in_channels:
         raise InferenceError(
             f"the model takes {meta.in_channels} channel(s) ({', '.join(meta.channel_names)}) but the scan has "

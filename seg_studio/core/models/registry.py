@@ -104,9 +104,14 @@ def create_model(
     in_channels: int = 1,
     out_channels: int = 2,
     preset: str | None = None,
+    guidance_channels: int = 0,
     **config: Any,
 ) -> SegModel:
-    """Build a registered variant; ``preset`` values come first and ``config`` overrides them."""
+    """Build a registered variant; ``preset`` values come first and ``config`` overrides them.
+
+    ``guidance_channels`` more input channels make any variant interactive (``core.interactive``: the
+    user's clicks, and optionally the current mask, go in after the image channels).
+    """
     spec = get_spec(name)
     if spatial_dims not in spec.dims:
         raise ModelError(f"model {name!r} supports {spec.dims}D inputs, not {spatial_dims}D")
@@ -118,7 +123,10 @@ def create_model(
     args.update(config)
     try:
         return spec.builder(
-            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args
+            spatial_dims=spatial_dims,
+            in_channels=in_channels + guidance_channels,
+            out_channels=out_channels,
+            **args,
         )
     except TypeError as exc:
         raise ModelError(f"bad configuration for {name!r}: {exc}") from None

@@ -23,11 +23,13 @@ import torch
 
 from ..errors import Cancelled, TrainingError
 from ..inference.devices import describe_hardware
+from ..interactive.guidance import GuidanceSpec
 from ..models import create_model, get_spec
 from ..progress import CancelToken, Progress
 from .adversarial import AdversarialConfig, AdversarialStep
 from .augment import AugmentConfig
 from .checks import check_has_foreground, check_label_values
+from .clicksim import ClickSimulator, ClickTraining, click_validation, from_automatic, median_spacing
 from .data import (
     Case,
     DatasetInfo,
@@ -106,6 +108,8 @@ class FitConfig:
     device: str = "auto"
     seed: int = 0
     resume: bool = False
+    #: train an interactive (click) model: a table of ``clicksim.ClickTraining`` settings
+    interactive: dict[str, Any] | None = None
 
     @classmethod
     def from_recipe(cls, path: str | Path, **overrides: Any) -> FitConfig:
@@ -241,8 +245,9 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
     torch.manual_seed(cfg.seed)
     data = yield from read_training_data(cfg, cancel)
     start = start_model(cfg, out, data)
+    image_channels = start.model.in_channels - (start.spec.guidance_channels if start.spec else 0)
     cases = [
-        make_case(name, img, values, data.value_to_index, start.normalization, start.model.in_channels)
+        make_case(name, img, values, data.value_to_index, start.normalization, image_channels)
         for name, img, values in data.loaded
     ]
     split_path = Path(cfg.split) if cfg.split else out / "split.json"
@@ -255,6 +260,8 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
     if not train_cases:
         raise TrainingError("every case is in the validation split; add training cases")
     plan = fit_plan(cfg, start.model, train_cases, val_cases, data.n_classes, info)
+    if start.spec is not None:
+        add_click_training(plan, cfg, start.spec, data.n_classes)
     restore_resume(plan, start.resume_state)
     prov = fit_provenance(cfg, data, start, cases, split, split_path, plan, info)
     saver = RunFolderSaver(out, start.model, plan, fit_meta_writer(start, data, plan, prov, cfg))
@@ -277,7 +284,7 @@ def _fit(cfg: FitConfig, info: DistInfo, cancel: CancelToken | None) -> Generato
         last = saver.last_path
         atomic_write(saver.best_path, lambda tmp: shutil.copyfile(last, tmp))
     if info.is_main and saver.best_path.exists():
-        stamp_domain(cfg, saver.best_path, data, cases, set(split.val), info)
+        stamp_domain(cfg, saver.best_path, data, cases, set(split.val), info, start.spec is None)
     best, last = saver.best_path, saver.last_path
     return FitResult(
         best if best.exists() else None,
@@ -376,6 +383,8 @@ class ModelStart:
     normalization: dict[str, Any]
     init_path: Path | None
     resume_state: dict[str, Any] | None
+    #: an interactive model's guidance channels (None: an automatic model)
+    spec: GuidanceSpec | None = None
 
 
 def start_model(cfg: FitConfig, out: Path, data: FitData) -> ModelStart:
@@ -394,6 +403,8 @@ def start_model(cfg: FitConfig, out: Path, data: FitData) -> ModelStart:
         rp = out / "resume.pt"
         if rp.exists():
             resume_state = checkpoint.load_resume_state(rp)
+    if cfg.interactive is not None:
+        return start_interactive(cfg, data, init_path, resume_state)
     if init_path is None:
         arch_args = _arch_args(cfg)
         model = create_model(
@@ -410,6 +421,51 @@ def start_model(cfg: FitConfig, out: Path, data: FitData) -> ModelStart:
     return ModelStart(
         model, meta0.architecture, dict(meta0.arch_args), dict(meta0.normalization), init_path, resume_state
     )
+
+
+def start_interactive(
+    cfg: FitConfig, data: FitData, init_path: Path | None, resume_state: dict[str, Any] | None
+) -> ModelStart:
+    """An interactive model: fresh, from an interactive checkpoint (resume), or from an automatic model
+    of the same variant (``clicksim.from_automatic``: its weights, zero guidance weights)."""
+    from .. import checkpoint
+
+    spec = ClickTraining.from_dict(cfg.interactive).spec(data.in_channels)
+    if init_path is None:
+        args = _arch_args(cfg)
+        model = create_model(
+            cfg.architecture,
+            data.spatial_dims,
+            data.in_channels,
+            2,
+            guidance_channels=spec.guidance_channels,
+            **args,
+        )
+        return ModelStart(model, cfg.architecture, args, dict(cfg.normalization), None, None, spec)
+    model, meta0 = checkpoint.load(init_path)
+    if meta0.interactive is None:
+        model = from_automatic(model, meta0.architecture, meta0.arch_args, spec)
+    elif GuidanceSpec.from_dict(meta0.interactive, meta0.in_channels, init_path.name) != spec:
+        raise TrainingError(f"{init_path.name} draws clicks differently from the recipe's interactive table")
+    args, norm = dict(meta0.arch_args), dict(meta0.normalization)
+    return ModelStart(model, meta0.architecture, args, norm, init_path, resume_state, spec)
+
+
+def add_click_training(plan: TrainingPlan, cfg: FitConfig, spec: GuidanceSpec, n_classes: int) -> None:
+    """Simulated clicks on every batch, and validation after simulated clicks (``clicksim``)."""
+    clicks = ClickTraining.from_dict(cfg.interactive)
+    c = plan.compute
+    spacing = median_spacing(plan.train_cases)
+    plan.hooks.insert(0, ClickSimulator(clicks, spec, n_classes, spacing, c.autocast, cfg.seed))
+    patch = plan.batches.patch
+
+    def scorer(model: Any, cases: Any, cancel: CancelToken | None) -> dict[str, Any]:
+        return click_validation(
+            model, cases, clicks, spec, n_classes, patch, c.device, c.autocast, c.channels_last, cancel
+        )
+
+    plan.validation.scorer = scorer
+    plan.n_classes = 2
 
 
 def fit_plan(
@@ -514,7 +570,13 @@ def fit_meta_writer(
     """A function (validation metrics, loop state) -> the ModelMeta of a checkpoint saved then."""
     from .. import checkpoint
 
+    spec = start.spec
+    clicks = ClickTraining.from_dict(cfg.interactive) if spec is not None else None
     classes = checkpoint.default_classes(data.n_classes, data.names)
+    channels = [f"ch{i}" for i in range(data.in_channels)]
+    if spec is not None and clicks is not None:
+        classes = checkpoint.default_classes(2, ["background", clicks.name])
+        channels = spec.channel_names()
     n_val, n_train = len(plan.validation.cases), len(plan.train_cases)
 
     def meta_for(metrics: dict[str, Any], st: LoopState) -> Any:
@@ -529,15 +591,19 @@ def fit_meta_writer(
             "val_cases": n_val,
             "train_cases": n_train,
         }
+        if clicks is not None:
+            record["metrics"]["val_clicks"] = clicks.val_clicks
+            record["metrics"]["val_dice_first_click"] = finite_or_none(metrics.get("dice_first_click"))
         return checkpoint.new_meta(
             start.model,
             start.architecture,
             start.arch_args,
             classes=classes,
             normalization=start.normalization,
-            channel_names=[f"ch{i}" for i in range(data.in_channels)],
+            channel_names=channels,
             patch_size=plan.batches.patch,
             provenance=record,
+            interactive=None if spec is None else spec.to_dict(),
         )
 
     return meta_for
@@ -565,15 +631,22 @@ class RunFolderSaver(LoopHook):
 
 
 def stamp_domain(
-    cfg: FitConfig, best_path: Path, data: FitData, cases: list[Case], val_set: set[str], info: DistInfo
+    cfg: FitConfig,
+    best_path: Path,
+    data: FitData,
+    cases: list[Case],
+    val_set: set[str],
+    info: DistInfo,
+    automatic: bool = True,
 ) -> None:
     """What the model was trained on, into ``best.segmodel`` (``core/domain.py``): the training cases'
-    geometry and intensities, and what the model produces on the validation cases."""
+    geometry and intensities, and what an automatic model produces on the validation cases (an
+    interactive one needs clicks to produce anything, so only its training data is recorded)."""
     from ..domain import stamp_checkpoint
 
     pairs = list(zip(data.loaded, cases, strict=True))
     train_imgs = [(img, v) for (_, img, v), c in pairs if c.hash not in val_set]
-    val_imgs = [img for (_, img, _), c in pairs if c.hash in val_set]
+    val_imgs = [img for (_, img, _), c in pairs if c.hash in val_set and automatic]
     stamp_checkpoint(
         best_path,
         train_imgs,

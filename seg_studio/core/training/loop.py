@@ -148,6 +148,8 @@ def train_step(plan: TrainingPlan, parts: StepParts, progress: float) -> dict[st
     dev, st = plan.compute.device, plan.state
     x, y = parts.sampler.sample(plan.batches.batch_size)
     x, y = augment_batch(x.to(dev), y.to(dev), plan.batches.augment, parts.generator)
+    for hook in plan.hooks:
+        x, y = hook.prepare_batch(st.step, x, y, plan.model)
     x = x.contiguous(memory_format=parts.layout)
     f = plan.schedule.factor(progress, st.step)
     for grp in parts.optimizer.param_groups:
@@ -229,9 +231,12 @@ def validation_round(
         return
     yield Progress(st.step, clock.total_steps(), "validate", f"validating on {len(val.cases)} case(s)")
     core = unwrap(plan.model)
-    m = validate(
-        core, val.cases, plan.n_classes, plan.batches.patch, c.device, c.autocast, c.channels_last, cancel
-    )
+    if val.scorer is not None:
+        m = val.scorer(core, val.cases, cancel)
+    else:
+        m = validate(
+            core, val.cases, plan.n_classes, plan.batches.patch, c.device, c.autocast, c.channels_last, cancel
+        )
     score = m["dice"]
     improved = not math.isnan(score) and score > st.best + plan.stopping.min_delta
     if improved:

@@ -11,7 +11,7 @@ tuning, writing the run folder).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,9 @@ class Validation:
 
     cases: Sequence[Case] = ()
     every: int = 100
+    #: ``scorer(model, cases, cancel) -> {"dice", "per_class", ...}`` instead of plain Dice (e.g. an
+    #: interactive model is scored after simulated clicks); None: ``evaluation.validate``
+    scorer: Callable[..., dict[str, Any]] | None = None
 
 
 @dataclass
@@ -109,6 +112,12 @@ class LoopState:
 
 class LoopHook:
     """Behaviour a plan adds to the loop at named points; every method is optional (a no-op here)."""
+
+    def prepare_batch(
+        self, step: int, x: torch.Tensor, y: torch.Tensor, model: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The augmented batch as the model trains on it (e.g. with simulated clicks as more channels)."""
+        return x, y
 
     def extra_loss(self, step: int, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         """A term added to the segmentation loss before the backward pass (None: nothing)."""

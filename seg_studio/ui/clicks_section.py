@@ -1,0 +1,214 @@
+"""Clicks: click to correct with an interactive model (``core.interactive``).
+
+One Points layer per class holds the clicks ("clicks: class V"); with the section's Click button on, a
+click on the scan is "this is the structure" and a Ctrl+click or right-click "this is not". Each click
+re-predicts only a crop around the click and the structure, in a worker thread, and lands in the mask
+as ONE undo step. Voxels the user painted are never changed: those that differ from what the model or
+the last click wrote (before any click: what the run section's baseline says, or, for a hand-made mask,
+every labelled voxel). The clicks are saved beside the labels (``NAME.clicks.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QPushButton, QSpinBox
+
+from . import layers as L
+
+log = logging.getLogger(__name__)
+POSITIVE, NEGATIVE = "#00c800", "#ff3030"
+
+
+def interactive_checkpoints(dirs: list[Path]) -> list[tuple[Path, Any]]:
+    """Every interactive ``.segmodel`` in ``dirs`` (metadata only)."""
+    from ..core.checkpoint import read_meta
+    from ..core.errors import SegStudioError
+
+    out = []
+    for d in dirs:
+        for p in sorted(d.rglob("*.segmodel")):
+            try:
+                meta = read_meta(p)
+            except SegStudioError:
+                continue
+            if meta.interactive is not None:
+                out.append((p, meta))
+    return out
+
+
+class ClicksSection(QGroupBox):
+    """Model picker, class, Click on/off; ``add_click(voxel, positive)`` is what a click does."""
+
+    def __init__(
+        self,
+        viewer: Any,
+        scan_layer: Callable[[], Any],
+        mask_layer: Callable[[], Any],
+        baselines: Callable[[], dict[Any, Any]] | None = None,
+    ) -> None:
+        super().__init__("Click to correct")
+        self.viewer, self._scan_layer, self._mask_layer = viewer, scan_layer, mask_layer
+        self._baselines = baselines or (lambda: {})
+        self.model_combo = QComboBox()
+        self.value = QSpinBox()
+        self.value.setRange(1, 65535)
+        self.click_button = QPushButton("Click")
+        self.click_button.setCheckable(True)
+        self.click_button.setToolTip("click = this is the structure; Ctrl+click or right-click = this is not")
+        self.status = QLabel("pick an interactive model")
+        lay = QFormLayout(self)
+        lay.addRow("Model", self.model_combo)
+        lay.addRow("Class", self.value)
+        lay.addRow(self.click_button)
+        lay.addRow(self.status)
+        self.click_button.toggled.connect(self._toggled)
+        self.clicks: list[Any] = []
+        self.job: Any = None
+        self._session: Any = None
+        self._key: tuple[Any, ...] | None = None
+        self._written: np.ndarray | None = None
+        self._painted: np.ndarray | None = None
+        self.last_step: Any = None
+
+    def fill_models(self, dirs: list[Path]) -> None:
+        self.model_combo.clear()
+        for path, meta in interactive_checkpoints(dirs):
+            self.model_combo.addItem(f"{path.stem} ({meta.spatial_dims}D)", str(path))
+        self.status.setText("click on the scan" if self.model_combo.count() else "no interactive model found")
+
+    # --- layers -----------------------------------------------------------------------------------
+    def points_layer(self, value: int) -> Any:
+        """The Points layer of class ``value`` (made on the scan's grid when missing)."""
+        name = f"clicks: class {value}"
+        for layer in self.viewer.layers:
+            if layer.name == name:
+                return layer
+        scan = self._scan_layer()
+        nd = L.layer_volume(scan).ndim
+        layer = self.viewer.add_points(
+            np.empty((0, nd)),
+            name=name,
+            size=4,
+            scale=scan.scale[-nd:],
+            translate=scan.translate[-nd:],
+            face_color=POSITIVE,
+        )
+        layer.mouse_drag_callbacks.append(self._on_mouse)
+        self.viewer.layers.selection.active = layer
+        return layer
+
+    def _toggled(self, on: bool) -> None:
+        if on and self._scan_layer() is not None:
+            layer = self.points_layer(self.value.value())
+            layer.mode = "pan_zoom"
+            self.viewer.layers.selection.active = layer
+
+    def _on_mouse(self, layer: Any, event: Any) -> None:
+        if not self.click_button.isChecked() or event.type != "mouse_press":
+            return
+        positive = event.button != 2 and "Control" not in {str(m) for m in event.modifiers}
+        voxel = tuple(int(round(v)) for v in layer.world_to_data(event.position)[-layer.ndim :])
+        self.add_click(voxel, positive)
+
+    # --- a click ----------------------------------------------------------------------------------
+    def painted_mask(self, data: np.ndarray) -> np.ndarray:
+        """The voxels the user painted (never changed by a click), accumulated click after click."""
+        from ..core.corrections import user_voxels
+
+        if self._written is not None and self._written.shape == data.shape:
+            now = data != self._written
+            return now if self._painted is None else (now | self._painted)
+        mask = self._mask_layer()
+        baseline = self._baselines().get(getattr(mask, "unique_id", None))
+        return user_voxels(data, baseline) if baseline is not None else data != 0
+
+    def add_click(self, voxel: tuple[int, ...], positive: bool) -> bool:
+        """Record the click, draw it and re-predict its crop in a worker; False when one is running."""
+        from ..core.interactive import Click
+        from .workers import Job
+
+        if self.job is not None and self.job.running:
+            self.status.setText("still predicting the last click")
+            return False
+        scan, path = self._scan_layer(), self.model_combo.currentData()
+        if scan is None or not path:
+            self.status.setText("open a scan and pick an interactive model first")
+            return False
+        value = self.value.value()
+        volume = L.layer_volume(scan)
+        mask = self._mask_layer()
+        labels = np.asarray(mask.data) if mask is not None else np.zeros(volume.spatial_shape, np.uint16)
+        painted = self.painted_mask(labels)
+        click = Click(value, positive, tuple(voxel))
+        points = self.points_layer(value)
+        points.add(np.asarray([voxel], float))
+        points.face_color[-1] = np.array([0, 0.78, 0, 1] if positive else [1, 0.19, 0.19, 1])
+        points.refresh()
+        clicks = [*self.clicks, click]
+        key = (scan.name, path)
+
+        def factory(cancel: Any) -> Any:
+            return self._predict(volume, path, key, clicks, labels, painted)
+
+        self.status.setText("predicting...")
+        self.job = Job(
+            factory,
+            on_done=lambda step: self._landed(step, click, painted),
+            on_error=lambda msg, exc: self.status.setText(msg),
+            name="click",
+        )
+        return True
+
+    def _predict(
+        self,
+        volume: Any,
+        path: str,
+        key: tuple[Any, ...],
+        clicks: list[Any],
+        labels: np.ndarray,
+        painted: np.ndarray,
+    ) -> Any:
+        """The worker's generator: load the model once per scan and model, then one ``refine_step``."""
+        from ..core import checkpoint
+        from ..core.interactive import refine_step, start_session
+        from ..core.progress import Progress
+
+        yield Progress(0, 1, "click", "predicting the crop")
+        if self._key != key or self._session is None:
+            model, meta = checkpoint.load(path)
+            self._session, self._key = start_session(volume, model, meta), key
+        return refine_step(self._session, clicks, labels, painted)
+
+    def _landed(self, step: Any, click: Any, painted: np.ndarray) -> None:
+        """Main thread: the new labels as one undo step; the painted voxels remembered."""
+        mask = self._mask_layer()
+        if mask is None:
+            scan = self._scan_layer()
+            mask = self.viewer.add_labels(
+                np.zeros(step.labels.shape, step.labels.dtype),
+                name=L.derived_name(scan.name, "mask"),
+                scale=scan.scale,
+                translate=scan.translate,
+                opacity=0.5,
+            )
+        L.replace_labels(mask, step.labels)
+        self.clicks.append(click)
+        self._written, self._painted, self.last_step = np.array(mask.data, copy=True), painted, step
+        self.status.setText(
+            f"click {len(self.clicks)}: {step.changed} voxels changed in {step.seconds:.2f} s"
+        )
+
+    def save_beside(self, labels_path: Path) -> Path | None:
+        """Write the clicks beside saved labels (``NAME.clicks.json``) so the next fine-tune can use them."""
+        from ..core.atomic import split_suffix
+        from ..core.interactive import write_clicks
+
+        if not self.clicks:
+            return None
+        stem, _ = split_suffix(labels_path)
+        return write_clicks(Path(labels_path).with_name(stem + ".clicks.json"), self.clicks)
