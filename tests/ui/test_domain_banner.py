@@ -33,21 +33,8 @@ def _app_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def panel_on(make_napari_viewer, qtbot):
-    def make(scan: Path):
-        from seg_studio.ui.panel import SegStudioPanel
-
-        viewer = make_napari_viewer(show=True)
-        panel = SegStudioPanel(viewer)
-        viewer.window.add_dock_widget(panel, name="seg_studio", area="right")
-        qtbot.waitUntil(
-            lambda: bool(panel.models.variants()), timeout=180_000
-        )  # cold imports on a loaded 2-core machine
-        qtbot.waitUntil(panel.warmed_up, timeout=180_000)  # cold imports on a loaded 2-core machine
-        viewer.open(str(scan), plugin="seg-studio")
-        return viewer, panel
-
-    return make
+def panel_on(docked_panel):  # noqa: ANN001, ANN201
+    return docked_panel
 
 
 def chosen(panel) -> str | None:

@@ -70,23 +70,8 @@ def sample_classes(labels) -> list:
 
 
 @pytest.fixture
-def make_panel(make_napari_viewer, qtbot):
-    """A shown viewer with the panel docked and the models probed."""
-
-    def make(scan: Path | None = None):
-        from seg_studio.ui.panel import SegStudioPanel
-
-        viewer = make_napari_viewer(show=True)
-        panel = SegStudioPanel(viewer)
-        viewer.window.add_dock_widget(panel, name="seg_studio", area="right")
-        qtbot.waitUntil(lambda: bool(panel.models.variants()), timeout=60_000)
-        # the start-up warm-up job must not outlive the viewer the fixture tears down
-        qtbot.waitUntil(panel.warmed_up, timeout=60_000)
-        if scan is not None:
-            viewer.open(str(scan), plugin="seg-studio")
-        return viewer, panel
-
-    return make
+def make_panel(docked_panel):  # noqa: ANN001, ANN201
+    return docked_panel
 
 
 @pytest.fixture

@@ -26,19 +26,8 @@ def _app_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def make_panel(make_napari_viewer, qtbot):
-    def make(scan: Path):
-        from seg_studio.ui.panel import SegStudioPanel
-
-        viewer = make_napari_viewer(show=True)
-        panel = SegStudioPanel(viewer)
-        viewer.window.add_dock_widget(panel, name="seg_studio", area="right")
-        qtbot.waitUntil(lambda: bool(panel.models.variants()), timeout=60_000)
-        qtbot.waitUntil(panel.warmed_up, timeout=60_000)
-        viewer.open(str(scan), plugin="seg-studio")
-        return viewer, panel
-
-    return make
+def make_panel(docked_panel):  # noqa: ANN001, ANN201
+    return docked_panel
 
 
 def predict_and_rank(panel, qtbot) -> None:
