@@ -16,6 +16,13 @@ metadata and as Markdown beside it.
 
 recomputes only the domain of already shipped files (no run folder needed: the training split is in
 each file's provenance) and rewrites their metadata, keeping the stored weights byte for byte.
+
+    .venv/bin/python resources/recipes/package.py --add-benchmark [<name> ...]
+
+scores already shipped files on their shared benchmark (``BENCHMARKS``: the same held-back cases for
+every model of a task, e.g. the 49 MSD hippocampus cases) and writes the figure into their cards, weights
+untouched; the app's default among models that fit a scan is the best on the benchmark they share
+(``seg_studio.core.domain.comparable_dice``). A file that trained on any benchmark case is refused.
 """
 
 from __future__ import annotations
@@ -153,6 +160,17 @@ _MSD_245 = {
     },
 }
 
+#: Shared benchmarks: one recipe's held-back split, scored for every model of its task, so that the
+#: app compares models on the same cases (cards' own validation sets differ: 9 or 49 hippocampus cases).
+BENCHMARKS: dict[str, dict[str, str]] = {
+    "msd_hippocampus_49": {
+        "recipe": "hippocampus_unet_245",
+        "how": "the 49 held-back cases of hippocampus_unet_245's split (runs/data/hippocampus/split.json: the 9"
+        " cases the 45-case models were validated on and 20 % of the 200 extra cases, by image hash), none"
+        " trained on by any model scored on it; the stored file through seg_studio.core.inference, no TTA",
+    },
+}
+
 ZOO: dict[str, dict[str, Any]] = {
     "demo2d_unet": {
         **_SYNTHETIC,
@@ -172,11 +190,13 @@ ZOO: dict[str, dict[str, Any]] = {
     },
     "hippocampus_unet": {
         **_MSD,
+        "benchmark": "msd_hippocampus_49",
         "title": "3D U-Net, hippocampus anterior/posterior (MSD Task04)",
         "spacing": "1.0 x 1.0 x 1.0 mm (trained at the data's native spacing; resample other scans to 1 mm)",
     },
     "hippocampus_attention_unet": {
         **_MSD,
+        "benchmark": "msd_hippocampus_49",
         "title": "3D Attention U-Net, hippocampus anterior/posterior (MSD Task04); attention-gate maps",
         "spacing": "1.0 x 1.0 x 1.0 mm (trained at the data's native spacing; resample other scans to 1 mm)",
     },
@@ -192,11 +212,13 @@ ZOO: dict[str, dict[str, Any]] = {
     },
     "hippocampus_unet_245": {
         **_MSD_245,
+        "benchmark": "msd_hippocampus_49",
         "title": "3D U-Net, hippocampus anterior/posterior (MSD Task04, all 245 cases)",
         "spacing": "1.0 x 1.0 x 1.0 mm (trained at the data's native spacing; resample other scans to 1 mm)",
     },
     "hippocampus_attention_unet_245": {
         **_MSD_245,
+        "benchmark": "msd_hippocampus_49",
         "title": "3D Attention U-Net, hippocampus anterior/posterior (MSD Task04, all 245 cases); attention-gate"
         " maps",
         "spacing": "1.0 x 1.0 x 1.0 mm (trained at the data's native spacing; resample other scans to 1 mm)",
@@ -308,6 +330,52 @@ def add_domain(name: str) -> Path:
     return path
 
 
+def score_benchmark(name: str, path: Path, meta: checkpoint.ModelMeta) -> dict[str, Any]:
+    """The model's figures on its task's shared benchmark, as a card's ``validation.benchmarks``."""
+    bench = ZOO[name].get("benchmark")
+    if not bench:
+        return {}
+    spec = BENCHMARKS[bench]
+    recipe = load_recipe(RECIPES / f"{spec['recipe']}.toml")
+    split_path = (
+        _root_path(recipe["split"]) if recipe.get("split") else _root_path(recipe["out"]) / "split.json"
+    )
+    from seg_studio.core.training.data import Split
+
+    cases = set(Split.read(split_path).val)
+    trained = set((meta.provenance.get("split") or {}).get("train") or [])
+    if not trained:
+        sys.exit(f"{name}: its file records no training split, so it cannot be checked against {bench}")
+    if trained & cases:
+        sys.exit(f"{name}: trained on {len(trained & cases)} of {bench}'s cases; it cannot be scored on it")
+    pairs = _validation_pairs(ZOO[spec["recipe"]], recipe, split_path)
+    ev = evaluate_checkpoint(path, pairs, recipe.get("label_map"), recipe.get("ignore_value"), device="cpu")
+    return {
+        bench: {
+            "mean_dice": _r(ev.mean_dice),
+            "dice": {k: _r(v) for k, v in ev.dice.items()},
+            "hd95_mm": {k: _r(v, 3) for k, v in ev.hd95_mm.items()},
+            "cases": len(ev.cases),
+            "how": spec["how"],
+        }
+    }
+
+
+def add_benchmark(name: str) -> Path:
+    """Score an already shipped model on its shared benchmark; the weights stay byte for byte."""
+    path = MODELS / f"{name}.segmodel"
+    meta = checkpoint.read_meta(path)
+    figures = score_benchmark(name, path, meta)
+    if not figures:
+        sys.exit(f"{name} has no shared benchmark in package.py's ZOO")
+    meta.card["validation"]["benchmarks"] = {**(meta.card["validation"].get("benchmarks") or {}), **figures}
+    checkpoint.replace_meta(path, meta)
+    (MODELS / f"{name}.md").write_text(card_markdown(meta.card, path, meta.domain))
+    for bench, b in figures.items():
+        sys.stdout.write(f"{path.relative_to(ROOT)}: {bench}: mean Dice {b['mean_dice']} {b['dice']}\n")
+    return path
+
+
 def package(name: str) -> Path:
     info = ZOO[name]
     recipe_path = RECIPES / f"{name}.toml"
@@ -395,6 +463,8 @@ def package(name: str) -> Path:
         "storage": "float16 weights (safetensors)",
         "packaged": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    if info.get("benchmark"):  # the same cases scored for every model of the task: what the app ranks by
+        card["validation"]["benchmarks"] = score_benchmark(name, out, meta)
     meta.card = card
     meta.domain = compute_domain(name, model, meta)
     checkpoint.save(out, model, meta, dtype=torch.float16)
@@ -522,6 +592,12 @@ def _optional_rows(card: dict[str, Any]) -> str:
             f"\n| With `--largest-component` | blood pool Dice {lc['pooled_dice']} pooled, per-image mean"
             f" {lc['mean_image_dice']} (same patient) |"
         )
+    for bench, b in (v.get("benchmarks") or {}).items():
+        dice = ", ".join(f"{k} {d}" for k, d in b["dice"].items())
+        rows += (
+            f"\n| Shared benchmark `{bench}` | mean Dice **{b['mean_dice']}** ({dice}) on {b['cases']} cases"
+            " that every model of this task is scored on (the app's default is the best there) |"
+        )
     if v.get("with_tta"):
         t = v["with_tta"]
         hc = (
@@ -587,9 +663,19 @@ data hashes of every case and the split.
 def write_index(path: Path = ROOT / "docs" / "models_zoo.md") -> Path:
     """docs/models_zoo.md: one row per shipped checkpoint, read back from the cards in the files."""
     rows = []
+    # interactive models' cards come from benchmarks/clicks.py, not from here: keep the row written for them
+    kept = {
+        line.split("`")[1]: line
+        for line in (path.read_text().splitlines() if path.exists() else [])
+        if line.startswith("| [`")
+    }
     for f in sorted(MODELS.glob("*.segmodel")):
         card = checkpoint.read_meta(f).card
         if not card:
+            continue
+        if "parameters" not in card:
+            if f.name in kept:
+                rows.append(kept[f.name])
             continue
         v, t = card["validation"], card["training"]
         dice = ", ".join(f"{k} {d}" for k, d in v["dice"].items())
@@ -597,6 +683,8 @@ def write_index(path: Path = ROOT / "docs" / "models_zoo.md") -> Path:
             dice += f"; head circumference off by {v['hc_mean_abs_error_mm']} mm (mean absolute)"
         if v.get("blood_pool_pooled_dice") is not None:
             dice += f"; the patient's pixels pooled: {v['blood_pool_pooled_dice']}"
+        for bench, b in (v.get("benchmarks") or {}).items():
+            dice += f"; `{bench}` ({b['cases']} cases shared by the task's models): {b['mean_dice']}"
         rows.append(
             f"| [`{f.name}`](../resources/models/{card['name']}.md) | {card['title']} |"
             f" {card['parameters'] / 1e6:.2f} M, {f.stat().st_size / 1e6:.2f} MB | **{v['mean_dice']}** ({dice}) |"
@@ -652,10 +740,21 @@ def main() -> None:
         action="store_true",
         help="only (re)compute the domain of the named shipped models (all when none is named); weights untouched",
     )
+    p.add_argument(
+        "--add-benchmark",
+        action="store_true",
+        help="only score the named shipped models (all with one when none is named) on their shared benchmark",
+    )
     a = p.parse_args()
     unknown = [n for n in a.names if n not in ZOO]
     if unknown:
         p.error(f"unknown model {unknown[0]!r}; choose from {', '.join(sorted(ZOO))}")
+    if a.add_benchmark:
+        shipped = [n for n in sorted(ZOO) if ZOO[n].get("benchmark") and (MODELS / f"{n}.segmodel").exists()]
+        for name in a.names or shipped:
+            add_benchmark(name)
+        write_index()
+        return
     if a.add_domain:
         for name in a.names or sorted(ZOO):
             add_domain(name)

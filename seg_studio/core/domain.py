@@ -811,20 +811,58 @@ def validation_dice(meta: Any) -> float:
         return math.nan
 
 
+def benchmark_dice(meta: Any) -> dict[str, float]:
+    """The card's Dice on named shared benchmarks (``validation.benchmarks``: the same held-back cases
+    scored for several models, e.g. the 49 MSD hippocampus cases), name -> mean Dice."""
+    card = getattr(meta, "card", None) or {}
+    out = {}
+    for name, b in ((card.get("validation") or {}).get("benchmarks") or {}).items():
+        try:
+            v = float(b["mean_dice"])
+        except (TypeError, ValueError, KeyError):
+            continue
+        if math.isfinite(v):
+            out[str(name)] = v
+    return out
+
+
+def comparable_dice(metas: Sequence[Any]) -> list[float]:
+    """One Dice per checkpoint to order them by: on the shared benchmark most of them were scored on
+    (like for like), else each card's own validation Dice (on cases that may differ)."""
+    marks = [benchmark_dice(m) for m in metas]
+    counts: dict[str, int] = {}
+    for b in marks:
+        for name in b:
+            counts[name] = counts.get(name, 0) + 1
+    shared = sorted((n for n, c in counts.items() if c > 1), key=lambda n: (-counts[n], n))
+    if not shared:
+        return [validation_dice(m) for m in metas]
+    return [b[shared[0]] if shared[0] in b else validation_dice(m) for b, m in zip(marks, metas, strict=True)]
+
+
 def rank_checkpoints(candidates: Sequence[tuple[Any, Any]], volume: Volume) -> list[Ranked]:
     """``(key, ModelMeta)`` candidates ordered by fit to ``volume``, best first.
 
-    The score adds up the warnings' severities; among equal scores the higher recorded validation
-    Dice comes first, then the key (so the order never depends on the listing order).
+    Checkpoints that fit (nothing but notes) come first, then the others by their warnings'
+    severities added up. Within each group the best validation Dice comes first: on the benchmark
+    they share when several were scored on the same held-back cases, so a worse model is never
+    preferred for having fewer notes or a luckier validation set. The key breaks ties, so the order
+    never depends on the listing order.
     """
     cache: dict[str, np.ndarray] = {}
     ranked = [Ranked(key, meta, scan_warnings(meta, volume, cache), 0) for key, meta in candidates]
     for r in ranked:
         r.score = sum(_WEIGHT.get(w.severity, 10) for w in r.warnings)
+    groups: dict[int, list[Ranked]] = {}
+    for r in ranked:
+        groups.setdefault(0 if r.fits else r.score, []).append(r)
+    dice: dict[int, float] = {}
+    for members in groups.values():
+        dice.update(zip(map(id, members), comparable_dice([r.meta for r in members]), strict=True))
 
     def order(r: Ranked) -> tuple[int, float, str]:
-        dice = validation_dice(r.meta)
-        return r.score, -(dice if math.isfinite(dice) else -1.0), str(r.key)
+        d = dice[id(r)]
+        return 0 if r.fits else r.score, -(d if math.isfinite(d) else -1.0), str(r.key)
 
     return sorted(ranked, key=order)
 

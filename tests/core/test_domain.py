@@ -322,11 +322,37 @@ def test_the_best_fitting_shipped_model_is_the_default(scan, best) -> None:
         assert not any(r.fits for r in ranked), [(r.key, r.warnings) for r in ranked if r.fits]
     else:
         assert ranked[0].key == best and ranked[0].fits
-        # the attention twin fits too, but its validation Dice is lower: never silently preferred
-        assert all(
-            not r.fits or domain.validation_dice(r.meta) <= domain.validation_dice(ranked[0].meta)
-            for r in ranked
-        )
+        # the attention twin fits too, but its Dice on the cases they share is lower: never silently preferred
+        fitting = [r for r in ranked if r.fits]
+        dice = domain.comparable_dice([r.meta for r in fitting])
+        assert dice[0] == max(dice), list(zip([r.key for r in fitting], dice, strict=True))
+
+
+def _meta_with(own: float, shared: float | None = None) -> object:
+    from types import SimpleNamespace
+
+    v: dict = {"mean_dice": own, "cases": ["a"]}
+    if shared is not None:
+        v["benchmarks"] = {"bench": {"mean_dice": shared, "cases": 49}}
+    return SimpleNamespace(card={"validation": v}, provenance={})
+
+
+def test_models_scored_on_the_same_cases_are_compared_there_not_on_their_own_validation() -> None:
+    # "old" looks better on its own 9 cases, but "new" is better on the 49 both were scored on
+    old, new, other = _meta_with(0.8783, 0.8767), _meta_with(0.875, 0.8800), _meta_with(0.86)
+    assert domain.comparable_dice([old, new, other]) == [0.8767, 0.8800, 0.86]
+    assert domain.comparable_dice([old, other]) == [0.8783, 0.86]  # one alone on a benchmark: own figures
+    assert domain.comparable_dice([_meta_with(0.9, 0.7), _meta_with(0.8, 0.75)]) == [0.7, 0.75]
+    vol = make_sample_2d(seed=0)[0]
+    model = create_model("unet", 2, 1, 2, features=4, depth=2)
+    base = checkpoint.new_meta(model, "unet", {"features": 4, "depth": 2}, patch_size=(64, 64))
+    metas = []
+    for m in (old, new):
+        meta = dataclasses.replace(base)
+        meta.card, meta.domain = m.card, None
+        metas.append(meta)
+    ranked = domain.rank_checkpoints([("old", metas[0]), ("new", metas[1])], vol)
+    assert [r.key for r in ranked] == ["new", "old"]
 
 
 @needs_data
