@@ -29,6 +29,15 @@ def add_compare(p: argparse.ArgumentParser) -> None:
         help='JSON {variant: {arg: value}} on top of the recipe\'s arch_args, e.g. \'{"res_unet": {"features": 32}}\'',
     )
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for runs and reports")
+    p.add_argument(
+        "--results",
+        type=Path,
+        help="a results JSON kept across sessions (commit it): finished runs are added to it, a re-run"
+        " skips them and reuses its held-back split, so a long comparison can run over days",
+    )
+    p.add_argument(
+        "--dataset", default="", help="the data set's name in --results (default: the recipe file's name)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--title", default="", help="chart title")
     p.add_argument(
@@ -75,6 +84,8 @@ def run_compare(args: argparse.Namespace) -> int:
         out=str(args.out),
         device=args.device,
         title=args.title,
+        results=str(args.results) if args.results else None,
+        dataset=args.dataset or args.recipe.stem,
     )
     result = drive(iter_compare(cfg, CancelToken(), train=not args.report_only), Bar(quiet=args.quiet))
     paths = write_reports(result, args.out, args.title)

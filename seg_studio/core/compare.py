@@ -5,8 +5,11 @@ budget, one seed each); the held-back cases are then segmented through the app's
 (``core.inference.predict``, so the figures are what a user gets) and scored with ``core.metrics``:
 Dice and HD95 per class, parameters, training time and inference time per case. Results go to a
 Markdown table, a CSV (one row per variant and seed) and a PNG bar chart of Dice per class drawn with
-Pillow (no plotting library needed). A run whose ``result.json`` exists is reused, so an interrupted
-comparison picks up where it stopped.
+Pillow (no plotting library needed). A run whose ``result.json`` exists is reused, and a run that
+was stopped part-way resumes from its ``resume.pt``, so an interrupted comparison picks up where it
+stopped. A comparison meant to run over days also keeps every finished (dataset, variant, seed) in a
+results file (``CompareConfig.results``, a JSON to commit): with it a later session, even in a fresh
+clone without the run folders, skips what is done and validates on the same held-back cases.
 """
 
 from __future__ import annotations
@@ -158,6 +161,10 @@ class CompareConfig:
     out: str = "runs/compare"
     device: str = "auto"
     title: str = ""
+    #: a results file shared by sessions (``ResultsFile``); None keeps results in the run folders only
+    results: str | None = None
+    #: the name of the data set in the results file (default: the recipe's images folder)
+    dataset: str = ""
 
     def fit_config(self, variant: str, seed: int) -> dict[str, Any]:
         d = dict(self.base)
@@ -181,6 +188,9 @@ class CompareConfig:
 
     def run_dir(self, variant: str, seed: int) -> Path:
         return Path(self.out) / variant / f"seed{seed}"
+
+    def dataset_name(self) -> str:
+        return self.dataset or str(self.base.get("images") or self.base.get("dataset_json") or "data")
 
 
 @dataclass
@@ -271,6 +281,95 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
     return (float(statistics.fmean(vals)), float(statistics.stdev(vals)) if len(vals) > 1 else math.nan)
 
 
+class ResultsFile:
+    """Every finished run of a long comparison in one JSON file, kept across sessions (commit it):
+    ``{"version": 1, "datasets": {name: {"split": {...}, "runs": {"variant/seedN": {"fit", "result"}}}}}``
+    (a run of other settings for the same variant and seed is kept as ``variant/seedN@<settings hash>``).
+
+    A run is reused only when it was trained with the same settings (paths and device aside: a later
+    session may keep its runs elsewhere); the split is kept too, so every run of a data set, in any
+    session, is validated on the same held-back cases. Each write is atomic (read, update, replace).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {"version": 1, "datasets": {}}
+        try:
+            data = json.loads(self.path.read_text())
+            if not isinstance(data.get("datasets"), dict):
+                raise ValueError("no 'datasets' table")
+            return data
+        except (OSError, ValueError, AttributeError) as exc:
+            raise TrainingError(f"{self.path}: not a readable comparison results file ({exc})") from None
+
+    def _update(self, dataset: str, change: Any) -> None:
+        from .atomic import atomic_write
+
+        data = self.read()
+        change(data["datasets"].setdefault(dataset, {"split": None, "runs": {}}))
+        text = json.dumps(data, indent=1, sort_keys=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, lambda tmp: tmp.write_text(text))
+
+    def run(self, dataset: str, variant: str, seed: int, fit: Mapping[str, Any]) -> RunResult | None:
+        """The finished run of these settings, or None."""
+        runs = self.read()["datasets"].get(dataset, {}).get("runs", {})
+        want = _clean(_portable(fit))
+        for key, entry in runs.items():
+            if key.split("@")[0] == f"{variant}/seed{seed}" and entry.get("fit") == want:
+                try:
+                    return RunResult.from_json(entry["result"])
+                except (KeyError, TypeError, ValueError):
+                    return None
+        return None
+
+    def add_run(self, dataset: str, fit: Mapping[str, Any], rr: RunResult) -> None:
+        """Add a finished run; one of other settings (another budget, say) is kept beside it, never lost."""
+        import hashlib
+
+        entry = {"fit": _clean(_portable(fit)), "result": rr.to_json()}
+        key = f"{rr.variant}/seed{rr.seed}"
+
+        def put(d: dict[str, Any]) -> None:
+            old = d["runs"].get(key)
+            if old is not None and old.get("fit") != entry["fit"]:
+                digest = hashlib.sha256(json.dumps(entry["fit"], sort_keys=True).encode()).hexdigest()[:8]
+                d["runs"][f"{key}@{digest}"] = entry
+            else:
+                d["runs"][key] = entry
+
+        self._update(dataset, put)
+
+    def split(self, dataset: str) -> dict[str, Any] | None:
+        return self.read()["datasets"].get(dataset, {}).get("split")
+
+    def set_split(self, dataset: str, split: Mapping[str, Any]) -> None:
+        self._update(dataset, lambda d: d.__setitem__("split", dict(split)))
+
+
+def sync_split(results: ResultsFile, dataset: str, split_path: Path) -> None:
+    """One split per data set for all sessions: write the results file's split where the run folder has
+    none, record the run folder's where the results file has none, refuse when they differ."""
+    stored, here = results.split(dataset), split_path.exists()
+    if stored is None:
+        if here:
+            results.set_split(dataset, json.loads(split_path.read_text()))
+        return
+    if not here:
+        split_path.parent.mkdir(parents=True, exist_ok=True)
+        split_path.write_text(json.dumps(stored, indent=1, sort_keys=True))
+        return
+    local = json.loads(split_path.read_text())
+    if sorted(local.get("val", [])) != sorted(stored.get("val", [])):
+        raise TrainingError(
+            f"{split_path} holds back other cases than {results.path} records for {dataset!r}; "
+            "use another --out, or delete that split.json to reuse the recorded one"
+        )
+
+
 def _check_variants(variants: Sequence[str]) -> None:
     """Refuse, before any training, a variant the registry does not know or that cannot train alone."""
     from .models import list_models
@@ -295,7 +394,7 @@ def _finished_run(res_path: Path, fit_dict: Mapping[str, Any]) -> RunResult | No
         return None
     try:
         saved = json.loads(res_path.read_text())
-        if saved.get("fit") == _clean(_comparable(fit_dict)):
+        if _comparable(saved.get("fit") or {}) == _clean(_comparable(fit_dict)):
             return RunResult.from_json(saved["result"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -307,82 +406,136 @@ def iter_compare(
 ) -> Generator[Progress, None, CompareResult]:
     """Train and score every (variant, seed); yields the training progress of each run in turn.
 
-    ``train=False`` only collects runs that already finished (their ``result.json``), listing the
-    others as not run: the tables of an interrupted or partly finished comparison.
+    ``train=False`` only collects runs that already finished (their ``result.json``, or the results
+    file's entry), listing the others as not run: the tables of an interrupted or partly finished
+    comparison.
     """
-    from . import checkpoint
-    from .models import count_parameters
-    from .training import iter_fit
-    from .training.fit import FitConfig, gather_sources
-
     _check_variants(cfg.variants)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    results = ResultsFile(cfg.results) if cfg.results else None
+    dataset = cfg.dataset_name()
+    if results is not None:
+        sync_split(results, dataset, out / "split.json")
     runs: list[RunResult] = []
     failed: dict[str, str] = {}
     jobs = [(v, s) for s in cfg.seeds for v in cfg.variants]
-    val_pairs: list[Any] | None = None
+    val_pairs: list[Any] = []
     for i, (variant, seed) in enumerate(jobs):
         if cancel is not None:
             cancel.raise_if_cancelled()
         label = f"{variant} seed {seed} ({i + 1}/{len(jobs)})"
-        run_dir = cfg.run_dir(variant, seed)
-        res_path = run_dir / "result.json"
+        res_path = cfg.run_dir(variant, seed) / "result.json"
         fit_dict = cfg.fit_config(variant, seed)
         reused = _finished_run(res_path, fit_dict)
+        where = res_path
+        if reused is None and results is not None:
+            reused, where = results.run(dataset, variant, seed, fit_dict), results.path
         if reused is not None:
             runs.append(reused)
-            yield Progress(i + 1, len(jobs), "compare", f"{label}: reused {res_path}")
+            yield Progress(i + 1, len(jobs), "compare", f"{label}: reused {where}")
             continue
         if not train:
             failed[f"{variant}/seed{seed}"] = "not run (no finished result with these settings)"
             continue
-        yield Progress(i, len(jobs), "compare", f"training {label}")
-        fit_cfg = FitConfig.from_dict(fit_dict)
-        try:
-            gen = iter_fit(fit_cfg, cancel)
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    fit = stop.value
-                    break
-                yield Progress(p.done, p.total, p.stage, f"{label}: {p.message}", p.eta_s, p.metrics)
-        except (TrainingError, RuntimeError) as exc:
-            # One variant that cannot train here (out of memory, a loss that diverged) is reported in
-            # the tables as failed; the others still run. Cancellation and other errors propagate.
-            log.warning("%s failed: %s", label, exc)
-            failed[f"{variant}/seed{seed}"] = str(exc).splitlines()[0][:300]
+        rr = yield from _train_and_score(cfg, variant, seed, fit_dict, val_pairs, (i, len(jobs)), cancel)
+        if isinstance(rr, str):
+            failed[f"{variant}/seed{seed}"] = rr
             continue
-        best = fit.best_path or fit.last_path
-        if best is None:
-            failed[f"{variant}/seed{seed}"] = "no checkpoint was written"
-            continue
-        if val_pairs is None:
-            sources, _ = gather_sources(fit_cfg)
-            val_pairs = held_out_pairs(sources, fit.split_path or out / "split.json")
-        yield Progress(i, len(jobs), "evaluate", f"{label}: scoring {len(val_pairs)} held-back case(s)")
-        ev = evaluate_checkpoint(
-            best, val_pairs, fit_cfg.label_map, fit_cfg.ignore_value, cfg.device, cancel=cancel
-        )
-        model, _ = checkpoint.load(best)
-        rr = RunResult(variant, seed, count_parameters(model), fit.steps, fit.seconds, ev, str(best))
         runs.append(rr)
         text = json.dumps({"fit": _clean(_comparable(fit_dict)), "result": rr.to_json()}, indent=1)
         from .atomic import atomic_write
 
         atomic_write(res_path, lambda tmp, t=text: tmp.write_text(t))
-        yield Progress(i + 1, len(jobs), "compare", f"{label}: mean Dice {ev.mean_dice:.4f}")
-    if val_pairs is None and runs:
+        if results is not None:
+            sync_split(results, dataset, out / "split.json")
+            results.add_run(dataset, fit_dict, rr)
+        yield Progress(i + 1, len(jobs), "compare", f"{label}: mean Dice {rr.eval.mean_dice:.4f}")
+    if not val_pairs and runs:
         val_names = sorted({c["case"] for r in runs for c in r.eval.cases})
     else:
-        val_names = [p.name for p in (val_pairs or [])]
+        val_names = [p.name for p in val_pairs]
     return CompareResult(cfg, runs, val_names, failed)
 
 
+def _train_and_score(
+    cfg: CompareConfig,
+    variant: str,
+    seed: int,
+    fit_dict: dict[str, Any],
+    val_pairs: list[Any],
+    job: tuple[int, int],
+    cancel: CancelToken | None,
+) -> Generator[Progress, None, RunResult | str]:
+    """One run: trained (resumed when a stopped run of the same settings is in its folder) and scored
+    on the held-back cases (``val_pairs``, filled on first use); a string says why it failed."""
+    from . import checkpoint
+    from .atomic import atomic_write
+    from .models import count_parameters
+    from .training import iter_fit
+    from .training.fit import FitConfig, gather_sources
+
+    i, n = job
+    label = f"{variant} seed {seed} ({i + 1}/{n})"
+    run_dir = cfg.run_dir(variant, seed)
+    before = _resume_point(run_dir, fit_dict)
+    fit_cfg = FitConfig.from_dict({**fit_dict, "resume": before is not None})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = json.dumps(_clean(_comparable(fit_dict)), indent=1)
+    atomic_write(run_dir / "compare_fit.json", lambda tmp: tmp.write_text(marker))
+    yield Progress(i, n, "compare", f"{'resuming' if before is not None else 'training'} {label}")
+    try:
+        gen = iter_fit(fit_cfg, cancel)
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                fit = stop.value
+                break
+            yield Progress(p.done, p.total, p.stage, f"{label}: {p.message}", p.eta_s, p.metrics)
+    except (TrainingError, RuntimeError) as exc:
+        # One variant that cannot train here (out of memory, a loss that diverged) is reported in
+        # the tables as failed; the others still run. Cancellation and other errors propagate.
+        log.warning("%s failed: %s", label, exc)
+        return str(exc).splitlines()[0][:300]
+    best = fit.best_path or fit.last_path
+    if best is None:
+        return "no checkpoint was written"
+    if not val_pairs:
+        sources, _ = gather_sources(fit_cfg)
+        val_pairs.extend(held_out_pairs(sources, fit.split_path or Path(cfg.out) / "split.json"))
+    yield Progress(i, n, "evaluate", f"{label}: scoring {len(val_pairs)} held-back case(s)")
+    ev = evaluate_checkpoint(
+        best, val_pairs, fit_cfg.label_map, fit_cfg.ignore_value, cfg.device, cancel=cancel
+    )
+    model, _ = checkpoint.load(best)
+    train_s = fit.seconds + (before or 0.0)  # a resumed run: the time before the stop counts too
+    return RunResult(variant, seed, count_parameters(model), fit.steps, train_s, ev, str(best))
+
+
 def _comparable(d: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings that decide a run's result (``device`` does not; a reused run keeps its device)."""
-    return {k: v for k, v in d.items() if k not in ("device",)}
+    """The settings that decide a run's result (``device`` does not, nor whether it was resumed)."""
+    return {k: v for k, v in d.items() if k not in ("device", "resume")}
+
+
+def _portable(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings as a results file compares them: without where this session keeps its runs."""
+    return {k: v for k, v in _comparable(d).items() if k not in ("out", "split")}
+
+
+def _resume_point(run_dir: Path, fit_dict: Mapping[str, Any]) -> float | None:
+    """Seconds already trained when ``run_dir`` holds a stopped run of these settings (resume it), else
+    None (start afresh). ``compare_fit.json`` records the settings each run was started with."""
+    marker = run_dir / "compare_fit.json"
+    if not ((run_dir / "resume.pt").exists() and (run_dir / "last.segmodel").exists() and marker.exists()):
+        return None
+    try:
+        if _comparable(json.loads(marker.read_text())) != _clean(_comparable(fit_dict)):
+            return None
+        history = json.loads((run_dir / "history.json").read_text())
+        return float(history[-1].get("seconds") or 0.0) if history else 0.0
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 # --- reports -----------------------------------------------------------------------------------------
@@ -591,6 +744,7 @@ __all__ = [
     "CompareConfig",
     "CompareResult",
     "EvalResult",
+    "ResultsFile",
     "RunResult",
     "evaluate_checkpoint",
     "held_out_pairs",

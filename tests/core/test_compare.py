@@ -18,14 +18,15 @@ from seg_studio.core.compare import (
     CompareConfig,
     CompareResult,
     EvalResult,
+    ResultsFile,
     RunResult,
     evaluate_checkpoint,
     iter_compare,
     markdown_table,
     write_reports,
 )
-from seg_studio.core.errors import TrainingError
-from seg_studio.core.progress import run_to_end
+from seg_studio.core.errors import Cancelled, TrainingError
+from seg_studio.core.progress import CancelToken, run_to_end
 from seg_studio.core.samples import make_sample_2d
 from seg_studio.core.training import pairs_from_folders
 
@@ -112,6 +113,87 @@ def test_compare_trains_each_variant_on_one_split_and_writes_reports(
     assert [r.variant for r in partial.runs] == ["unet"]
     assert "not run" in partial.failed["res_unet/seed0"]
     assert not (tmp_path / "cmp" / "res_unet").exists()
+
+
+def _messages(cfg: CompareConfig, cancel: CancelToken | None = None) -> tuple[list[str], CompareResult]:
+    msgs: list[str] = []
+    gen = iter_compare(cfg, cancel)
+    while True:
+        try:
+            msgs.append(next(gen).message)
+        except StopIteration as stop:
+            return msgs, stop.value
+
+
+def test_a_results_file_carries_a_comparison_across_sessions(
+    sample_folders: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Finished (dataset, variant, seed) runs go into one JSON; a later session with an empty run folder
+    trains nothing it holds, validates on the same cases, and adds only the runs still missing."""
+    results = tmp_path / "results.json"
+    first = _config(sample_folders, tmp_path / "day1", ["unet"])
+    first.results, first.dataset, first.seeds = str(results), "tiny", [0]
+    done = run_to_end(iter_compare(first))
+    data = json.loads(results.read_text())
+    assert list(data["datasets"]["tiny"]["runs"]) == ["unet/seed0"]
+    split = json.loads((tmp_path / "day1" / "split.json").read_text())
+    assert sorted(data["datasets"]["tiny"]["split"]["val"]) == sorted(split["val"])
+
+    # day 2: another folder (a fresh clone has no runs/), one more seed
+    second = _config(sample_folders, tmp_path / "day2", ["unet"])
+    second.results, second.dataset, second.seeds = str(results), "tiny", [0, 1]
+    msgs, res = _messages(second)
+    assert sum("reused" in m and "results.json" in m for m in msgs) == 1
+    assert not (tmp_path / "day2" / "unet" / "seed0").exists()  # not trained again
+    assert (tmp_path / "day2" / "unet" / "seed1" / "result.json").exists()
+    assert res.runs[0].eval.mean_dice == pytest.approx(done.runs[0].eval.mean_dice)
+    assert sorted(json.loads((tmp_path / "day2" / "split.json").read_text())["val"]) == sorted(split["val"])
+    assert sorted(ResultsFile(results).read()["datasets"]["tiny"]["runs"]) == ["unet/seed0", "unet/seed1"]
+
+    # other settings are another run, not a reuse
+    third = _config(sample_folders, tmp_path / "day3", ["unet"])
+    third.results, third.dataset, third.max_steps = str(results), "tiny", 3
+    msgs, _ = _messages(third)
+    assert not any("reused" in m for m in msgs)
+    kept = ResultsFile(results).read()["datasets"]["tiny"]["runs"]
+    assert len(kept) == 3 and kept["unet/seed0"]["result"]["steps"] == 2  # the 2-step run is not lost
+    assert ResultsFile(results).run("tiny", "unet", 0, third.fit_config("unet", 0)).steps == 3
+
+    # a run folder split on other cases than the results file records: one clear error, nothing trained
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "split.json").write_text(json.dumps({**split, "val": split["train"][:1]}))
+    clash = _config(sample_folders, other, ["unet"])
+    clash.results, clash.dataset = str(results), "tiny"
+    with pytest.raises(TrainingError, match="other cases"):
+        run_to_end(iter_compare(clash))
+    assert not (other / "unet").exists()
+
+
+def test_a_run_stopped_part_way_resumes_where_it_stopped(
+    sample_folders: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _config(sample_folders, tmp_path / "cmp", ["unet"])
+    cfg.max_steps, cfg.base = 4, {**cfg.base, "val_every": 2}
+    cancel = CancelToken()
+    gen = iter_compare(cfg, cancel)
+    with pytest.raises(Cancelled):
+        for p in gen:  # stop it after the checkpoint at step 2 (a kill, a session's end)
+            if p.stage == "train" and p.done >= 3:
+                cancel.cancel()
+    run = tmp_path / "cmp" / "unet" / "seed0"
+    assert (run / "resume.pt").exists() and not (run / "result.json").exists()
+    caplog.set_level("INFO", logger="seg_studio.core.training.fit")
+    msgs, res = _messages(cfg)
+    assert any(m.startswith("resuming unet") for m in msgs)
+    assert "resuming at step 2" in caplog.text
+    assert res.runs[0].steps == 4 and (run / "result.json").exists()
+    # a changed budget is another run: it starts afresh
+    cfg.max_steps = 5
+    caplog.clear()
+    msgs, res = _messages(cfg)
+    assert any(m.startswith("training unet") for m in msgs) and "resuming" not in caplog.text
+    assert res.runs[0].steps == 5
 
 
 def _run(variant: str, seed: int, dice: float) -> RunResult:
