@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/drive.py --arch unet --features 16 --budget 1200 --out runs/drive \
         --md docs/drive.md
 
+A run validates (and writes ``last.segmodel`` and ``resume.pt``) every ``--val-every`` steps; the same
+command with ``--resume`` continues a stopped run where it stopped (its optimiser, step and clock).
+
 DRIVE may not be redistributed: the model trained here is a benchmark only and is never copied to
 resources/. The 15 dev images in ../shared/data/drive_retina_vessels are split by image hash (20 %
 held back, ``split.json`` in the run folder); the held-back images are segmented through the app's
@@ -84,7 +87,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--steps", type=int, default=20000)
     ap.add_argument("--budget", type=float, default=1200, help="training time budget in seconds")
-    ap.add_argument("--channels", choices=["rgb", "green"], default="rgb")
+    ap.add_argument("--arch-args", type=json.loads, default={}, help="JSON on top of features/depth, e.g. t")
+    ap.add_argument(
+        "--val-every", type=int, default=100, help="validate (and save, resume.pt too) every N steps"
+    )
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "drive")
     ap.add_argument("--md", type=Path, help="write the results table to this Markdown file")
     ap.add_argument("--skip-train", action="store_true", help="score the run folder's best.segmodel again")
@@ -98,24 +105,27 @@ def main() -> None:
         class_names=["background", "vessel"],
         normalization={"mode": "zscore"},
         architecture=a.arch,
-        arch_args={"features": a.features, "depth": a.depth},
+        arch_args={"features": a.features, "depth": a.depth, **a.arch_args},
         out=str(a.out),
         patch_size=[a.patch, a.patch],
         batch_size=a.batch,
         lr=a.lr,
         max_steps=a.steps,
         time_budget_s=a.budget,
-        val_every=100,
+        val_every=a.val_every,
         val_fraction=0.2,
         early_stop_patience=None,
         fg_prob=0.7,
         flip="all",
         seed=0,
+        resume=a.resume,
     )
     t0 = time.perf_counter()
     if not a.skip_train:
         fit = run_to_end(iter_fit(cfg))
         train_s, steps = fit.seconds, fit.steps
+        if a.resume:  # the loop's own clock went on from the stop: the whole training, not this call
+            train_s = max(train_s, max(h.get("seconds") or 0.0 for h in fit.history) if fit.history else 0.0)
     else:
         hist = json.loads((a.out / "history.json").read_text())
         train_s, steps = hist[-1]["seconds"], hist[-1]["step"]
