@@ -215,6 +215,13 @@ ZOO: dict[str, dict[str, Any]] = {
         "benchmark": "msd_hippocampus_49",
         "title": "3D U-Net, hippocampus anterior/posterior (MSD Task04, all 245 cases)",
         "spacing": "1.0 x 1.0 x 1.0 mm (trained at the data's native spacing; resample other scans to 1 mm)",
+        # what ran: the recipe, stopped twice by the shared machine (steps 500 and 1500) and continued
+        "command": "seg-studio train resources/recipes/hippocampus_unet_245.toml &&"
+        " seg-studio train resources/recipes/hippocampus_unet_245.toml --resume",
+        "training_note": "The run was stopped twice (at steps 501 and 1850) and continued with --resume from"
+        " its last checkpoint (steps 500 and 1500: optimiser, step and clock restored, the steps after it"
+        " run again). The training time is the loop's own clock over the parts kept, on a 2-core CPU shared"
+        " by about five engineers (load 5-12).",
     },
     "hippocampus_attention_unet_245": {
         **_MSD_245,
@@ -463,6 +470,7 @@ def package(name: str) -> Path:
             "seconds": _r(train_s, 0),
             "hardware": _hardware(prov.get("settings", {})),
             "date": prov.get("date"),
+            **({"note": info["training_note"]} if info.get("training_note") else {}),
         },
         "storage": "float16 weights (safetensors)",
         "packaged": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -657,7 +665,7 @@ Held-back cases: {", ".join(v["cases"])}.
 {t["command"]}
 {t["package"]}
 ```
-
+{chr(10) + t["note"] + chr(10) if t.get("note") else ""}
 The recipe (`{t["recipe"]}`) holds every setting; the run folder keeps `split.json`, so a re-run
 validates on the same cases. The checkpoint's metadata holds this card (`seg-studio inspect`), the
 data hashes of every case and the split.
