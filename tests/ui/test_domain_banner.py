@@ -44,7 +44,7 @@ def chosen(panel) -> str | None:
 
 @pytest.mark.parametrize(
     "scan, model",
-    [(MSD_EXTRA, "hippocampus_unet"), (ISBI, "isbi2012_unet"), (SUNNYBROOK, "sunnybrook_lv")],
+    [(MSD_EXTRA, "hippocampus_unet_245"), (ISBI, "isbi2012_unet"), (SUNNYBROOK, "sunnybrook_lv")],
     ids=["msd_crop", "isbi_slice", "sunnybrook_dicom"],
 )
 def test_the_default_model_is_the_one_made_for_the_scan(scan, model, panel_on) -> None:
