@@ -742,8 +742,14 @@ and is not meant for, with the warning each gets: [model_domains.md](model_domai
 What was tried to lift the hippocampus and ISBI models towards their targets (longer runs, mirroring,
 instance norm, ensembles, thresholds), with figures and commands: [zoo_experiments.md](zoo_experiments.md).
 Trained and not shipped, with the reasons there: the Sunnybrook blood pool + myocardium model
-(myocardium Dice 0.644 from 28 training images) and the hippocampus models on all 245 cases (still
-training: resumable with `seg-studio train resources/recipes/hippocampus_unet_245.toml --resume`).
+(myocardium Dice 0.644 from 28 training images). `hippocampus_attention_unet_245` is not trained yet
+(`seg-studio train resources/recipes/hippocampus_attention_unet_245.toml`, resumable with `--resume`).
+
+The three hippocampus models are also scored on one shared benchmark, `msd_hippocampus_49`: the 49
+held-back cases of `hippocampus_unet_245` (none trained on by any of them). Their own validation sets
+differ (9 or 49 cases), so the app's default for a hippocampus crop is the best on the shared cases
+(`seg_studio.core.domain.comparable_dice`): `hippocampus_unet_245` 0.8821, `hippocampus_unet` 0.8767,
+`hippocampus_attention_unet` 0.8752.
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
