@@ -199,7 +199,8 @@ class Ours(Method):
             self.current, self._loaded = res.path, None
         return {"seconds": round(seconds, 1), "steps": res.steps, "kept": res.better, "start": res.start.get("start"),
                 "replayed": len(res.replayed), "dice_parent": round(res.dice_before, 4),
-                "dice_child": round(res.dice_after, 4), "reason": res.not_better_reason}  # fmt: skip
+                "dice_child": round(res.dice_after, 4), "reason": res.not_better_reason,
+                "threads": res.threads.get("kept")}  # fmt: skip
 
 
 class Scratch(Method):
@@ -218,7 +219,10 @@ class Scratch(Method):
 
 
 class Monai(Method):
-    """A plain PyTorch + MONAI fine-tune loop, continuing from its previous state."""
+    """A plain PyTorch + MONAI fine-tune loop, continuing from its previous state, on as many threads as
+    ours used on the same scan (``threads``, set by the run)."""
+
+    threads: int | None = None
 
     def model(self) -> tuple[Any, Any]:
         if self._loaded is None:
@@ -229,9 +233,16 @@ class Monai(Method):
         model, meta = self.model()
         self.pairs.append((img, lab))
         budget = self.budget or (50.0 if img.ndim == 2 else 100.0)
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads or before)  # the count ours trained with on this scan
         t0 = time.perf_counter()
-        steps = monai_loop(model, meta, self.pairs, budget, lr=1e-3, seed=i)
-        return {"seconds": round(time.perf_counter() - t0, 1), "steps": steps, "pairs": len(self.pairs)}
+        try:
+            steps, fallback = monai_loop(model, meta, self.pairs, budget, lr=1e-3, seed=i)
+        finally:
+            torch.set_num_threads(before)
+        return {"seconds": round(time.perf_counter() - t0, 1), "steps": steps, "pairs": len(self.pairs),
+                "threads": self.threads or before, "fp32_from_step": fallback,
+                "finite": all(bool(torch.isfinite(q).all()) for q in model.parameters())}  # fmt: skip
 
 
 def monai_start(start: Path, task: str) -> tuple[Any, Any]:
@@ -254,8 +265,15 @@ def monai_start(start: Path, task: str) -> tuple[Any, Any]:
     return model, new
 
 
-def monai_loop(model: Any, meta: Any, pairs: list, budget_s: float, lr: float, seed: int) -> int:
-    """DiceCE + AdamW on random batches of the corrected pairs (intensity jitter; 3D: random crops)."""
+def monai_loop(
+    model: Any, meta: Any, pairs: list, budget_s: float, lr: float, seed: int
+) -> tuple[int, int | None]:
+    """DiceCE + AdamW on random batches of the corrected pairs (intensity jitter; 3D: random crops).
+
+    bf16 autocast where the CPU has it, with the rule ours follows: a step whose loss or gradient is not
+    finite is not applied and the loop goes on in fp32 (without it, CPU bf16 took the 3D hippocampus loop
+    to NaN weights, i.e. empty masks, within its first scan). Returns the steps and the step from which
+    it ran in fp32 (None: it never fell back)."""
     from monai.losses import DiceCELoss
 
     from seg_studio.core.training.distributed import pick_precision
@@ -272,7 +290,7 @@ def monai_loop(model: Any, meta: Any, pairs: list, budget_s: float, lr: float, s
     )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    dtype = pick_precision(torch.device("cpu"), "auto")
+    dtype, fallback = pick_precision(torch.device("cpu"), "auto"), None
     model.train()
     t0, steps = time.perf_counter(), 0
     step_s = 0.0  # the longest step so far: no step starts that would not end within the budget
@@ -289,11 +307,17 @@ def monai_loop(model: Any, meta: Any, pairs: list, budget_s: float, lr: float, s
         loss = loss_fn(logits.float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if dtype is not None and not (
+            torch.isfinite(loss) and all(bool(torch.isfinite(q).all()) for q in grads)
+        ):
+            dtype, fallback = None, steps  # not applied; fp32 from here on
+            continue
         opt.step()
         steps += 1
         step_s = max(step_s, time.perf_counter() - t_step)
     model.eval()
-    return steps
+    return steps, fallback
 
 
 def crop(x: torch.Tensor, y: torch.Tensor, patch: tuple[int, ...] | None, g: torch.Generator) -> tuple:
@@ -338,6 +362,12 @@ def review_share(pred: Any, truth: np.ndarray) -> float | None:
     return round(inside / int(wrong.sum()), 4)
 
 
+def threads_of_ours(per_scan: dict[str, list], i: int) -> int | None:
+    """The thread count ours trained with on scan ``i`` (None when it did not train there)."""
+    rows = per_scan.get("ours", [])
+    return rows[i].get("threads") if len(rows) > i else None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from seg_studio.core.errors import SegStudioError
     from seg_studio.core.training.acceptance import corrected_region_labels
@@ -368,6 +398,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row["review_top_quarter_share"] = review_share(pred, truth)
             touched = labels != truth
             if i < len(scans) - 1 and m.name != "none" and touched.any():
+                if isinstance(m, Monai):
+                    m.threads = threads_of_ours(out["per_scan"], i)
                 try:
                     row.update(m.learn(img, lab, corrected_region_labels(truth, touched), i))
                 except SegStudioError as exc:  # the panel shows it and keeps the model: so does the clinician
