@@ -64,7 +64,7 @@ def finetune_destination(parent: Path, stamp: str | None = None) -> Path:
     return out
 
 
-def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, series, token):  # noqa: ANN001, ANN202 - worker generator
+def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, series, token, clicks=None):  # noqa: ANN001, ANN202 - worker generator
     from ..core import checkpoint
     from ..core.training import iter_finetune
 
@@ -89,6 +89,7 @@ def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, serie
         device=device,
         name_not_better=True,
         replay=series,
+        clicks=[clicks] if clicks else None,
         cancel=token,
     )
     # the lineage hashes every checkpoint in the model folders: here, not on the GUI thread (110-150 ms
@@ -128,6 +129,10 @@ class FinetuneSection(QGroupBox):
         self.last_error = ""
         self._outcome = "done"
         self._out: Path | None = None
+        #: the clicks made on a scan layer (the Clicks section's), which go with its corrected mask
+        self.clicks_on: Callable[[Any], list[Any]] = lambda layer: []
+        #: lists an interactive child where interactive models are chosen (the Clicks section)
+        self.on_interactive_child: Callable[[Path, bool], None] | None = None
 
         self.only_changed = QCheckBox("learn only from what I changed")
         self.only_changed.setToolTip("voxels you left as predicted are ignored by the loss")
@@ -234,8 +239,16 @@ class FinetuneSection(QGroupBox):
             return None
         return vol.with_array(corrected_region_labels(arr, changed), meta={"kind": "labels"})
 
-    def finetune(self, budget_s: float | None = None, only_changed: bool | None = None) -> bool:
-        """Start fine-tuning on the scan and its corrected mask; False (and a notification) if it cannot."""
+    def finetune(
+        self,
+        budget_s: float | None = None,
+        only_changed: bool | None = None,
+        checkpoint: Path | None = None,
+        clicks: list[Any] | None = None,
+    ) -> bool:
+        """Start fine-tuning on the scan, its corrected mask and the clicks made on it (they train an
+        interactive model); ``checkpoint`` instead of the Model section's choice (the Clicks section's
+        interactive model). False (and a notification) if it cannot."""
         from napari.utils.notifications import show_error, show_warning
 
         from .workers import Job
@@ -249,6 +262,10 @@ class FinetuneSection(QGroupBox):
             show_error("fine-tuning needs a scan and its mask: run Predict (or open a label map) first")
             return False
         choice: ModelChoice | None = self.models.current_choice()
+        if checkpoint is not None:
+            from ..core.checkpoint import read_meta
+
+            choice = ModelChoice(read_meta(checkpoint).architecture, Path(checkpoint), read_meta(checkpoint))
         if choice is None:
             show_error("pick the model to fine-tune first")
             return False
@@ -277,9 +294,10 @@ class FinetuneSection(QGroupBox):
         self.cancel_button.setEnabled(True)
         self._outcome = "done"
         self.last_error = ""
+        clicks = self.clicks_on(layer) if clicks is None else clicks
         self.job = Job(
             lambda token: _finetune_job(
-                choice, scan, labels, val_labels, out, budget, device, self.series.isChecked(), token
+                choice, scan, labels, val_labels, out, budget, device, self.series.isChecked(), token, clicks
             ),
             on_progress=self._progress,
             on_done=self._done,
@@ -346,6 +364,19 @@ class FinetuneSection(QGroupBox):
         scores = f"Dice {before:.3f} -> {after:.3f} on the {result.dice_on}"
         self.bar.setValue(1000)
         self.show_lineage(path, chain)
+        c = result.clicks or {}
+        if c.get("given"):
+            scores += f"; {c['used']} of {c['given']} click(s) used" + (
+                f" ({c['reason']})" if c.get("reason") else ""
+            )
+        if getattr(result, "interactive", False) and self.on_interactive_child is not None:
+            # an interactive child is chosen where clicks are made, never for an automatic prediction
+            self.on_interactive_child(path, result.better)
+            self.status.setText(
+                f"saved {path.name} ({scores})"
+                + ("; the Clicks tab uses it" if result.better else "; not better, the parent stays chosen")
+            )
+            return
         if result.better:
             self.models.add_checkpoint(path, select=True)
             self.status.setText(f"saved {path.name} ({scores}); it is selected")

@@ -145,6 +145,8 @@ class FinetuneResult:
     replayed: list[str] = field(default_factory=list)
     #: the user's recorded clicks: given, used (an interactive parent), on how many pairs, why not
     clicks: dict[str, Any] = field(default_factory=dict)
+    #: the child is an interactive (click) model, like its parent
+    interactive: bool = False
 
 
 @dataclass
@@ -784,6 +786,7 @@ def finetune_result(
         threads=thread_record(plan),
         start=trained.fit.record(),
         replayed=list(corr.replayed),
+        interactive=corr.interactive is not None,
     )
 
 
