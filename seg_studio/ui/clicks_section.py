@@ -199,8 +199,7 @@ class ClicksSection(QGroupBox):
         painted: np.ndarray,
     ) -> Any:
         """The worker's generator: load the model once per scan and model, then one ``refine_step``."""
-        from ..core import checkpoint
-        from ..core.interactive import refine_step, start_session
+        from ..core.interactive import refine_step
         from ..core.progress import Progress
 
         yield Progress(0, 1, "click", "predicting the crop")
