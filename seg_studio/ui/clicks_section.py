@@ -241,23 +241,24 @@ class ClicksSection(QGroupBox):
         return True
 
     def _warm(self, volume: Any, path: str, key: tuple[Any, ...], token: Any) -> Any:
-        """The worker: a first click at the scan's centre on an empty mask (the smallest crop), then on
-        a full one (the largest); their results are dropped."""
+        """The worker: compile the model for every window size a click's crop can take on this scan
+        (``core.interactive.warm_up``); cancelled between sizes."""
         import time
 
-        from ..core.interactive import Click
-        from ..core.interactive import refine_step as step
+        from ..core.interactive import warm_up, window_sizes
         from ..core.progress import Progress
 
         t0 = time.perf_counter()
-        shape = volume.spatial_shape
-        click = Click(1, True, tuple(s // 2 for s in shape))
-        for k, fill in enumerate((0, 1)):
+        yield Progress(0, 1, "warming up", "compiling the interactive model for this scan")
+        with self._session_lock:
             token.raise_if_cancelled()
-            yield Progress(k, 2, "warming up", "compiling the interactive model for this scan")
-            with self._session_lock:
+            session = self.session_for(volume, path, key)
+            sizes = window_sizes(session)
+        for k, size in enumerate(sizes[:4]):
+            with self._session_lock:  # a click may go in between two sizes
                 token.raise_if_cancelled()
-                step(self.session_for(volume, path, key), [click], np.full(shape, fill, np.uint16))
+                warm_up(self.session_for(volume, path, key), [size], cancel=token)
+            yield Progress(k + 1, min(4, len(sizes)), "warming up", f"compiled for {list(size)} crops")
         log.info("click warm-up of %s took %.1f s", Path(path).name, time.perf_counter() - t0)
         return None
 

@@ -184,3 +184,37 @@ def test_cli_finetune_picks_up_the_clicks_beside_the_labels(
     err = capsys.readouterr().err
     assert rc == 2 and not out3.exists()
     assert "lies outside the scan" in err and "Traceback" not in err
+
+
+def test_warm_up_compiles_every_crop_size_a_click_can_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window sizes ``warm_up`` runs are the ones the clicks' crops then run as."""
+    import sys
+
+    from seg_studio.core.interactive import refine_step, start_session, warm_up, window_sizes
+    from seg_studio.core.volume import Volume
+
+    refine_mod = sys.modules["seg_studio.core.interactive.refine"]
+    spec = GuidanceSpec(1, 2.0, "gaussian", True)
+    model = create_model("unet", 2, 1, 2, guidance_channels=3, features=4, depth=2).eval()
+    meta = ckpt.new_meta(model, "unet", {"features": 4, "depth": 2}, classes=["background", "structure"],
+                         channel_names=spec.channel_names(), patch_size=(32, 32), interactive=spec.to_dict())  # fmt: skip
+    scan = Volume.from_array(np.random.default_rng(0).normal(size=(80, 48)).astype(np.float32))
+    session = start_session(scan, model, meta)
+    sizes = window_sizes(session)
+    # one or two patches a side (the scan's 48 is padded to 64)
+    assert sorted(sizes) == [(32, 32), (32, 64), (64, 32), (64, 64)] and sizes[:2] == [(32, 32), (64, 64)]
+    seen: list[tuple[int, ...]] = []
+    real = refine_mod.predict_crop
+
+    def recording(sess, crop):  # noqa: ANN001, ANN202
+        shape = np.array(crop.spatial_shape)
+        seen.append(tuple(int(v) for v in np.maximum(shape, -(-shape // 32) * 32)))
+        return real(sess, crop)
+
+    monkeypatch.setattr(refine_mod, "predict_crop", recording)
+    assert warm_up(session) == sizes and seen == sizes
+    seen.clear()
+    labels = np.zeros(scan.spatial_shape, np.uint16)
+    for voxel, lab in (((40, 24), labels), ((5, 5), labels), ((40, 24), np.ones_like(labels))):
+        refine_step(session, [Click(1, True, voxel)], lab)
+    assert set(seen) <= set(sizes) and len(set(seen)) >= 2
