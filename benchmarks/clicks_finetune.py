@@ -56,8 +56,10 @@ def user_clicks(model_path: Path, auto_path: Path, scan: Any, truth: np.ndarray,
     return clicks
 
 
-def finetune(parent: Path, image: Path, labels: Path, out: Path, budget: float, clicks: Any) -> Any:
-    gen = iter_finetune(parent, [(image, labels)], out, budget, clicks=clicks, device="cpu", seed=0)
+def finetune(
+    parent: Path, image: Path, labels: Path, out: Path, budget: float, clicks: Any, lr: float | None
+) -> Any:
+    gen = iter_finetune(parent, [(image, labels)], out, budget, clicks=clicks, lr=lr, device="cpu", seed=0)
     try:
         while True:
             next(gen)
@@ -76,7 +78,11 @@ def score(model_path: Path, cases: list[Any], n: int) -> dict[str, Any]:
         "structures": len(runs),
         "noc85": round(statistics.mean(bench.noc(r, 0.85, n) for r in runs), 2),
         "noc90": round(statistics.mean(bench.noc(r, 0.90, n) for r in runs), 2),
-        **{f"dice@{k}": round(statistics.mean(r["dice"][k - 1] for r in runs), 4) for k in (1, 3, 5, 10) if k <= n},
+        **{
+            f"dice@{k}": round(statistics.mean(r["dice"][k - 1] for r in runs), 4)
+            for k in (1, 3, 5, 10)
+            if k <= n
+        },
     }
 
 
@@ -86,6 +92,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=100.0)
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--eval-clicks", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=None, help="the fine-tune's learning rate (default: its own)")
     args = ap.parse_args()
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     task = bench.TASKS[args.task]
@@ -97,8 +104,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="clicks-ft-"))
     labels = tmp / f"{name}.nii.gz"
     io.write(io.read(srcs[name].labels).with_array(truth.astype(np.uint16)), labels)
-    with_c = finetune(model_path, Path(srcs[name].image), labels, tmp / "with.segmodel", args.budget, [clicks])
-    without = finetune(model_path, Path(srcs[name].image), labels, tmp / "without.segmodel", args.budget, None)
+    with_c = finetune(
+        model_path, Path(srcs[name].image), labels, tmp / "with.segmodel", args.budget, [clicks], args.lr
+    )
+    without = finetune(
+        model_path, Path(srcs[name].image), labels, tmp / "without.segmodel", args.budget, None, args.lr
+    )
     rest = cases[1:]
     out = {
         "task": args.task,
