@@ -370,11 +370,19 @@ class FinetuneSection(QGroupBox):
                 f" ({c['reason']})" if c.get("reason") else ""
             )
         if getattr(result, "interactive", False) and self.on_interactive_child is not None:
-            # an interactive child is chosen where clicks are made, never for an automatic prediction
-            self.on_interactive_child(path, result.better)
+            # An interactive child is chosen where clicks are made, never for an automatic prediction, and
+            # only when it is better on held-back cases: one scan's fine-tune scored on that scan measured
+            # better there and needed more clicks on the other held-back hippocampi (docs/clicks.md).
+            chosen = result.better and result.dice_on == "validation"
+            self.on_interactive_child(path, chosen)
+            why = "not better" if not result.better else f"scored only on the {result.dice_on}"
             self.status.setText(
                 f"saved {path.name} ({scores})"
-                + ("; the Clicks tab uses it" if result.better else "; not better, the parent stays chosen")
+                + (
+                    "; the Clicks tab uses it"
+                    if chosen
+                    else f"; {why}: the parent stays chosen (pick it in the list to try it)"
+                )
             )
             return
         if result.better:
