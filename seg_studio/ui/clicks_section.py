@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 POSITIVE, NEGATIVE = "#00c800", "#ff3030"
 
 
+def scan_id(layer: Any) -> Any:
+    """What tells one scan layer from another (a new layer of the same name is another scan)."""
+    return getattr(layer, "unique_id", None) or id(layer)
+
+
 def interactive_checkpoints(dirs: list[Path]) -> list[tuple[Path, Any]]:
     """Every interactive ``.segmodel`` in ``dirs`` (metadata only)."""
     from ..core.checkpoint import read_meta
@@ -175,7 +180,7 @@ class ClicksSection(QGroupBox):
         points.face_color[-1] = np.array([0, 0.78, 0, 1] if positive else [1, 0.19, 0.19, 1])
         points.refresh()
         clicks = [*self.clicks, click]
-        key = (scan.name, path)
+        key = (scan_id(scan), path)
 
         def factory(cancel: Any) -> Any:
             return self._predict(volume, path, key, clicks, labels, painted)
@@ -226,7 +231,7 @@ class ClicksSection(QGroupBox):
         scan, path = self._scan_layer(), self.model_combo.currentData()
         if scan is None or not path:
             return False
-        key = (scan.name, path)
+        key = (scan_id(scan), path)
         if self._warm_key == key:
             return False
         if self.warm_job is not None and self.warm_job.running:

@@ -341,6 +341,7 @@ class SegStudioPanel(QWidget):
         self.scan_combo.blockSignals(False)
         self.correct.refresh_classes()
         self._suit_model_to_scan()
+        self._tab_shown(self.tabs.currentIndex())  # a scan opened with the Clicks tab in view: warm it up
 
     def _scan_volume(self) -> Any:
         """The scan in view as a Volume (None without one, or for a layer that is not 2D/3D)."""

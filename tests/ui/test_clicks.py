@@ -90,3 +90,14 @@ def test_clicks_are_saved_beside_the_labels(make_napari_viewer, tmp_path: Path) 
     section.clicks = [Click(1, True, (1, 2, 3)), Click(1, False, (4, 5, 6))]
     path = section.save_beside(tmp_path / "mask.nii.gz")
     assert path == tmp_path / "mask.clicks.json" and read_clicks(path) == section.clicks
+
+
+def test_a_new_scan_of_the_same_name_gets_its_own_session() -> None:
+    """The click session (the normalised scan) is keyed by the layer, not its name: a scan reopened or
+    another one named alike must not be predicted with the first one's image."""
+    from napari.layers import Image
+
+    from seg_studio.ui.clicks_section import scan_id
+
+    a, b = Image(np.zeros((8, 8)), name="scan"), Image(np.ones((8, 8)), name="scan")
+    assert scan_id(a) != scan_id(b) and scan_id(a) == scan_id(a)
