@@ -1,0 +1,160 @@
+"""Work on the main thread in pieces of one event-loop turn each, so that the window never stalls.
+
+napari does all of a new layer's GUI work in the turn that inserts it: its vispy visual (45-75 ms of
+main-thread CPU for an Image or Labels layer, more when the machine is loaded) and its layer
+controls (30-55 ms), then the window repaints. ``insert_staged`` inserts the layer model alone and
+queues the visual and the controls as the next two turns of a ``TurnQueue``.
+
+It uses two private pieces of napari (checked by
+``tests/ui/test_panel.py::test_a_new_mask_lands_over_several_event_loop_turns`` and
+``test_a_map_shows_over_several_event_loop_turns``, which fail if napari renames them): the
+``QtViewer._on_add_layer_change`` / ``_add_layer`` pair that makes the visual and the layer controls
+container's ``_add`` / ``_populate``. Both are held back with napari's own ``EventEmitter.block``
+(nothing of napari is replaced); where they are missing (another napari, no window) the layer is
+inserted the ordinary way, in one turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class TurnQueue:
+    """Steps run one per event-loop turn (a zero timer between two), in the order they were added.
+
+    ``kind`` tags a step ("landing": part of a result; "map": a map being shown) so that a caller can
+    ask what is left of one kind; ``on_drained(kind)`` runs when the last step of a kind is done.
+    """
+
+    def __init__(self, on_drained: Callable[[str], None] | None = None) -> None:
+        self._steps: list[tuple[Callable[[], Any], str]] = []
+        self._scheduled = False
+        self._on_drained = on_drained
+
+    def add(self, step: Callable[[], Any], kind: str = "landing") -> None:
+        self._steps.append((step, kind))
+        self._schedule()
+
+    def pending(self, kind: str | None = None) -> int:
+        """How many steps (of ``kind``, or all) are still to run."""
+        return sum(1 for _, k in self._steps if kind is None or k == kind)
+
+    def run_all(self) -> None:
+        """Run every step left now, in order (e.g. before the user paints into a mask still landing)."""
+        while self._steps:
+            self._run_one()
+
+    def _schedule(self) -> None:
+        if self._steps and not self._scheduled:
+            from qtpy.QtCore import QTimer
+
+            self._scheduled = True
+            QTimer.singleShot(0, self._next)
+
+    def _next(self) -> None:
+        self._scheduled = False
+        if self._steps:
+            self._run_one()
+        self._schedule()
+
+    def _run_one(self) -> None:
+        step, kind = self._steps.pop(0)
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - a step is one piece (a visual, an overlay); the rest must go on
+            log.warning("a deferred step on the main thread failed", exc_info=True)
+        if self._on_drained is not None and not any(k == kind for _, k in self._steps):
+            self._on_drained(kind)
+
+
+def _unproxied(obj: Any) -> Any:
+    """The object behind napari's ``PublicOnlyProxy`` (what a dock widget is given as its viewer), which
+    warns on, and will refuse, the private attributes used here; anything else as it is."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def _pieces(viewer: Any) -> tuple[Any, Any] | None:
+    """napari's QtViewer and layer controls container, if they have what ``insert_staged`` defers."""
+    qt_viewer = getattr(getattr(_unproxied(viewer), "window", None), "_qt_viewer", None)
+    controls = getattr(qt_viewer, "controls", None)
+    needed = [(qt_viewer, "_on_add_layer_change"), (qt_viewer, "_add_layer"), (controls, "_add")]
+    needed += [(controls, "_populate"), (controls, "widgets")]
+    if qt_viewer is None or controls is None or not all(hasattr(o, n) for o, n in needed):
+        return None
+    return qt_viewer, controls
+
+
+def insert_unselected(viewer: Any, layer: Any) -> None:
+    """Append ``layer`` without selecting it (a selection rebuilds the shown layer controls)."""
+    layers = _unproxied(viewer).layers
+    keep = getattr(layers, "_activate_on_insert", None)
+    if keep is not None:
+        layers._activate_on_insert = False
+    try:
+        layers.append(layer)
+    finally:
+        if keep is not None:
+            layers._activate_on_insert = keep
+
+
+def insert_staged(viewer: Any, layer: Any, turns: TurnQueue, kind: str = "landing") -> None:
+    """Insert ``layer`` unselected now; its vispy visual and its layer controls come in the next two
+    turns of ``turns``. Removing the layer (or any layer) before then runs them at once first, so
+    napari's own removal finds them; a selection in between shows the controls once they exist."""
+    pieces = _pieces(viewer)
+    if pieces is None:
+        insert_unselected(viewer, layer)
+        return
+    qt_viewer, controls = pieces
+    layers = _unproxied(viewer).layers
+    layers.events.inserted.block(qt_viewer._on_add_layer_change)
+    layers.events.inserted.block(controls._add)
+    try:
+        insert_unselected(viewer, layer)
+    finally:
+        layers.events.inserted.unblock(qt_viewer._on_add_layer_change)
+        layers.events.inserted.unblock(controls._add)
+    # until its controls exist, napari must not show the controls of a selection that holds it
+    layers.selection.events.changed.block(controls._populate)
+    # the steps must not keep a closed window alive
+    qt_viewer, controls = weakref.ref(qt_viewer), weakref.ref(controls)
+    left = ["visual", "controls"]
+
+    def visual() -> None:
+        if "visual" in left:
+            left.remove("visual")
+            qv = qt_viewer()
+            if qv is not None and layer in layers:
+                qv._add_layer(layer)
+
+    def layer_controls() -> None:
+        visual()
+        if "controls" not in left:
+            return
+        left.remove("controls")
+        layers.events.removing.disconnect(before_removal)
+        box = controls()
+        if box is None:
+            return
+        try:
+            if layer in layers:
+                from napari.utils.events import Event
+
+                box._add(Event("inserted", value=layer))
+        finally:
+            changed = layers.selection.events.changed
+            changed.unblock(box._populate)
+            if not changed.blocked(box._populate):
+                box._populate()  # whatever was selected meanwhile gets its controls shown
+
+    def before_removal(event: Any = None) -> None:
+        layer_controls()
+
+    layers.events.removing.connect(before_removal)
+    turns.add(visual, kind)
+    turns.add(layer_controls, kind)
