@@ -127,15 +127,17 @@ class StallMeter:
         self.cpu.append((cpu - self._last_cpu) * 1000)
         self._last_cpu = cpu
         self.ticks.append(now)
+        if gap > 100:
+            self.stalls.append((self._last, now))
+        self._last = now
         if self._turn_prof is not None:
             self._turn_prof.disable()
             if gap > self.profile_over_ms:
                 self.turn_profiles.append((gap, self.cpu[-1], pstats.Stats(self._turn_prof)))
+                # the profiler's own bookkeeping is not the app's: the next gap starts after it
+                self._last, self._last_cpu = time.perf_counter(), time.thread_time()
             self._turn_prof = cProfile.Profile()
             self._turn_prof.enable()
-        if gap > 100:
-            self.stalls.append((self._last, now))
-        self._last = now
 
     def report_stalls(self, label: str) -> None:
         """Print what the main thread was doing in each stall over 100 ms (``--trace``) and in each turn

@@ -7,8 +7,8 @@ see ``staging``: its vispy visual, its layer controls, its paint/polygon overlay
 selection), so no turn pays all of napari's work for a new layer. The optional maps (probabilities,
 uncertainty, one per attention gate level) are prepared in the worker, their Image layers included,
 and listed in the "show maps" menu; a map is inserted when first shown (additive, colormapped, on the
-scan's physical grid), its visual and controls in the next turns (a layer's GUI work costs the main
-thread 0.1-0.4 s, so none is done for a map the user does not look at). A re-run over an existing mask writes into it as one undoable
+scan's physical grid), its visual in the next turn and its layer controls when first selected (a
+layer's GUI work costs the main thread 0.1-0.4 s, so none is done for a map the user does not look at). A re-run over an existing mask writes into it as one undoable
 step (Ctrl+Z brings the previous mask back) and, with "Keep my corrections" ticked (the default),
 fills only the voxels the user has not changed since the model wrote them (``core.corrections``).
 The scan is only read.
@@ -41,7 +41,7 @@ from ..core.progress import Progress
 from ..core.volume import LabelInfo, Volume
 from . import layers as L
 from .model_section import ModelChoice, ModelSection
-from .staging import TurnQueue, insert_staged
+from .staging import TurnQueue, insert_staged, set_progress
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class RunSection(QGroupBox):
         self.cancel_button.setEnabled(False)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
-        self.bar.setValue(0)
+        set_progress(self.bar, 0)
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
         self.keep_corrections = QCheckBox("keep my corrections")
@@ -250,7 +250,7 @@ class RunSection(QGroupBox):
         options = self.models.predict_options()
         self.last_error = ""
         self._t0 = time.perf_counter()
-        self.bar.setValue(0)
+        set_progress(self.bar, 0)
         self.status.setText(f"starting: {choice.label} on {layer.name}")
         self.predict_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -276,7 +276,7 @@ class RunSection(QGroupBox):
 
     # --- worker callbacks (main thread) -------------------------------------------------------------
     def _progress(self, p: Progress) -> None:
-        self.bar.setValue(int(p.fraction * 1000))
+        set_progress(self.bar, int(p.fraction * 1000))
         self.status.setText(format_progress(p))
 
     def _done(
@@ -299,7 +299,7 @@ class RunSection(QGroupBox):
 
             for note in pred.notes:
                 show_info(note)
-        self.bar.setValue(1000)
+        set_progress(self.bar, 1000)
         ran = getattr(pred, "backend", "")
         where = f"{pred.device} ({ran})" if ran and not ran.startswith("torch") else pred.device
         self.status.setText(f"done in {time.perf_counter() - self._t0:.1f} s on {where}{self._kept_note}")
@@ -314,7 +314,7 @@ class RunSection(QGroupBox):
 
     def _cancelled(self) -> None:
         self._outcome = "cancelled"
-        self.bar.setValue(0)
+        set_progress(self.bar, 0)
         self.status.setText("cancelled; nothing was added")
 
     def _job_finished(self) -> None:
@@ -518,11 +518,12 @@ class RunSection(QGroupBox):
 
     def _add_map(self, spec: L.OutputMap, scan_layer: Any) -> Any:
         """The map's Image layer (shown, additive, on the scan's grid), inserted unselected (the mask
-        keeps the selection); its visual and layer controls come in the next two turns."""
+        keeps the selection); its visual comes in the next turn, its layer controls when the user
+        first selects it (``staging.insert_staged``)."""
         layer, spec.layer = spec.layer, None  # the worker's layer serves once: a later show makes its own
         if layer is None:
             layer = L.new_map_layer(spec, L.scan_grid(scan_layer), MAP_OPACITY)
         layer.visible = True
-        insert_staged(self.viewer, layer, self.turns, kind="map")
+        insert_staged(self.viewer, layer, self.turns, kind="map", controls_when_selected=True)
         layer.events.visible.connect(lambda e: self._sync_maps_menu())
         return layer

@@ -3,7 +3,8 @@
 napari does all of a new layer's GUI work in the turn that inserts it: its vispy visual (45-75 ms of
 main-thread CPU for an Image or Labels layer, more when the machine is loaded) and its layer
 controls (30-55 ms), then the window repaints. ``insert_staged`` inserts the layer model alone and
-queues the visual and the controls as the next two turns of a ``TurnQueue``.
+queues the visual and the controls as the next two turns of a ``TurnQueue`` (a map's controls wait
+until the user first selects it).
 
 It uses two private pieces of napari (checked by
 ``tests/ui/test_panel.py::test_a_new_mask_lands_over_several_event_loop_turns`` and
@@ -24,8 +25,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+#: Milliseconds between two steps: with a zero timer the next step came before the repaint of the
+#: last one (Qt sorts the window's update request after other posted events), so one turn held a
+#: step and a paint; a timer lets the paint and the user's input come between two steps.
+STEP_GAP_MS = 10
+
+
 class TurnQueue:
-    """Steps run one per event-loop turn (a zero timer between two), in the order they were added.
+    """Steps run one per event-loop turn (``STEP_GAP_MS`` apart), in the order they were added.
 
     ``kind`` tags a step ("landing": part of a result; "map": a map being shown) so that a caller can
     ask what is left of one kind; ``on_drained(kind)`` runs when the last step of a kind is done.
@@ -54,7 +61,7 @@ class TurnQueue:
             from qtpy.QtCore import QTimer
 
             self._scheduled = True
-            QTimer.singleShot(0, self._next)
+            QTimer.singleShot(STEP_GAP_MS, self._next)
 
     def _next(self) -> None:
         self._scheduled = False
@@ -102,10 +109,21 @@ def insert_unselected(viewer: Any, layer: Any) -> None:
             layers._activate_on_insert = keep
 
 
-def insert_staged(viewer: Any, layer: Any, turns: TurnQueue, kind: str = "landing") -> None:
-    """Insert ``layer`` unselected now; its vispy visual and its layer controls come in the next two
-    turns of ``turns``. Removing the layer (or any layer) before then runs them at once first, so
-    napari's own removal finds them; a selection in between shows the controls once they exist."""
+def _show_controls(box: Any, layers: Any) -> None:
+    """What napari's ``_populate`` does on a selection change, unless the active layer's controls are
+    still to come (napari's own call is held back meanwhile)."""
+    active = layers.selection.active
+    if active is None or active in box.widgets:
+        box._populate()
+
+
+def insert_staged(
+    viewer: Any, layer: Any, turns: TurnQueue, kind: str = "landing", controls_when_selected: bool = False
+) -> None:
+    """Insert ``layer`` unselected now; its vispy visual comes in the next turn of ``turns`` and its
+    layer controls in the turn after (or, with ``controls_when_selected``, when the user first selects
+    it: a map that is only looked at never needs them). Removing the layer first makes them at once,
+    so napari's own removal finds them."""
     pieces = _pieces(viewer)
     if pieces is None:
         insert_unselected(viewer, layer)
@@ -119,7 +137,8 @@ def insert_staged(viewer: Any, layer: Any, turns: TurnQueue, kind: str = "landin
     finally:
         layers.events.inserted.unblock(qt_viewer._on_add_layer_change)
         layers.events.inserted.unblock(controls._add)
-    # until its controls exist, napari must not show the controls of a selection that holds it
+    # until its controls exist, napari must not show the controls of a selection that holds it:
+    # ``on_selection`` does what napari would have done, where it can
     layers.selection.events.changed.block(controls._populate)
     # the steps must not keep a closed window alive
     qt_viewer, controls = weakref.ref(qt_viewer), weakref.ref(controls)
@@ -138,6 +157,7 @@ def insert_staged(viewer: Any, layer: Any, turns: TurnQueue, kind: str = "landin
             return
         left.remove("controls")
         layers.events.removing.disconnect(before_removal)
+        layers.selection.events.changed.disconnect(on_selection)
         box = controls()
         if box is None:
             return
@@ -147,14 +167,38 @@ def insert_staged(viewer: Any, layer: Any, turns: TurnQueue, kind: str = "landin
 
                 box._add(Event("inserted", value=layer))
         finally:
-            changed = layers.selection.events.changed
-            changed.unblock(box._populate)
-            if not changed.blocked(box._populate):
-                box._populate()  # whatever was selected meanwhile gets its controls shown
+            layers.selection.events.changed.unblock(box._populate)
+            _show_controls(box, layers)
 
-    def before_removal(event: Any = None) -> None:
-        layer_controls()
+    def before_removal(event: Any) -> None:
+        if 0 <= event.index < len(layers) and layers[event.index] is layer:
+            layer_controls()
+
+    def on_selection(event: Any = None) -> None:
+        box = controls()
+        if box is None:
+            return
+        if controls_when_selected and layer in layers.selection:
+            layer_controls()
+        else:
+            _show_controls(box, layers)
 
     layers.events.removing.connect(before_removal)
+    layers.selection.events.changed.connect(on_selection)
     turns.add(visual, kind)
-    turns.add(layer_controls, kind)
+    if not controls_when_selected:
+        turns.add(layer_controls, kind)
+
+
+def set_progress(bar: Any, value: int) -> None:
+    """``bar.setValue(value)`` without its synchronous repaint: QProgressBar repaints at once when its
+    text changes, and with napari's GL canvas in the window each repaint composes the whole window
+    (40-100 ms of main thread under Xvfb, measured in a fine-tune's first turn). Disabling updates
+    around it turns that into an ordinary update, painted with the rest in the next paint."""
+    if bar.value() == value:
+        return
+    bar.setUpdatesEnabled(False)
+    try:
+        bar.setValue(value)
+    finally:
+        bar.setUpdatesEnabled(True)

@@ -455,8 +455,9 @@ def test_a_new_mask_lands_over_several_event_loop_turns(tmp_path, make_panel, qt
 
 def test_a_map_shows_over_several_event_loop_turns(tmp_path, make_panel, qtbot, _app_home):
     """A map's first show was one napari layer in one turn (360 ms wall, 107 ms of main-thread CPU at
-    load 8-9). Its layer is built in the worker; the click inserts it, and its visual and controls
-    come in the next two turns. A map removed before they came, or selected, still works."""
+    load 8-9). Its layer is built in the worker; the click inserts it, its visual comes in the next
+    turn, and its layer controls when the user first selects it (most maps are only looked at).
+    Selections, and a map removed before its visual came, still work."""
     scan_path, image, labels = write_scan(tmp_path, 3)
     ckpt = tiny_checkpoint(tmp_path / "models", 3, sample_classes(labels))
     viewer, panel = make_panel(scan_path)
@@ -470,26 +471,32 @@ def test_a_map_shows_over_several_event_loop_turns(tmp_path, make_panel, qtbot, 
     turns = TurnRecorder(lambda: _layer_pieces(viewer, layer))
     panel.run.maps_button.menu().actions()[0].trigger()  # the user's click
     assert viewer.layers[names[0]] is layer and layer.visible
-    assert turns.pieces(qtbot) == [(0,), (1,), (2,)], turns.snaps
-    controls = viewer.window._qt_viewer.controls
-    viewer.layers.selection.active = layer
-    assert controls.currentWidget() is controls.widgets[layer]
+    assert turns.pieces(qtbot) == [(0,), (1,)], turns.snaps
     assert viewer.window._qt_viewer.canvas.layer_to_visual[layer].node.visible
+    controls = viewer.window._qt_viewer.controls
+    scan = panel.scan_layer()
+    viewer.layers.selection.active = scan  # other selections show their controls meanwhile
+    assert controls.currentWidget() is controls.widgets[scan]
+    viewer.layers.selection.active = layer  # the first selection makes the map's controls
+    assert controls.currentWidget() is controls.widgets[layer]
+    viewer.layers.selection.active = scan
+    assert controls.currentWidget() is controls.widgets[scan]
 
-    # the next map: selected, then removed before its visual and controls came
+    # the next map: selected before its visual came, then removed (napari's removal finds its pieces)
     second = panel.run.show_map(names[1])
     assert _layer_pieces(viewer, second) == (True, False, False)
     viewer.layers.selection.active = second
-    assert controls.currentWidget() is controls.widgets[layer]  # napari waits for its controls
-    viewer.layers.remove(second)  # napari's own removal finds its visual and controls
-    assert _layer_pieces(viewer, second) == (False, False, False) and second not in controls.widgets
+    assert controls.currentWidget() is controls.widgets[second]
+    viewer.layers.remove(second)
     qtbot.waitUntil(lambda: not panel.run.turns.pending())
-    viewer.layers.selection.active = layer
-    assert controls.currentWidget() is controls.widgets[layer]
+    assert _layer_pieces(viewer, second) == (False, False, False)
+    # and one removed without ever being selected
     third = panel.run.show_map(names[2])
     qtbot.waitUntil(lambda: not panel.run.turns.pending())
-    viewer.layers.selection.active = third  # selections work again once the controls exist
-    assert controls.currentWidget() is controls.widgets[third]
+    viewer.layers.remove(third)
+    assert third not in controls.widgets and third not in viewer.window._qt_viewer.canvas.layer_to_visual
+    viewer.layers.selection.active = layer
+    assert controls.currentWidget() is controls.widgets[layer]
 
 
 def test_painting_while_the_mask_lands_gets_the_brush(tmp_path, make_panel, qtbot, _app_home):
