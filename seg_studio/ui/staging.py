@@ -109,6 +109,11 @@ def insert_unselected(viewer: Any, layer: Any) -> None:
             layers._activate_on_insert = keep
 
 
+#: layer controls container -> the insertions whose controls are still to come, oldest first; the
+#: oldest stands in for napari's held-back ``_populate`` (one call per selection change, not one each)
+_WAITING: weakref.WeakKeyDictionary[Any, list[object]] = weakref.WeakKeyDictionary()
+
+
 def _show_controls(box: Any, layers: Any) -> None:
     """What napari's ``_populate`` does on a selection change, unless the active layer's controls are
     still to come (napari's own call is held back meanwhile)."""
@@ -140,6 +145,8 @@ def insert_staged(
     # until its controls exist, napari must not show the controls of a selection that holds it:
     # ``on_selection`` does what napari would have done, where it can
     layers.selection.events.changed.block(controls._populate)
+    token = object()
+    _WAITING.setdefault(controls, []).append(token)
     # the steps must not keep a closed window alive
     qt_viewer, controls = weakref.ref(qt_viewer), weakref.ref(controls)
     left = ["visual", "controls"]
@@ -161,6 +168,9 @@ def insert_staged(
         box = controls()
         if box is None:
             return
+        waiting = _WAITING.get(box, [])
+        if token in waiting:
+            waiting.remove(token)
         try:
             if layer in layers:
                 from napari.utils.events import Event
@@ -180,7 +190,7 @@ def insert_staged(
             return
         if controls_when_selected and layer in layers.selection:
             layer_controls()
-        else:
+        elif (_WAITING.get(box) or [None])[0] is token:
             _show_controls(box, layers)
 
     layers.events.removing.connect(before_removal)
