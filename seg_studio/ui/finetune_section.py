@@ -41,6 +41,7 @@ from . import layers as L
 from .model_section import CHECKPOINT_SUFFIX, ModelChoice, ModelSection, bundled_model_dirs
 from .plot_widget import LossPlot
 from .run_section import RunSection, build_untrained, format_progress
+from .staging import set_progress
 from .workers import FINETUNE_NICE
 
 log = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ class FinetuneSection(QGroupBox):
         budget = budget_s if budget_s is not None else (self.budget.value() or None)  # None: the default
         device = self.models.device_name()
         self.plot.clear(f"fine-tune {choice.label}")
-        self.bar.setValue(0)
+        set_progress(self.bar, 0)
         self.status.setText(f"fine-tuning {choice.label}...")
         self.rerun_button.setVisible(False)
         self.finetune_button.setEnabled(False)
@@ -346,7 +347,7 @@ class FinetuneSection(QGroupBox):
 
     # --- worker callbacks (main thread) -------------------------------------------------------------
     def _progress(self, p: Progress) -> None:
-        self.bar.setValue(int(p.fraction * 1000))
+        set_progress(self.bar, int(p.fraction * 1000))
         self.status.setText(format_progress(p))
         m = p.metrics or {}
         loss = m.get("loss")
@@ -362,7 +363,7 @@ class FinetuneSection(QGroupBox):
         path = Path(result.path)
         before, after = result.dice_before, result.dice_after
         scores = f"Dice {before:.3f} -> {after:.3f} on the {result.dice_on}"
-        self.bar.setValue(1000)
+        set_progress(self.bar, 1000)
         self.show_lineage(path, chain)
         c = result.clicks or {}
         if c.get("given"):
@@ -410,7 +411,7 @@ class FinetuneSection(QGroupBox):
 
     def _cancelled(self) -> None:
         self._outcome = "cancelled"
-        self.bar.setValue(0)
+        set_progress(self.bar, 0)
         self.status.setText("cancelled; no checkpoint was written")
 
     def _job_finished(self) -> None:
