@@ -27,6 +27,7 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QPushButton, QSpinBox
 
 from . import layers as L
+from .domain_banner import MISMATCH_STYLE
 
 log = logging.getLogger(__name__)
 POSITIVE, NEGATIVE = "#00c800", "#ff3030"
@@ -78,8 +79,16 @@ class ClicksSection(QGroupBox):
         self.click_button.setCheckable(True)
         self.click_button.setToolTip("click = this is the structure; Ctrl+click or right-click = this is not")
         self.status = QLabel("pick an interactive model")
+        #: stays while the chosen click model does not fit the scan (its domain's checks, as the banner's)
+        self.fit_note = QLabel()
+        self.fit_note.setWordWrap(True)
+        self.fit_note.setObjectName("seg_studio_clicks_fit")
+        self.fit_note.setStyleSheet(f"#seg_studio_clicks_fit {{{MISMATCH_STYLE}}}")
+        self.fit_note.hide()
+        self._fit_key: tuple[Any, ...] | None = None
         lay = QFormLayout(self)
         lay.addRow("Model", self.model_combo)
+        lay.addRow(self.fit_note)
         lay.addRow("Class", self.value)
         lay.addRow(self.click_button)
         lay.addRow(self.finetune_button)
@@ -222,12 +231,50 @@ class ClicksSection(QGroupBox):
             self._session, self._key = start_session(volume, model, meta), key
         return self._session
 
+    # --- fit ----------------------------------------------------------------------------------
+    def check_fit(self) -> list[str]:
+        """Compare the scan with the click model's training scans (``core.domain.check_scan``, what
+        ``seg-studio refine`` warns about) and keep the note in view while it does not fit. Returns
+        the lines shown (empty when it fits, or without a scan or model)."""
+        from ..core import domain
+        from ..core.checkpoint import read_meta
+
+        scan, path = self._scan_layer(), self.model_combo.currentData()
+        key = (scan_id(scan), path) if scan is not None and path else None
+        if key == self._fit_key:
+            return self.fit_warnings()
+        self._fit_key = key
+        lines: list[str] = []
+        if key is not None:
+            try:
+                meta = read_meta(path)
+                if meta.domain is not None:
+                    lines = [w.message for w in domain.check_scan(meta.domain, L.layer_volume(scan))]
+            except Exception as exc:  # noqa: BLE001 - the check informs; a click still says what fails
+                log.info("could not check the click model against the scan: %s", exc)
+        name = Path(path).stem if path else ""
+        self.fit_note.setText(
+            f"{name} was not trained on scans like this one; clicks may not give what you expect:\n- "
+            + "\n- ".join(lines)
+            if lines
+            else ""
+        )
+        self.fit_note.setVisible(bool(lines))
+        return lines
+
+    def fit_warnings(self) -> list[str]:
+        """The lines of the fit note now (empty when hidden)."""
+        text = self.fit_note.text() if not self.fit_note.isHidden() else ""
+        return [ln[2:] for ln in text.splitlines() if ln.startswith("- ")]
+
     # --- warm-up ----------------------------------------------------------------------------------
     def warm_up(self) -> bool:
         """Compile the chosen model for this scan's first crops in a worker (see the module); False when
-        there is nothing to warm (no scan or model) or it is warm or warming already."""
+        there is nothing to warm (no scan or model) or it is warm or warming already. The fit note
+        follows the same events (a model chosen, a scan opened, the tab shown)."""
         from .workers import Job
 
+        self.check_fit()
         scan, path = self._scan_layer(), self.model_combo.currentData()
         if scan is None or not path:
             return False
