@@ -805,19 +805,19 @@ def eval_view(case: Case, patch: Sequence[int]) -> Case:
     """The part of a case worth evaluating within a budget.
 
     Partial labels: the bounding box of the labelled voxels (nothing else can count). Full labels on a
-    volume much larger than a patch: the foreground's box grown by half a patch on each side, so a
-    CT of 500 slices is not run twice through the network just to score a fine-tune. Small cases are
-    evaluated whole.
+    volume much larger than a patch: the foreground's box (a CT of 500 slices is not run twice through
+    the network just to score a fine-tune). Small cases are evaluated whole. Either box grows by half a
+    patch on each side: the network needs the context it was trained with, and only labelled voxels
+    are scored anyway (three corrected slices cut out alone scored a fitting parent Dice 0.000).
     """
     t = case.target
     if case.labelled_voxels is not None:
         mask = t != IGNORE_INDEX
-        margin = [0] * t.ndim
     elif t.numel() > 4 * math.prod(patch):
         mask = t > 0
-        margin = [p // 2 for p in patch]
     else:
         return case
+    margin = [p // 2 for p in patch]
     if not bool(mask.any()):
         return case
     sl = []
