@@ -84,9 +84,14 @@ def run_one(model: Any, meta: Any, scan: Any) -> dict[str, Any]:
     from seg_studio.core import domain
     from seg_studio.core.inference import PredictOptions, predict
 
-    before = domain.scan_warnings(meta, scan)
-    row: dict[str, Any] = {"scan": [w.code for w in before], "scan_text": [w.message for w in before]}
-    if any(w.severity == "refuse" for w in before):
+    interactive = meta.interactive is not None  # it segments what is clicked: its scan check only
+    before = domain.check_scan(meta.domain, scan) if interactive else domain.scan_warnings(meta, scan)
+    row: dict[str, Any] = {
+        "scan": [w.code for w in before],
+        "scan_text": [w.message for w in before],
+        "interactive": interactive,
+    }
+    if interactive or any(w.severity == "refuse" for w in before):
         row.update(result=[], result_text=[], seconds=None, foreground=None)
         return row
     t = time.perf_counter()
@@ -120,10 +125,12 @@ def render(results: dict[str, dict[str, dict[str, Any]]], defaults: dict[str, st
                 c == "dims" and "slice by slice" in t for c, t in zip(r["scan"], r["scan_text"], strict=True)
             )
             verdict = "**meant for**" if fits and not r["result"] else "not meant for"
-            refused = r["seconds"] is None
-            detail = (
-                "refused: " + _cell(r["scan"]) if refused else f"{_cell(r['scan'])} / {_cell(r['result'])}"
-            )
+            if r.get("interactive"):
+                detail = f"clicks only; {_cell(r['scan'])}"
+            elif r["seconds"] is None:
+                detail = "refused: " + _cell(r["scan"])
+            else:
+                detail = f"{_cell(r['scan'])} / {_cell(r['result'])}"
             fg = "" if r["foreground"] is None else f"; {r['foreground']} % fg"
             cells.append(f"{verdict} ({detail}{fg})")
         lines.append(f"| {ds} ({what}) | " + " | ".join(cells) + f" | {defaults[ds]} |")
@@ -191,7 +198,10 @@ scan (slice by slice; for a model made for single 2D images, such as the ultraso
 3D on 2D (refused), `channels`, `modality`, `spacing`, `no_spacing` (the scan
 stores no pixel size), `fov` (field of view), `intensity`, `dark` (the share of the scan at its darkest
 level, the black outside an ultrasound sector, unlike the training scans'), `fraction` (a class covers far more of the
-scan than on validation), `uncertainty`. The last column is the app's default for that scan.
+scan than on validation), `uncertainty`. The interactive models (`*_clicks`) segment what the user
+clicks, never a whole scan on their own: their column is the check `seg-studio refine` and the panel's
+Clicks tab make before the first click (no prediction), and they are never a default. The last column
+is the app's default for that scan.
 
 Made by `nice .venv/bin/python benchmarks/domain_table.py` on {dt.date.today().isoformat()}: CPU
 ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__},

@@ -118,7 +118,8 @@ def throughput(steps: int = 12, features: int = 16, batch: int = 4, patch: int =
     out["ours_fp32_steps_s"] = ours(None, False)
     out["ours_fp32_channels_last_steps_s"] = ours(None, True)
     out["ours_bf16_channels_last_steps_s"] = ours(torch.bfloat16, True)
-    from seg_studio.core.training.distributed import cpu_has_fast_bf16, pick_precision
+    from seg_studio.core.inference.devices import cpu_has_fast_bf16
+    from seg_studio.core.training.distributed import pick_precision
 
     auto = pick_precision(torch.device("cpu"), "auto")
     out["auto_precision"] = str(auto or "fp32")

@@ -18,7 +18,8 @@ shows one map (a layer made on the user's click) and predicts again (the result 
 that exist). ``max_turn_cpu_ms`` is the most CPU time the main thread itself spent between two ticks
 (``time.thread_time``): what the longest stall would be on an idle machine, where wall-clock stalls
 also hold waits for the GIL and for a core. ``--trace`` prints the main thread's stack during every
-stall over 100 ms; ``--profile`` prints a cProfile of the main thread from each landing on.
+stall over 100 ms; ``--profile`` prints a cProfile of the main thread from each landing on, and
+``--profile-turns MS`` one of each turn longer than MS ms (each turn profiled on its own).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class StackSampler:
 class StallMeter:
     """Records the gaps between ticks of a fast main-thread timer."""
 
-    def __init__(self, sampler: StackSampler | None = None) -> None:
+    def __init__(self, sampler: StackSampler | None = None, profile_over_ms: float | None = None) -> None:
         from qtpy.QtCore import QTimer
 
         self.gaps: list[float] = []
@@ -109,6 +110,10 @@ class StallMeter:
         self.ticks: list[float] = []
         self.sampler = sampler
         self.stalls: list[tuple[float, float]] = []
+        #: ``--profile-turns MS``: each turn is profiled on its own; those over MS ms are kept
+        self.profile_over_ms = profile_over_ms
+        self._turn_prof: cProfile.Profile | None = None
+        self.turn_profiles: list[tuple[float, float, pstats.Stats]] = []
         self._last = self.started = time.perf_counter()
         self._last_cpu = time.thread_time()
         self.timer = QTimer()
@@ -125,9 +130,19 @@ class StallMeter:
         if gap > 100:
             self.stalls.append((self._last, now))
         self._last = now
+        if self._turn_prof is not None:
+            self._turn_prof.disable()
+            if gap > self.profile_over_ms:
+                self.turn_profiles.append((gap, self.cpu[-1], pstats.Stats(self._turn_prof)))
+                # the profiler's own bookkeeping is not the app's: the next gap starts after it
+                self._last, self._last_cpu = time.perf_counter(), time.thread_time()
+            self._turn_prof = cProfile.Profile()
+            self._turn_prof.enable()
 
     def report_stalls(self, label: str) -> None:
-        """Print what the main thread was doing in each stall over 100 ms (``--trace``)."""
+        """Print what the main thread was doing in each stall over 100 ms (``--trace``) and in each turn
+        over the ``--profile-turns`` threshold."""
+        self.report_turn_profiles(label)
         if self.sampler is None:
             return
         for t0, t1 in self.stalls:
@@ -138,6 +153,14 @@ class StallMeter:
                 for line in stack:
                     print(f"    {line}", file=sys.stderr)
 
+    def report_turn_profiles(self, label: str, top: int = 30) -> None:
+        """``--profile-turns``: what the main thread did in each turn over the threshold (cProfile)."""
+        for gap, cpu, stats in self.turn_profiles:
+            print(f"--- {label}: a turn of {gap:.0f} ms ({cpu:.0f} ms CPU, profiled)", file=sys.stderr)
+            stats.stream = sys.stderr
+            stats.sort_stats("cumulative").print_stats(top)
+        self.turn_profiles.clear()
+
     def start(self) -> None:
         self.gaps.clear()
         self.cpu.clear()
@@ -145,11 +168,17 @@ class StallMeter:
         self.stalls.clear()
         self._last = self.started = time.perf_counter()
         self._last_cpu = time.thread_time()
+        if self.profile_over_ms is not None:
+            self._turn_prof = cProfile.Profile()
+            self._turn_prof.enable()
         self.timer.start()
 
     def stop(self, landed_at: float | None = None) -> dict[str, float]:
         """Summary of the gaps; with ``landed_at``, also split at that moment (result handed to the UI)."""
         self.timer.stop()
+        if self._turn_prof is not None:
+            self._turn_prof.disable()
+            self._turn_prof = None
         out = self._summary(self.gaps, self.cpu)
         if landed_at is not None:
             # a gap that ends after the result arrived holds landing work (the result's handler runs
@@ -221,7 +250,9 @@ def wait_until(app, cond, timeout_s: float) -> None:  # noqa: ANN001
             raise TimeoutError("timed out")
 
 
-def measure_stalls(dims: int, budget_s: float, features: int, trace: bool = False) -> dict[str, object]:
+def measure_stalls(
+    dims: int, budget_s: float, features: int, trace: bool = False, profile_over_ms: float | None = None
+) -> dict[str, object]:
     from qtpy.QtWidgets import QApplication
 
     from seg_studio.core import checkpoint
@@ -252,7 +283,7 @@ def measure_stalls(dims: int, budget_s: float, features: int, trace: bool = Fals
     wait_until(app, lambda: bool(panel.models.variants()), 120)
     wait_until(app, panel.warmed_up, 120)  # a user clicks Run seconds after the window opens
     panel.open_checkpoint(ckpt)
-    meter = StallMeter(StackSampler() if trace else None)
+    meter = StallMeter(StackSampler() if trace else None, profile_over_ms)
     out: dict[str, object] = {"dims": dims, "features": features, "shape": list(image.spatial_shape)}
 
     meter.start()
@@ -429,6 +460,13 @@ def main() -> None:
     )
     ap.add_argument("--no-stalls", dest="stalls", action="store_false", help="measure the launch only")
     ap.add_argument("--profile", action="store_true", help="cProfile the main thread as results land")
+    ap.add_argument(
+        "--profile-turns",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="cProfile each event-loop turn on its own and print those longer than MS ms",
+    )
     ap.add_argument("--launch-child", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
@@ -441,7 +479,11 @@ def main() -> None:
         PROFILER.append(cProfile.Profile())
     load_before = os.getloadavg()
     launch = measure_launch(args.launch_runs, args.baseline) if args.launch_runs > 0 else {"this": []}
-    stalls = measure_stalls(args.dims, args.budget, args.features, args.trace) if args.stalls else {}
+    stalls = (
+        measure_stalls(args.dims, args.budget, args.features, args.trace, args.profile_turns)
+        if args.stalls
+        else {}
+    )
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpu_count": os.cpu_count(),

@@ -679,24 +679,28 @@ data hashes of every case and the split.
 """
 
 
-def write_index(path: Path = ROOT / "docs" / "models_zoo.md") -> Path:
-    """docs/models_zoo.md: one row per shipped checkpoint, read back from the cards in the files."""
-    rows = []
-    # interactive models' cards come from benchmarks/clicks.py, not from here: keep the row written for them
-    kept = {
-        line.split("`")[1]: line
-        for line in (path.read_text().splitlines() if path.exists() else [])
-        if line.startswith("| [`")
-    }
-    for f in sorted(MODELS.glob("*.segmodel")):
-        card = checkpoint.read_meta(f).card
-        if not card:
-            continue
-        if "parameters" not in card:
-            if f.name in kept:
-                rows.append(kept[f.name])
-            continue
-        v, t = card["validation"], card["training"]
+def _parameters(card: dict[str, Any], f: Path) -> int:
+    """The card's parameter count, else counted from the weights (interactive cards do not carry it)."""
+    if card.get("parameters"):
+        return int(card["parameters"])
+    model, _ = checkpoint.load(f)
+    return sum(p.numel() for p in model.parameters())
+
+
+def index_row(f: Path) -> str | None:
+    """One row of docs/models_zoo.md from a shipped file's card (None for a file without one).
+
+    An interactive card (``interactive: true``, written by ``benchmarks/clicks.py --package``) scores the
+    model after simulated clicks and says so; an automatic card lists its per-class Dice."""
+    card = checkpoint.read_meta(f).card
+    if not card:
+        return None
+    v, t = card["validation"], card["training"]
+    title = card["title"]
+    if card.get("interactive"):
+        title += "; interactive (needs clicks)"
+        score = f"**{v['mean_dice']}** after {v['clicks']} simulated clicks ([clicks.md](clicks.md))"
+    else:
         dice = ", ".join(f"{k} {d}" for k, d in v["dice"].items())
         if v.get("hc_mean_abs_error_mm") is not None:
             dice += f"; head circumference off by {v['hc_mean_abs_error_mm']} mm (mean absolute)"
@@ -704,12 +708,18 @@ def write_index(path: Path = ROOT / "docs" / "models_zoo.md") -> Path:
             dice += f"; the patient's pixels pooled: {v['blood_pool_pooled_dice']}"
         for bench, b in (v.get("benchmarks") or {}).items():
             dice += f"; `{bench}` ({b['cases']} cases shared by the task's models): {b['mean_dice']}"
-        rows.append(
-            f"| [`{f.name}`](../resources/models/{card['name']}.md) | {card['title']} |"
-            f" {card['parameters'] / 1e6:.2f} M, {f.stat().st_size / 1e6:.2f} MB | **{v['mean_dice']}** ({dice}) |"
-            f" {len(v['cases'])} | {t['steps']} steps, {t['seconds']:.0f} s | {card['terms'].split(':')[0]} |"
-            f" `{t['command']}` |"
-        )
+        score = f"**{v['mean_dice']}** ({dice})"
+    return (
+        f"| [`{f.name}`](../resources/models/{card['name']}.md) | {title} |"
+        f" {_parameters(card, f) / 1e6:.2f} M, {f.stat().st_size / 1e6:.2f} MB | {score} |"
+        f" {len(v['cases'])} | {t['steps']} steps, {t['seconds']:.0f} s | {card['terms'].split(':')[0]} |"
+        f" `{t['command']}` |"
+    )
+
+
+def write_index(path: Path = ROOT / "docs" / "models_zoo.md") -> Path:
+    """docs/models_zoo.md: one row per shipped checkpoint, read back from the cards in the files."""
+    rows = [r for r in (index_row(f) for f in sorted(MODELS.glob("*.segmodel"))) if r is not None]
     text = f"""# Model zoo: the checkpoints seg_studio ships
 
 Every file in `resources/models/` is an ordinary `.segmodel` (safetensors + JSON; float16 weights)

@@ -88,7 +88,7 @@ def _run_napari_reader(args: argparse.Namespace) -> int:
     try:
         from napari.settings import get_settings
 
-        from ..ui.reader import PLUGIN_NAME, PREFERRED_PATTERNS, prefer_seg_studio_reader
+        from ..ui.reader import FOLDER_PATTERN, PLUGIN_NAME, PREFERRED_PATTERNS, prefer_seg_studio_reader
     except ImportError as exc:
         raise SegStudioError(f"napari is not installed ({exc}); install seg-studio[napari]") from exc
     prefer_seg_studio_reader(overwrite=args.overwrite)
@@ -98,6 +98,13 @@ def _run_napari_reader(args: argparse.Namespace) -> int:
     for p in PREFERRED_PATTERNS:
         if p not in ours:
             print(f"kept your choice for {p}: {prefs[p]} (--overwrite replaces it)")
+    folders = prefs.get(FOLDER_PATTERN)
+    if folders == PLUGIN_NAME:
+        print("napari opens DICOM folders with seg-studio's reader (other folders as before)")
+    elif folders:
+        print(f"kept your choice for folders: {folders} (--overwrite replaces it)")
+    else:
+        print("napari asks which reader opens a folder: another plugin besides napari's own reads folders")
     return 0
 
 

@@ -278,6 +278,12 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-labels", dest="val_labels", type=Path)
     p.add_argument("--split", type=Path, help="a split.json to reuse")
     p.add_argument(
+        "--clicks",
+        type=Path,
+        help="the clicks made on the one --labels file (default: LABELS.clicks.json beside each labels "
+        "file, as the app saves them); they train an interactive model, an automatic one ignores them",
+    )
+    p.add_argument(
         "--replay",
         nargs="?",
         const=True,
@@ -303,6 +309,24 @@ def _pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
     return [(s.image, s.labels) for s in pairs_from_folders(images, labels)]  # type: ignore[misc]
 
 
+def _recorded_clicks(pairs: list[tuple[Path, Path]], given: Path | None) -> list[Any] | None:
+    """The clicks of each pair: ``--clicks`` for one pair, else ``NAME.clicks.json`` beside its labels."""
+    from ..core.atomic import split_suffix
+    from ..core.interactive import read_clicks
+
+    if given is not None:
+        if len(pairs) != 1:
+            raise TrainingError(
+                "--clicks goes with one --labels file; for folders put NAME.clicks.json beside each labels file"
+            )
+        return [read_clicks(given)]
+    found = []
+    for _, lab in pairs:
+        beside = lab.with_name(split_suffix(lab)[0] + ".clicks.json") if lab.is_file() else None
+        found.append(read_clicks(beside) if beside is not None and beside.is_file() else None)
+    return found if any(found) else None
+
+
 def run_finetune(args: argparse.Namespace) -> int:
     from ..core.training import iter_finetune
 
@@ -319,9 +343,11 @@ def run_finetune(args: argparse.Namespace) -> int:
             raise TrainingError("give both --val-images and --val-labels")
         val = _pairs(args.val_images, args.val_labels)
     _check_finetune_out(args)  # before a whole training budget is spent
+    pairs = _pairs(args.images, args.labels)
+    clicks = _recorded_clicks(pairs, args.clicks)
     gen = iter_finetune(
         args.model,
-        _pairs(args.images, args.labels),
+        pairs,
         args.out,
         args.budget,
         steps=args.steps,
@@ -336,6 +362,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         precision=args.precision,
         seed=args.seed,
         replay=args.replay,
+        clicks=clicks,
         cancel=CancelToken(),
     )
     with expect_unchanged(args.out):  # a second fine-tune to the same --out must not be lost silently
@@ -362,6 +389,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         "warnings": warnings,
         "start": res.start.get("start"),
         "replayed": res.replayed,
+        "clicks": res.clicks,
     }
     if args.json:
         _say(json.dumps(summary, indent=2))
@@ -374,6 +402,12 @@ def run_finetune(args: argparse.Namespace) -> int:
             _say(f"  {k:<20} {res.per_class_before.get(k)} -> {res.per_class_after[k]}")
         if res.start.get("start") == "fresh":
             _say(f"trained fresh, not from the parent: {res.start.get('reason')}")
+        if res.clicks.get("given"):
+            c = res.clicks
+            _say(
+                f"recorded clicks: {c['used']} of {c['given']} used"
+                + (f" ({c['reason']})" if c.get("reason") else " as the first round of guidance")
+            )
         if res.replayed:
             _say(f"replayed {len(res.replayed)} earlier pair(s) of the series: {', '.join(res.replayed)}")
     for w in warnings:
@@ -386,7 +420,7 @@ def _check_finetune_out(args: argparse.Namespace) -> None:
 
     if args.out.suffix != ".segmodel":
         raise TrainingError(f"the fine-tuned model is a .segmodel file; got --out {args.out.name}")
-    protected = [args.model, args.images, args.labels, args.val_images, args.val_labels]
+    protected = [args.model, args.images, args.labels, args.val_images, args.val_labels, args.clicks]
     if args.model.exists() and args.out.exists() and os.path.samefile(args.model, args.out):
         raise TrainingError(
             "the fine-tuned model must go to a new file; the parent checkpoint is never overwritten"

@@ -38,6 +38,7 @@ MODALITY_NAMES = {
     "DR": "X-ray",
     "MG": "X-ray",
     "US": "US",
+    "EM": "EM",
     "OP": "photo",
     "XC": "photo",
     "SM": "microscopy",
@@ -54,15 +55,17 @@ def _sample(data: np.ndarray) -> np.ndarray:
     return flat[::step]
 
 
-def guess_modality(volume: Volume) -> str | None:
-    """ "CT", "MR", "X-ray", "photo"... from the DICOM tag, colour, or Hounsfield units; None if unknown."""
+def scan_modality(volume: Volume) -> str | None:
+    """ "CT", "MR", "X-ray", "photo"... from the DICOM tag (or a sample's own), colour, or Hounsfield units
+    (air near -1000); None when the file does not say (an MR in NIfTI, a PNG). The window presets and a
+    model's domain both ask it, so they never disagree on what a scan is."""
     code = str(volume.meta.get("modality") or "").strip().upper()
     if code in MODALITY_NAMES:
         return MODALITY_NAMES[code]
-    if volume.meta.get("rgb"):
+    if volume.meta.get("rgb") or volume.channels in (3, 4) and volume.ndim == 2:
         return "photo"
     a = np.asarray(volume.array)
-    if a.size and np.issubdtype(a.dtype, np.integer) and a.dtype.itemsize > 1:
+    if a.size and np.issubdtype(a.dtype, np.integer):
         s = _sample(a)
         if float(s.min()) <= -900 and float(s.max()) >= 100:  # air and soft tissue in HU
             return "CT"
@@ -107,7 +110,7 @@ def initial_window(volume: Volume) -> tuple[float, float] | None:
     center, width = volume.meta.get("window_center"), volume.meta.get("window_width")
     if center is not None and width and float(width) > 1:
         return float(center) - float(width) / 2, float(center) + float(width) / 2
-    modality = guess_modality(volume)
+    modality = scan_modality(volume)
     if modality == "CT":
         return preset_window(CT_DEFAULT, volume.array)
     if modality in ("X-ray", "photo") or np.asarray(volume.array).dtype == np.uint8:

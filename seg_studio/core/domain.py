@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from .display import scan_modality
 from .errors import CheckpointError
+from .io import has_physical_spacing
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -58,25 +60,6 @@ SAMPLE_VOXELS = 1_000_000
 #: Severities: "refuse" (the model cannot run), "mismatch" (outside the domain), "note" (what was done),
 #: "unknown" (nothing to compare with). Only "note" leaves a checkpoint fitting the scan.
 _WEIGHT = {"refuse": 100, "unknown": 20, "mismatch": 10, "note": 1}
-
-#: DICOM modality codes -> the names a domain uses.
-_MODALITY_NAMES = {
-    "MR": "MR",
-    "CT": "CT",
-    "DX": "X-ray",
-    "CR": "X-ray",
-    "RG": "X-ray",
-    "DR": "X-ray",
-    "MG": "X-ray",
-    "US": "US",
-    "EM": "EM",
-    "OP": "photo",
-    "XC": "photo",
-    "SM": "microscopy",
-    "PT": "PET",
-    "NM": "NM",
-}
-_RASTER = {"PNG", "JPEG", "BMP", "GIF", "TIFF"}
 
 
 @dataclass(frozen=True)
@@ -275,30 +258,6 @@ def _class_stats(v: Any, name: str) -> ClassStats:
 
 
 # --- what a scan is ----------------------------------------------------------------------------------
-
-
-def scan_modality(volume: Volume) -> str | None:
-    """The scan's modality as a domain names it: from DICOM (or a sample's own tag), RGB = photo, or CT
-    recognised by Hounsfield units (air near -1000). None when the file does not say (NIfTI, PNG)."""
-    code = str(volume.meta.get("modality") or "").strip().upper()
-    if code in _MODALITY_NAMES:
-        return _MODALITY_NAMES[code]
-    if volume.meta.get("rgb") or volume.channels in (3, 4) and volume.ndim == 2:
-        return "photo"
-    a = volume.array
-    if np.issubdtype(a.dtype, np.integer) and a.size:
-        sample = _subsample(a)
-        if float(sample.min()) <= -900 and float(sample.max()) >= 100:  # air and soft tissue in HU
-            return "CT"
-    return None
-
-
-def has_physical_spacing(volume: Volume) -> bool:
-    """False for raster images (PNG, JPEG, ...) that store no pixel size: their spacing of 1 is a placeholder."""
-    if volume.meta.get("pixel_size_given"):  # io.set_pixel_size
-        return True
-    fmt = str(volume.meta.get("format") or "").upper()
-    return not (fmt in _RASTER and all(abs(s - 1.0) < 1e-9 for s in volume.spacing))
 
 
 def _axes(volume: Volume, dims: int) -> int:

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .io import has_physical_spacing
 from .volume import LabelInfo, Volume
 
 log = logging.getLogger(__name__)
 
 PERCENTILES = (5, 25, 50, 75, 95)
 #: Formats whose pixel size is not a physical spacing unless the file says so (1.0 = "unknown").
-_NO_SPACING_FORMATS = {"PNG", "JPEG", "BMP", "GIF"}
 
 Measure2D = Callable[[np.ndarray, tuple[float, float]], float | None]
 #: name -> (function(mask_2d_bool, spacing_xy) -> float | None, unit, class names it applies to or None
@@ -89,15 +89,6 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def has_physical_spacing(vol: Volume) -> bool:
-    """False for plain pictures (PNG, JPEG...) whose 1.0 spacing only means "not given"."""
-    if vol.meta.get("pixel_size_given"):  # io.set_pixel_size
-        return True
-    fmt = str(vol.meta.get("format", ""))
-    unit = np.allclose(vol.spacing, 1.0)
-    return not (unit and (fmt in _NO_SPACING_FORMATS or (fmt == "TIFF" and vol.ndim == 2)))
 
 
 def measure(

@@ -20,8 +20,9 @@ from qtpy.QtWidgets import QComboBox, QFrame, QHBoxLayout, QLabel, QPushButton, 
 log = logging.getLogger(__name__)
 
 NO_FIT = "no model fits this scan"
+MISMATCH_STYLE = "background:#5a3a00; color:#ffe7b0; border:1px solid #f0a030; border-radius:4px;"
 _STYLE = {
-    "mismatch": "background:#5a3a00; color:#ffe7b0; border:1px solid #f0a030; border-radius:4px;",
+    "mismatch": MISMATCH_STYLE,
     "note": "background:#1f3347; color:#d8e8ff; border:1px solid #5a8ac0; border-radius:4px;",
 }
 

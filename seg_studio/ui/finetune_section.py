@@ -41,6 +41,7 @@ from . import layers as L
 from .model_section import CHECKPOINT_SUFFIX, ModelChoice, ModelSection, bundled_model_dirs
 from .plot_widget import LossPlot
 from .run_section import RunSection, build_untrained, format_progress
+from .staging import set_progress
 from .workers import FINETUNE_NICE
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def finetune_destination(parent: Path, stamp: str | None = None) -> Path:
     return out
 
 
-def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, series, token):  # noqa: ANN001, ANN202 - worker generator
+def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, series, token, clicks=None):  # noqa: ANN001, ANN202 - worker generator
     from ..core import checkpoint
     from ..core.training import iter_finetune
 
@@ -89,6 +90,7 @@ def _finetune_job(choice, scan, labels, val_labels, out, budget_s, device, serie
         device=device,
         name_not_better=True,
         replay=series,
+        clicks=[clicks] if clicks else None,
         cancel=token,
     )
     # the lineage hashes every checkpoint in the model folders: here, not on the GUI thread (110-150 ms
@@ -128,6 +130,10 @@ class FinetuneSection(QGroupBox):
         self.last_error = ""
         self._outcome = "done"
         self._out: Path | None = None
+        #: the clicks made on a scan layer (the Clicks section's), which go with its corrected mask
+        self.clicks_on: Callable[[Any], list[Any]] = lambda layer: []
+        #: lists an interactive child where interactive models are chosen (the Clicks section)
+        self.on_interactive_child: Callable[[Path, bool], None] | None = None
 
         self.only_changed = QCheckBox("learn only from what I changed")
         self.only_changed.setToolTip("voxels you left as predicted are ignored by the loss")
@@ -234,8 +240,16 @@ class FinetuneSection(QGroupBox):
             return None
         return vol.with_array(corrected_region_labels(arr, changed), meta={"kind": "labels"})
 
-    def finetune(self, budget_s: float | None = None, only_changed: bool | None = None) -> bool:
-        """Start fine-tuning on the scan and its corrected mask; False (and a notification) if it cannot."""
+    def finetune(
+        self,
+        budget_s: float | None = None,
+        only_changed: bool | None = None,
+        checkpoint: Path | None = None,
+        clicks: list[Any] | None = None,
+    ) -> bool:
+        """Start fine-tuning on the scan, its corrected mask and the clicks made on it (they train an
+        interactive model); ``checkpoint`` instead of the Model section's choice (the Clicks section's
+        interactive model). False (and a notification) if it cannot."""
         from napari.utils.notifications import show_error, show_warning
 
         from .workers import Job
@@ -249,6 +263,10 @@ class FinetuneSection(QGroupBox):
             show_error("fine-tuning needs a scan and its mask: run Predict (or open a label map) first")
             return False
         choice: ModelChoice | None = self.models.current_choice()
+        if checkpoint is not None:
+            from ..core.checkpoint import read_meta
+
+            choice = ModelChoice(read_meta(checkpoint).architecture, Path(checkpoint), read_meta(checkpoint))
         if choice is None:
             show_error("pick the model to fine-tune first")
             return False
@@ -270,16 +288,17 @@ class FinetuneSection(QGroupBox):
         budget = budget_s if budget_s is not None else (self.budget.value() or None)  # None: the default
         device = self.models.device_name()
         self.plot.clear(f"fine-tune {choice.label}")
-        self.bar.setValue(0)
+        set_progress(self.bar, 0)
         self.status.setText(f"fine-tuning {choice.label}...")
         self.rerun_button.setVisible(False)
         self.finetune_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._outcome = "done"
         self.last_error = ""
+        clicks = self.clicks_on(layer) if clicks is None else clicks
         self.job = Job(
             lambda token: _finetune_job(
-                choice, scan, labels, val_labels, out, budget, device, self.series.isChecked(), token
+                choice, scan, labels, val_labels, out, budget, device, self.series.isChecked(), token, clicks
             ),
             on_progress=self._progress,
             on_done=self._done,
@@ -328,7 +347,7 @@ class FinetuneSection(QGroupBox):
 
     # --- worker callbacks (main thread) -------------------------------------------------------------
     def _progress(self, p: Progress) -> None:
-        self.bar.setValue(int(p.fraction * 1000))
+        set_progress(self.bar, int(p.fraction * 1000))
         self.status.setText(format_progress(p))
         m = p.metrics or {}
         loss = m.get("loss")
@@ -344,8 +363,29 @@ class FinetuneSection(QGroupBox):
         path = Path(result.path)
         before, after = result.dice_before, result.dice_after
         scores = f"Dice {before:.3f} -> {after:.3f} on the {result.dice_on}"
-        self.bar.setValue(1000)
+        set_progress(self.bar, 1000)
         self.show_lineage(path, chain)
+        c = result.clicks or {}
+        if c.get("given"):
+            scores += f"; {c['used']} of {c['given']} click(s) used" + (
+                f" ({c['reason']})" if c.get("reason") else ""
+            )
+        if getattr(result, "interactive", False) and self.on_interactive_child is not None:
+            # An interactive child is chosen where clicks are made, never for an automatic prediction, and
+            # only when it is better on held-back cases: one scan's fine-tune scored on that scan measured
+            # better there and needed more clicks on the other held-back hippocampi (docs/clicks.md).
+            chosen = result.better and result.dice_on == "validation"
+            self.on_interactive_child(path, chosen)
+            why = "not better" if not result.better else f"scored only on the {result.dice_on}"
+            self.status.setText(
+                f"saved {path.name} ({scores})"
+                + (
+                    "; the Clicks tab uses it"
+                    if chosen
+                    else f"; {why}: the parent stays chosen (pick it in the list to try it)"
+                )
+            )
+            return
         if result.better:
             self.models.add_checkpoint(path, select=True)
             self.status.setText(f"saved {path.name} ({scores}); it is selected")
@@ -371,7 +411,7 @@ class FinetuneSection(QGroupBox):
 
     def _cancelled(self) -> None:
         self._outcome = "cancelled"
-        self.bar.setValue(0)
+        set_progress(self.bar, 0)
         self.status.setText("cancelled; no checkpoint was written")
 
     def _job_finished(self) -> None:

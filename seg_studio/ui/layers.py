@@ -151,13 +151,36 @@ def placement(volume: Volume) -> dict[str, tuple[float, ...]]:
     return {"scale": scale, "translate": tuple(volume.origin_zyx)}
 
 
+@dataclass(frozen=True)
+class Grid:
+    """Where a scan layer sits: its ``scale``, ``translate`` and spatial shape (plain values, so a
+    worker can place layers on it without touching the layer)."""
+
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    shape: tuple[int, ...]
+
+
+def scan_grid(layer: Any, volume: Volume | None = None) -> Grid:
+    """The ``Grid`` of a scan layer (main thread); ``volume``: its ``layer_volume``, if at hand."""
+    shape = (volume or layer_volume(layer)).spatial_shape
+    nd = len(shape)
+    return Grid(
+        tuple(float(s) for s in layer.scale[-nd:]),
+        tuple(float(t) for t in layer.translate[-nd:]),
+        tuple(shape),
+    )
+
+
 def layer_kwargs(volume: Volume, like: Any | None = None) -> dict[str, Any]:
-    """``scale``/``translate`` for a new layer on ``volume``'s grid (aligned with the scan layer ``like``)."""
+    """``scale``/``translate`` for a new layer on ``volume``'s grid, aligned with ``like`` (a scan
+    layer or its ``Grid``)."""
     if like is not None:
         nd = volume.ndim
-        like_scale = tuple(like.scale[-nd:])
-        like_shape = layer_volume(like).spatial_shape
-        translate = tuple(like.translate[-nd:])
+        grid = like if isinstance(like, Grid) else None
+        like_scale = grid.scale[-nd:] if grid else tuple(like.scale[-nd:])
+        like_shape = grid.shape if grid else layer_volume(like).spatial_shape
+        translate = grid.translate[-nd:] if grid else tuple(like.translate[-nd:])
         if volume.spatial_shape != like_shape:
             # a coarser map (e.g. an attention level) covering the same extent as the scan
             scale = tuple(
@@ -431,6 +454,26 @@ class OutputMap:
     colormap: str
     contrast_limits: tuple[float, float]
     metadata: dict[str, Any]
+    #: its Image layer, not yet in a viewer, when the worker made one (``new_map_layer``)
+    layer: Any = None
+
+
+def new_map_layer(spec: OutputMap, grid: Grid, opacity: float) -> Any:
+    """``spec``'s Image layer, additive and visible on the scan's ``grid``, not yet in a viewer (a
+    worker can build it: napari's layer model is plain Python)."""
+    from napari.layers import Image
+
+    return Image(
+        spec.data,
+        name=spec.name,
+        colormap=spec.colormap,
+        blending="additive",
+        visible=True,
+        opacity=opacity,
+        contrast_limits=spec.contrast_limits,
+        metadata=spec.metadata,
+        **layer_kwargs(spec.volume, like=grid),
+    )
 
 
 def _output_map(what: str, vol: Volume, cmap: str, scan_name: str) -> OutputMap:

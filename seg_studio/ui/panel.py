@@ -123,6 +123,10 @@ class SegStudioPanel(QWidget):
         # window must not wait for
         self.models.probed.connect(lambda *_: self.clicks.fill_models(self._model_dirs()))
         self.add_section("Clicks", self.clicks)
+        self.clicks.on_finetune = self._finetune_clicks
+        self.finetune_section.clicks_on = self.clicks.clicks_on
+        self.finetune_section.on_interactive_child = self.clicks.add_model
+        self.tabs.currentChanged.connect(self._tab_shown)
         self.add_section("Fine-tune", self.finetune_section)
         self.series = SeriesSection(self.viewer, self.run, self.finetune_section, self.scan_layer)
         self.add_section("Fine-tune", self.series)
@@ -337,6 +341,7 @@ class SegStudioPanel(QWidget):
         self.scan_combo.blockSignals(False)
         self.correct.refresh_classes()
         self._suit_model_to_scan()
+        self._tab_shown(self.tabs.currentIndex())  # a scan opened with the Clicks tab in view: warm it up
 
     def _scan_volume(self) -> Any:
         """The scan in view as a Volume (None without one, or for a layer that is not 2D/3D)."""
@@ -368,6 +373,15 @@ class SegStudioPanel(QWidget):
         """Cancel whatever runs (prediction and/or fine-tune)."""
         self.run.cancel()
         self.finetune_section.cancel()
+
+    def _tab_shown(self, index: int) -> None:
+        """The Clicks tab in view: compile its model for the scan before the first click (a worker)."""
+        if self.tabs.widget(index) is not None and self.tabs.widget(index).isAncestorOf(self.clicks):
+            self.clicks.warm_up()
+
+    def _finetune_clicks(self, checkpoint: Path, clicks: list[Any]) -> bool:
+        self.show_section(self.finetune_section)
+        return self.finetune_section.finetune(checkpoint=checkpoint, clicks=clicks)
 
     def finetune(self, budget_s: float | None = None, only_changed: bool | None = None) -> bool:
         self.show_section(self.finetune_section)  # its plot and the Re-run offer

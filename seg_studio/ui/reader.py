@@ -15,9 +15,10 @@ stays out of the reading path.
 
 In plain napari nothing of ours runs before napari asks which reader to use, and napari's own
 reader claims these patterns too: ``seg-studio napari-reader`` (run by the README's set-up) records
-seg_studio as the preferred reader for the medical formats, keeping a choice the user made. Without
-it napari asks once, with seg_studio preselected (napari lists readers by display name, and ours
-sorts first), and every read through this reader records the same preference
+seg_studio as the preferred reader for the medical formats and for folders, keeping a choice the
+user made; a folder without DICOM is then handed to napari's own reader, so it opens as before.
+Without it napari asks once, with seg_studio preselected (napari lists readers by display name, and
+ours sorts first), and every read through this reader records the same preference
 (``prefer_seg_studio_reader``) and one for the DICOM folders beside the one opened. A file that
 cannot be read becomes one error notification and no layer: an exception here would end
 ``napari bad.nii.gz`` before its window opens.
@@ -26,6 +27,7 @@ cannot be read becomes one error notification and no layer: an exception here wo
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,17 +165,48 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
     from ..core.io._formats import READ_FORMATS, has_dicom_preamble, suffix_of
 
     paths = path if isinstance(path, list | tuple) else [path]
+    folders = [p for p in map(Path, paths) if p.is_dir()]
+    if folders and not all(map(_maybe_dicom_folder, folders)):
+        return _other_folder_reader(path)
     for p in map(Path, paths):
-        if p.is_dir():
-            if not _maybe_dicom_folder(p):
-                return None
-        elif suffix_of(p) not in READ_FORMATS and not has_dicom_preamble(p):
+        if not p.is_dir() and suffix_of(p) not in READ_FORMATS and not has_dicom_preamble(p):
             return None
     return read_for_napari
 
 
+def _other_folder_readers(path: str | list[str]) -> list[Any]:
+    """The npe2 reader contributions of other plugins that accept this folder (usually napari's own)."""
+    import npe2
+
+    readers = npe2.PluginManager.instance().iter_compatible_readers(path)
+    return [r for r in readers if r.plugin_name != PLUGIN_NAME and r.accepts_directories]
+
+
+def _other_folder_reader(path: str | list[str]) -> Callable[[Any], Any] | None:
+    """A folder without DICOM goes to the one other plugin that reads folders, as napari would have.
+
+    The set-up prefers seg_studio for every folder (``FOLDER_PATTERN``) so a DICOM series opens
+    without napari's dialog; a folder of PNGs or a zarr store must still open as before. With
+    several other candidates there is no choice to make for the user: ``None`` lets napari ask.
+    """
+    stack = isinstance(path, list | tuple)  # npe2 hands v1 readers one path, or a list to stack
+    paths = list(path) if stack else [path]
+    try:
+        (other,) = _other_folder_readers(path)
+        read = other.exec(kwargs={"path": paths, "stack": stack})
+    except ValueError:  # none or several other folder readers
+        return None
+    except Exception:  # noqa: BLE001 - another plugin's failure must not end napari
+        log.warning("the other folder reader for %s failed", path, exc_info=True)
+        return None
+    return None if read is None else lambda _path: read(paths, stack=stack)
+
+
 #: Formats napari's own reader claims but cannot read with geometry (it fails on .nii.gz outright).
 PREFERRED_PATTERNS = ("*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd")
+#: napari's preference pattern for every folder (it matches a folder as its real path plus a
+#: separator): DICOM series are folders, and napari's own reader claims folders too.
+FOLDER_PATTERN = "*" + os.sep
 
 
 def prefer_seg_studio_reader(overwrite: bool = False) -> list[str]:
@@ -188,12 +221,28 @@ def prefer_seg_studio_reader(overwrite: bool = False) -> list[str]:
 
     prefs = get_settings().plugins.extension2reader
     changed = [p for p in PREFERRED_PATTERNS if overwrite or p not in prefs]
+    if (overwrite or FOLDER_PATTERN not in prefs) and _folders_can_be_claimed():
+        changed.append(FOLDER_PATTERN)
     if changed:
         get_settings().plugins.extension2reader = {**prefs, **dict.fromkeys(changed, PLUGIN_NAME)}
     return changed
 
 
 PLUGIN_NAME = "seg-studio"
+
+
+def _folders_can_be_claimed() -> bool:
+    """Prefer seg_studio for folders only where napari's own reader is the one other folder reader,
+    which a folder without DICOM is handed to (``_other_folder_reader``): a user with, say, a zarr
+    plugin keeps napari's question for folders."""
+    try:
+        import npe2
+
+        npe2.PluginManager.instance().discover()  # a bare `seg-studio napari-reader` has not yet
+        others = _other_folder_readers(str(Path.home()))
+    except Exception:  # noqa: BLE001 - without npe2's answer, claim nothing
+        return False
+    return [r.plugin_name for r in others] in ([], ["napari"])
 
 
 def dicom_folder_pattern(folder: Path) -> str:

@@ -2,12 +2,13 @@
 
 The worker loads the model (or builds an untrained variant), drives ``inference.iter_predict`` and,
 for a scan without a mask of ours, builds the mask's Labels layer with the checkpoint's class names and
-colours; the main thread inserts it and lands the rest one step per event-loop turn (``_landing``: its
-paint/polygon overlays, then the selection), so no turn pays all of napari's work for a new layer.
-The optional maps (probabilities, uncertainty, one per attention gate level) are prepared in the
-worker and listed in the "show maps" menu; each becomes an additive, colormapped Image layer when
-first shown, all on the scan's physical grid (a layer costs the main thread 0.35-1.5 s, so none is
-made that the user does not look at). A re-run over an existing mask writes into it as one undoable
+colours; the main thread inserts it and lands the rest one step per event-loop turn (``self.turns``,
+see ``staging``: its vispy visual, its layer controls, its paint/polygon overlays, then the
+selection), so no turn pays all of napari's work for a new layer. The optional maps (probabilities,
+uncertainty, one per attention gate level) are prepared in the worker, their Image layers included,
+and listed in the "show maps" menu; a map is inserted when first shown (additive, colormapped, on the
+scan's physical grid), its visual in the next turn and its layer controls when first selected (a
+layer's GUI work costs the main thread 0.1-0.4 s, so none is done for a map the user does not look at). A re-run over an existing mask writes into it as one undoable
 step (Ctrl+Z brings the previous mask back) and, with "Keep my corrections" ticked (the default),
 fills only the voxels the user has not changed since the model wrote them (``core.corrections``).
 The scan is only read.
@@ -40,6 +41,7 @@ from ..core.progress import Progress
 from ..core.volume import LabelInfo, Volume
 from . import layers as L
 from .model_section import ModelChoice, ModelSection
+from .staging import TurnQueue, insert_staged, set_progress
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def load_choice(choice: ModelChoice, scan: Volume, classes: list[Any]) -> tuple[
     return checkpoint.load(choice.checkpoint, device="cpu")
 
 
-def _predict_job(choice, scan, scan_name, classes, options, cached, new_mask, token):  # noqa: ANN001, ANN202 - worker generator
+def _predict_job(choice, scan, scan_name, classes, options, cached, new_mask, grid, shown, token):  # noqa: ANN001, ANN202 - worker generator
     from ..core.inference import PredictOptions, iter_predict
 
     if cached is None:
@@ -99,9 +101,13 @@ def _predict_job(choice, scan, scan_name, classes, options, cached, new_mask, to
         model, meta = cached
     token.raise_if_cancelled()
     pred = yield from iter_predict(scan, model, meta, PredictOptions(**options), cancel=token)
-    # what the maps need (float data, ranges, metadata) is built here, off the GUI thread, and so is
-    # a new mask's layer (napari's layer model is plain Python; only its visual needs the GUI thread)
+    # what the maps need (float data, ranges, metadata) is built here, off the GUI thread, and so are
+    # a new mask's layer and the layers of the maps not shown yet (napari's layer model is plain
+    # Python; only its visual and controls need the GUI thread)
     maps = L.output_maps(pred, list(meta.classes), scan_name)
+    for m in maps:
+        if m.name not in shown:
+            m.layer = L.new_map_layer(m, grid, MAP_OPACITY)
     mask = new_mask_layer(pred, list(meta.classes), scan_name, **new_mask) if new_mask else None
     return pred, model, meta, maps, mask
 
@@ -155,9 +161,8 @@ class RunSection(QGroupBox):
             lambda e: self._baselines.pop(getattr(e.value, "unique_id", None), None)
         )
         self._t0 = 0.0
-        #: what is left of landing a result, one step per event-loop turn (see ``_next_landing_step``)
-        self._landing: list[Callable[[], Any]] = []
-        self._landing_scheduled = False
+        #: what is left of landing a result ("landing") or of showing a map ("map"), one step a turn
+        self.turns = TurnQueue(self._drained)
         self._finish_when_drained = False
         #: the maps of the current results: name -> (map, its scan layer); layers only once shown
         self.maps: dict[str, tuple[L.OutputMap, Any]] = {}
@@ -172,7 +177,7 @@ class RunSection(QGroupBox):
         self.cancel_button.setEnabled(False)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
-        self.bar.setValue(0)
+        set_progress(self.bar, 0)
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
         self.keep_corrections = QCheckBox("keep my corrections")
@@ -201,7 +206,7 @@ class RunSection(QGroupBox):
 
     @property
     def busy(self) -> bool:
-        return (self.job is not None and self.job.running) or bool(self._landing)
+        return (self.job is not None and self.job.running) or bool(self.turns.pending("landing"))
 
     # --- actions -----------------------------------------------------------------------------------
     def predict(self) -> bool:
@@ -236,6 +241,8 @@ class RunSection(QGroupBox):
             classes = DEFAULT_CLASSES
         if choice.untrained:
             show_warning(f"{choice.variant} is untrained: its mask is noise until you fine-tune it")
+        grid = L.scan_grid(layer, scan)
+        shown = {ly.name for ly in self.viewer.layers if L.role(ly) == L.ROLE_OUTPUT}
         key = (str(choice.checkpoint or f"variant:{choice.variant}"), scan.ndim, scan.channels, len(classes))
         if choice.checkpoint is not None:
             key += (choice.checkpoint.stat().st_mtime_ns,)
@@ -243,12 +250,14 @@ class RunSection(QGroupBox):
         options = self.models.predict_options()
         self.last_error = ""
         self._t0 = time.perf_counter()
-        self.bar.setValue(0)
+        set_progress(self.bar, 0)
         self.status.setText(f"starting: {choice.label} on {layer.name}")
         self.predict_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.job = Job(
-            lambda token: _predict_job(choice, scan, layer.name, classes, options, cached, new_mask, token),
+            lambda token: _predict_job(
+                choice, scan, layer.name, classes, options, cached, new_mask, grid, shown, token
+            ),
             on_progress=self._progress,
             on_done=lambda result: self._done(result, layer, scan, key),
             on_error=self._error,
@@ -267,7 +276,7 @@ class RunSection(QGroupBox):
 
     # --- worker callbacks (main thread) -------------------------------------------------------------
     def _progress(self, p: Progress) -> None:
-        self.bar.setValue(int(p.fraction * 1000))
+        set_progress(self.bar, int(p.fraction * 1000))
         self.status.setText(format_progress(p))
 
     def _done(
@@ -290,7 +299,7 @@ class RunSection(QGroupBox):
 
             for note in pred.notes:
                 show_info(note)
-        self.bar.setValue(1000)
+        set_progress(self.bar, 1000)
         ran = getattr(pred, "backend", "")
         where = f"{pred.device} ({ran})" if ran and not ran.startswith("torch") else pred.device
         self.status.setText(f"done in {time.perf_counter() - self._t0:.1f} s on {where}{self._kept_note}")
@@ -305,11 +314,11 @@ class RunSection(QGroupBox):
 
     def _cancelled(self) -> None:
         self._outcome = "cancelled"
-        self.bar.setValue(0)
+        set_progress(self.bar, 0)
         self.status.setText("cancelled; nothing was added")
 
     def _job_finished(self) -> None:
-        if self._landing:
+        if self.turns.pending("landing"):
             # the result is still landing, one step per event-loop turn: report the end after it
             self._finish_when_drained = True
             self.cancel_button.setEnabled(False)
@@ -382,30 +391,16 @@ class RunSection(QGroupBox):
                 name = L.derived_name(scan_layer.name, "mask")
                 place = L.layer_kwargs(pred.labels, like=scan_layer)
                 mask = new_mask_layer(pred, classes, scan_layer.name, name, place)
-            self._insert_unselected(mask)
-            # a new layer costs the main thread 150-300 ms in one turn (its GL visual, overlays, layer
-            # controls, the selection switching those controls): its tool overlays and the selection
-            # come in the next turns
+            # a new layer cost the main thread 150-300 ms in one turn (its GL visual, overlays, layer
+            # controls, the selection switching those controls): each comes in a turn of its own
+            insert_staged(self.viewer, mask, self.turns)
             for key in L.detached_tool_overlays(mask):
-                self._landing.append(lambda k=key: L.restore_tool_overlays(mask, k))
+                self.turns.add(lambda k=key: L.restore_tool_overlays(mask, k))
         self._baselines[mask.unique_id] = baseline
         mode = mask.mode
-        self._landing.append(lambda: self._select_mask(mask, mode))
+        self.turns.add(lambda: self._select_mask(mask, mode))
         self._add_maps(pred, classes, scan_layer)
-        self._start_landing()
         return mask
-
-    def _insert_unselected(self, layer: Any) -> None:
-        """Add ``layer`` without selecting it (selecting rebuilds the layer controls: a turn of its own)."""
-        layers = self.viewer.layers
-        keep = getattr(layers, "_activate_on_insert", None)
-        if keep is not None:
-            layers._activate_on_insert = False
-        try:
-            layers.append(layer)
-        finally:
-            if keep is not None:
-                layers._activate_on_insert = keep
 
     def _select_mask(self, mask: Any, mode: Any) -> None:
         """The last landing step: the mask, complete, becomes the selected layer, in pan/zoom unless the
@@ -417,9 +412,8 @@ class RunSection(QGroupBox):
                 mask.mode = "pan_zoom"
 
     def finish_landing(self) -> None:
-        """Run what is left of landing a result now (e.g. before the user paints into the new mask)."""
-        while self._landing:
-            self._next_landing_step(reschedule=False)
+        """Run what is left of landing a result (or showing a map) now."""
+        self.turns.run_all()
 
     def _add_maps(self, pred: Any, classes: list[Any], scan_layer: Any) -> None:
         """Offer the probability / uncertainty / attention maps of ``pred`` (see ``L.output_maps``).
@@ -447,9 +441,9 @@ class RunSection(QGroupBox):
                 self.viewer.layers.remove(ly)
         self.maps = {n: v for n, v in self.maps.items() if v[1] is not scan_layer}
         self.maps.update({m.name: (m, scan_layer) for m in maps})
-        self._landing += [
-            lambda m=m: self._update_map(m) for m in maps if self._map_layer(m.name) is not None
-        ]
+        for m in maps:
+            if self._map_layer(m.name) is not None:
+                self.turns.add(lambda m=m: self._update_map(m))
         self._rebuild_maps_menu()
 
     def _map_layer(self, name: str) -> Any:
@@ -457,27 +451,9 @@ class RunSection(QGroupBox):
             (ly for ly in self.viewer.layers if ly.name == name and L.role(ly) == L.ROLE_OUTPUT), None
         )
 
-    def _start_landing(self) -> None:
-        if self._landing and not self._landing_scheduled:
-            from qtpy.QtCore import QTimer
-
-            self._landing_scheduled = True
-            QTimer.singleShot(0, self._next_landing_step)
-
-    def _next_landing_step(self, reschedule: bool = True) -> None:
-        """Run ONE step of landing a result, then yield to the event loop before the next."""
-        self._landing_scheduled = False
-        if not self._landing:
-            return
-        step = self._landing.pop(0)
-        try:
-            step()
-        except Exception:  # noqa: BLE001 - a step is cosmetic (a map, an overlay); the rest must go on
-            log.warning("a step of landing the result failed", exc_info=True)
-        if self._landing:
-            if reschedule:
-                self._start_landing()
-        elif self._finish_when_drained:
+    def _drained(self, kind: str) -> None:
+        """The last step of a kind ran: a job whose result was still landing now reports its end."""
+        if kind == "landing" and self._finish_when_drained:
             self._finish_when_drained = False
             self._job_finished()
 
@@ -541,29 +517,13 @@ class RunSection(QGroupBox):
             action.setChecked(bool(layer is not None and layer.visible))
 
     def _add_map(self, spec: L.OutputMap, scan_layer: Any) -> Any:
-        """The map's Image layer (shown, additive, on the scan's grid); the mask keeps the selection."""
-        layers = self.viewer.layers
-        active = layers.selection.active
-        # inserting selects the new layer (rebuilding the layer controls); keep the mask selected
-        keep = getattr(layers, "_activate_on_insert", None)
-        if keep is not None:
-            layers._activate_on_insert = False
-        try:
-            layer = self.viewer.add_image(
-                spec.data,
-                name=spec.name,
-                colormap=spec.colormap,
-                blending="additive",
-                visible=True,
-                opacity=MAP_OPACITY,
-                contrast_limits=spec.contrast_limits,
-                metadata=spec.metadata,
-                **L.layer_kwargs(spec.volume, like=scan_layer),
-            )
-        finally:
-            if keep is not None:
-                layers._activate_on_insert = keep
-        if active is not None and layers.selection.active is not active and active in layers:
-            layers.selection.active = active
+        """The map's Image layer (shown, additive, on the scan's grid), inserted unselected (the mask
+        keeps the selection); its visual comes in the next turn, its layer controls when the user
+        first selects it (``staging.insert_staged``)."""
+        layer, spec.layer = spec.layer, None  # the worker's layer serves once: a later show makes its own
+        if layer is None:
+            layer = L.new_map_layer(spec, L.scan_grid(scan_layer), MAP_OPACITY)
+        layer.visible = True
+        insert_staged(self.viewer, layer, self.turns, kind="map", controls_when_selected=True)
         layer.events.visible.connect(lambda e: self._sync_maps_menu())
         return layer

@@ -11,7 +11,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QGridLayout, QGroupBox, QPushButton, QWidget
 
-from ..core.display import CT_PRESETS, MR_PERCENTILES, PRESETS, guess_modality, preset_fits, preset_window
+from ..core.display import CT_PRESETS, MR_PERCENTILES, PRESETS, preset_fits, preset_window, scan_modality
 from . import layers as L
 
 
@@ -49,7 +49,7 @@ class ViewSection(QGroupBox):
             raise ValueError("open a scan first")
         lo, hi = preset_window(preset, layer.data)
         try:
-            modality = guess_modality(L.layer_volume(layer))
+            modality = scan_modality(L.layer_volume(layer))
         except ValueError:  # not 2D/3D: no modality to speak of
             modality = None
         if not preset_fits(preset, modality):

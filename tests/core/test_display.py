@@ -10,11 +10,11 @@ import pytest
 from seg_studio.core import io
 from seg_studio.core.display import (
     CT_PRESETS,
-    guess_modality,
     initial_window,
     percentile_window,
     preset_fits,
     preset_window,
+    scan_modality,
 )
 from seg_studio.core.volume import Volume
 
@@ -29,20 +29,20 @@ def test_mr_opens_on_a_percentile_window_not_min_max(data_dir: Path) -> None:
 
 def test_ct_opens_on_soft_tissue_recognised_by_hounsfield_units(data_dir: Path) -> None:
     vol = io.read(data_dir / "totalsegmentator_ct_examples" / "images" / "example_ct_sm.nii.gz")
-    assert vol.meta.get("modality") is None and guess_modality(vol) == "CT"
+    assert vol.meta.get("modality") is None and scan_modality(vol) == "CT"
     width, level = CT_PRESETS["soft tissue"]
     assert initial_window(vol) == (level - width / 2, level + width / 2)
     mr = io.read(data_dir / "totalsegmentator_ct_examples" / "images" / "example_mr_sm.nii.gz")
-    assert guess_modality(mr) is None  # an MR in NIfTI says nothing, and has no air at -1000
+    assert scan_modality(mr) is None  # an MR in NIfTI says nothing, and has no air at -1000
 
 
 def test_a_dicom_window_wins(data_dir: Path) -> None:
     vol = io.read(data_dir / "totalsegmentator_ct_examples" / "dicom" / "example_ct_dicom")
-    assert guess_modality(vol) == "CT"
+    assert scan_modality(vol) == "CT"
     c, w = float(vol.meta["window_center"]), float(vol.meta["window_width"])
     assert initial_window(vol) == (c - w / 2, c + w / 2)
     mr = io.read(data_dir / "tcia_brain_tumor_progression_dicom" / "images" / "PGBM-003_19950329")
-    assert guess_modality(mr) == "MR"
+    assert scan_modality(mr) == "MR"
 
 
 def test_eight_bit_pictures_and_x_rays_open_on_their_full_range(data_dir: Path) -> None:
@@ -59,7 +59,7 @@ def test_eight_bit_pictures_and_x_rays_open_on_their_full_range(data_dir: Path) 
     )
     assert initial_window(dx16) == (0.0, 4095.0)
     rgb = io.read(data_dir / "drive_retina_vessels" / "images" / "22_training.tif")
-    assert initial_window(rgb) is None and guess_modality(rgb) == "photo"
+    assert initial_window(rgb) is None and scan_modality(rgb) == "photo"
 
 
 def test_ct_presets_fit_only_ct() -> None:

@@ -256,3 +256,43 @@ def test_a_parent_from_another_domain_is_replaced_by_a_fresh_model(
     assert sum(p.numel() for p in model.parameters()) < 0.3 * sum(
         p.numel() for p in checkpoint.load(em)[0].parameters()
     )
+
+
+def test_a_few_corrected_slices_are_scored_with_their_context(data_dir: Path, tmp_path: Path) -> None:
+    """One 3D scan, three slices corrected (the app's usual case): the parent is scored on those
+    slices as it predicts them inside the scan. Cut out alone, three slices lost the context a 3D
+    U-Net needs: the fitting parent scored Dice 0.000, was judged not to fit and was replaced by a
+    fresh model, and no child could ever beat it."""
+    import dataclasses
+
+    from seg_studio.core import io
+    from seg_studio.core.inference import PredictOptions, predict
+
+    d = data_dir / "msd_task04_hippocampus"
+    scan, truth = (
+        io.read(d / "images" / "hippocampus_014.nii.gz"),
+        io.read(d / "labels" / "hippocampus_014.nii.gz"),
+    )
+    model, meta = checkpoint.load(REPO / "resources" / "models" / "hippocampus_unet.segmodel")
+    pred = predict(scan, model, meta, PredictOptions(device="cpu"))
+    before, t = np.asarray(pred.labels.array), np.asarray(truth.array)
+    corrected = before.copy()
+    corrected[19:22] = t[19:22]
+    region = corrected_region_labels(corrected, corrected != before)
+    res = run_to_end(
+        iter_finetune(
+            REPO / "resources" / "models" / "hippocampus_unet.segmodel",
+            [(scan, dataclasses.replace(pred.labels, array=corrected))],
+            tmp_path / "child.segmodel",
+            budget_s=8,
+            val_pairs=[(scan, dataclasses.replace(pred.labels, array=region))],
+            device="cpu",
+        )
+    )
+    p = np.asarray(before[19:22])
+    valid = t[19:22]
+    expected = np.mean(
+        [2 * ((p == c) & (valid == c)).sum() / ((p == c).sum() + (valid == c).sum()) for c in (1, 2)]
+    )
+    assert res.start["start"] == "parent" and res.dice_on == "corrected region"
+    assert res.dice_before == pytest.approx(expected, abs=0.05) and res.dice_before > 0.5

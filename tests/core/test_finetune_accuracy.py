@@ -45,7 +45,13 @@ def test_one_click_finetune_from_scratch_on_two_xrays_segments_the_lungs_of_ten_
         )
     )
     assert res.steps == 160
-    child, cmeta = checkpoint.load(res.path)
+    lungs = lungs_of_ten_others(jsrt, res.path)
+    assert float(np.mean(lungs)) >= 0.95, np.round(lungs, 3)
+
+
+def lungs_of_ten_others(jsrt: Path, model_path: Path) -> list[float]:
+    """The mean Dice of both lungs on each of the ten test X-rays."""
+    child, cmeta = checkpoint.load(model_path)
     lmap = parse_label_map(LABEL_MAP)
     lungs = []
     for name in TEST:
@@ -55,4 +61,32 @@ def test_one_click_finetune_from_scratch_on_two_xrays_segments_the_lungs_of_ten_
         ).labels
         d = dice(np.asarray(labels.array), truth, classes=[2, 3])
         lungs.append((d[2] + d[3]) / 2)
+    return lungs
+
+
+@pytest.mark.slow  # 160 training steps, as above
+def test_one_click_finetune_from_the_em_model_on_two_xrays_is_as_good_as_from_scratch(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The issue's target: from the shipped ``isbi2012_unet`` (EM membranes), two corrected X-rays with
+    heart and lungs named must give lungs >= 0.95 on ten others, as from scratch. The parent knows none of
+    those classes, so the fine-tune starts fresh and its card says so (before that check: lungs 0.84 in
+    50 s, 0.934 step-matched)."""
+    jsrt = data_dir / "jsrt_chest_xray_heart_lungs"
+    parent = (
+        Path(__file__).resolve().parents[2] / "seg_studio" / "resources" / "models" / "isbi2012_unet.segmodel"
+    )
+    pairs = [(jsrt / "images" / f"{n}.png", jsrt / "labels" / f"{n}.png") for n in TRAIN]
+    res = run_to_end(
+        iter_finetune(
+            parent, pairs, tmp_path / "child.segmodel", budget_s=1e6, steps=160, label_map=LABEL_MAP,
+            class_names={1: "heart", 2: "left lung", 3: "right lung"},
+        )
+    )  # fmt: skip
+    assert res.steps == 160 and res.better
+    assert res.start["start"] == "fresh" and "knows none of the corrected classes" in res.start["reason"]
+    _, cmeta = checkpoint.load(res.path)
+    assert cmeta.arch_args["features"] == 8 and cmeta.provenance["start"]["start"] == "fresh"
+    assert cmeta.card["start"].startswith("trained fresh, not from its parent")
+    lungs = lungs_of_ten_others(jsrt, res.path)
     assert float(np.mean(lungs)) >= 0.95, np.round(lungs, 3)

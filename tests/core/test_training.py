@@ -513,3 +513,20 @@ def test_training_and_inference_choose_their_device_in_one_place() -> None:
         assert auto == torch.device("cuda", 3 % torch.cuda.device_count())
     else:
         assert auto == devices.pick_device("auto")
+
+
+def test_training_precision_follows_inference_and_refuses_unknown_names() -> None:
+    """A recipe's precision means what it means for inference (the model trains in what it runs in),
+    its spellings are accepted, and a typo is an error instead of a silent fp32."""
+    from seg_studio.core.errors import SegStudioError
+    from seg_studio.core.inference import resolve_precision
+    from seg_studio.core.training.distributed import pick_precision
+
+    cpu = torch.device("cpu")
+    assert pick_precision(cpu, "auto") == resolve_precision("auto", cpu)
+    assert pick_precision(cpu, "bfloat16") == pick_precision(cpu, "BF16") == torch.bfloat16
+    assert pick_precision(cpu, "off") is None and pick_precision(cpu, "float32") is None
+    for bad in ("fp16", "bf61"):
+        with pytest.raises(SegStudioError):
+            pick_precision(cpu, bad)
+    assert pick_precision(torch.device("mps"), "auto") is None  # no gradient scaler for fp16 there

@@ -90,3 +90,42 @@ def test_clicks_are_saved_beside_the_labels(make_napari_viewer, tmp_path: Path) 
     section.clicks = [Click(1, True, (1, 2, 3)), Click(1, False, (4, 5, 6))]
     path = section.save_beside(tmp_path / "mask.nii.gz")
     assert path == tmp_path / "mask.clicks.json" and read_clicks(path) == section.clicks
+
+
+def test_a_new_scan_of_the_same_name_gets_its_own_session() -> None:
+    """The click session (the normalised scan) is keyed by the layer, not its name: a scan reopened or
+    another one named alike must not be predicted with the first one's image."""
+    from napari.layers import Image
+
+    from seg_studio.ui.clicks_section import scan_id
+
+    a, b = Image(np.zeros((8, 8)), name="scan"), Image(np.ones((8, 8)), name="scan")
+    assert scan_id(a) != scan_id(b) and scan_id(a) == scan_id(a)
+
+
+def test_a_scan_unlike_the_click_models_training_scans_keeps_a_note_in_view(make_napari_viewer) -> None:  # noqa: ANN001
+    """Trust: the Clicks tab says so when the click model was not trained on scans like this one (a
+    whole-head DICOM series for the hippocampus-crop model), and says nothing on a crop it was made for."""
+    from seg_studio.ui.clicks_section import ClicksSection
+
+    tcia = (
+        REPO.parent
+        / "shared"
+        / "data"
+        / "tcia_brain_tumor_progression_dicom"
+        / "images"
+        / "PGBM-003_19950329"
+    )
+    viewer = make_napari_viewer()
+    viewer.open(str(DATA / "images" / f"{CASE}.nii.gz"), plugin="seg-studio")
+    viewer.open(str(tcia), plugin="seg-studio")
+    crop, head = viewer.layers[0], viewer.layers[1]
+    current = [head]
+    section = ClicksSection(viewer, lambda: current[0], lambda: None)
+    section.fill_models([MODEL.parent])
+    section.model_combo.setCurrentIndex(section.model_combo.findData(str(MODEL)))
+    lines = section.check_fit()
+    assert lines and section.fit_warnings() == lines and not section.fit_note.isHidden()
+    assert any("field of view" in ln or "spacing" in ln for ln in lines)
+    current[0] = crop
+    assert section.check_fit() == [] and section.fit_note.isHidden()

@@ -150,7 +150,74 @@ def test_after_the_set_up_command_napari_never_asks(make_napari_viewer, fresh_se
         first = data_dir / "msd_task04_hippocampus" / "images" / "hippocampus_003.nii.gz"
         (layer,) = _open_like_the_cli(viewer, first)
         assert watcher.seen == [] and layer.metadata["seg_studio"]["source"] == str(first)
+        series = data_dir / "tcia_brain_tumor_progression_dicom" / "images" / "PGBM-003_19950329"
+        (layer,) = _open_like_the_cli(viewer, series)  # a DICOM folder, the first one ever: no dialog
+        assert watcher.seen == [] and layer.metadata["seg_studio"]["meta"]["modality"] == "MR"
     finally:
         watcher.stop()
     assert main(["napari-reader", "--overwrite"]) == 0
     assert fresh_settings.plugins.extension2reader["*.nrrd"] == "seg-studio"
+
+
+def _png_folder(folder: Path) -> Path:
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder.mkdir()
+    for i in range(2):
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((16, 20), 40 * i, np.uint8)), str(folder / f"{i}.png"))
+    return folder
+
+
+def test_a_folder_without_dicom_still_opens_with_napari_own_reader(
+    make_napari_viewer, fresh_settings, tmp_path
+):
+    """Preferring seg_studio for folders must not take other folders from napari: a stack of PNGs
+    opens as napari's own reader opens it (one layer of two planes), without a dialog."""
+    from seg_studio.cli import main
+
+    assert main(["napari-reader"]) == 0
+    assert fresh_settings.plugins.extension2reader["*/"] == "seg-studio"
+    viewer = make_napari_viewer()
+    watcher = DialogWatcher()
+    try:
+        (layer,) = _open_like_the_cli(viewer, _png_folder(tmp_path / "pngs"))
+        assert watcher.seen == [] and "seg_studio" not in layer.metadata
+        assert layer.data.shape == (2, 16, 20)
+    finally:
+        watcher.stop()
+
+
+def test_folders_stay_unclaimed_when_another_plugin_reads_folders(fresh_settings, tmp_path, capsys):
+    """With a second folder reader installed (a real npe2 plugin, registered for this test) there is
+    no single other reader to hand a non-DICOM folder to, so the set-up leaves napari's question."""
+    import npe2
+    from npe2.manifest import PluginManifest
+
+    from seg_studio.cli import main
+
+    manifest = PluginManifest(
+        name="folder-reader-for-test",
+        contributions={
+            "commands": [
+                {"id": "folder-reader-for-test.read", "title": "read", "python_name": "os.path:isdir"}
+            ],
+            "readers": [
+                {
+                    "command": "folder-reader-for-test.read",
+                    "accepts_directories": True,
+                    "filename_patterns": [],
+                }
+            ],
+        },
+    )
+    pm = npe2.PluginManager.instance()
+    with pm.events.plugins_registered.blocked():  # napari's menus need not know it
+        pm.register(manifest)
+    try:
+        assert main(["napari-reader"]) == 0
+    finally:
+        pm.unregister("folder-reader-for-test")
+    assert "*/" not in fresh_settings.plugins.extension2reader
+    assert fresh_settings.plugins.extension2reader["*.nii.gz"] == "seg-studio"
+    assert "napari asks which reader opens a folder" in capsys.readouterr().out

@@ -86,9 +86,15 @@ def test_reader_declines_what_it_cannot_read(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "pngs").mkdir()
     (tmp_path / "pngs" / "a.png").write_bytes(b"")
+    import npe2
+
+    from seg_studio.ui.reader import read_for_napari
+
+    npe2.PluginManager.instance().discover()
     assert napari_get_reader(str(tmp_path / "notes.txt")) is None
-    assert napari_get_reader(str(tmp_path / "pngs")) is None
-    assert napari_get_reader(str(tmp_path / "x.nii.gz")) is not None
+    other = napari_get_reader(str(tmp_path / "pngs"))  # a folder without DICOM: napari's own reader's
+    assert other is not None and other is not read_for_napari
+    assert napari_get_reader(str(tmp_path / "x.nii.gz")) is read_for_napari
 
 
 def test_two_series_folder_is_an_error_not_the_first_series(

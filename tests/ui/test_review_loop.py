@@ -133,3 +133,87 @@ def test_after_a_kept_finetune_the_next_scan_is_one_click_away_and_the_chart_rec
     if result.better:  # a loaded machine can end the budget first: then the parent stays selected
         assert panel.models.current_choice().checkpoint == Path(result.path).resolve()
     assert panel.series.next_path() == folder / f"{names[2]}.png"
+
+
+def write_mr_series(nifti: Path, out: Path, description: str) -> Path:
+    """A real MSD hippocampus MRI as a DICOM MR series (SimpleITK, one int16 slice per file, its
+    geometry in the position and orientation tags), as a scanner's export folder holds it."""
+    import SimpleITK as sitk
+    from pydicom.uid import generate_uid
+
+    img = sitk.Cast(sitk.ReadImage(str(nifti)), sitk.sitkInt16)
+    out.mkdir(parents=True)
+    series, study, d = generate_uid(), generate_uid(), img.GetDirection()
+    orient = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(img.GetDepth()):
+        sl = img[:, :, z]
+        pos = "\\".join(f"{v:.6f}" for v in img.TransformIndexToPhysicalPoint((0, 0, z)))
+        tags = {"0008|0060": "MR", "0020|000e": series, "0020|000d": study, "0008|103e": description,
+                "0010|0020": "HIPPO", "0010|0010": "HIPPO", "0020|0037": orient, "0020|0032": pos,
+                "0020|0013": str(z + 1), "0020|0011": "1", "0008|0018": generate_uid(),
+                "0018|0050": f"{img.GetSpacing()[2]:.6f}"}  # fmt: skip
+        for k, v in tags.items():
+            sl.SetMetaData(k, v)
+        writer.SetFileName(str(out / f"{z:03d}.dcm"))
+        writer.Execute(sl)
+    return out
+
+
+def test_next_scan_opens_the_next_dicom_series_of_the_folder_and_predicts_it_with_the_kept_model(
+    data_dir, tmp_path, make_panel, qtbot
+):
+    """A folder of three DICOM MR series (real hippocampus MRIs written as series): open the first, predict
+    with the shipped hippocampus U-Net, correct it to the truth, fine-tune; Next scan
+    opens the second *series* (not the next slice file) and predicts it with the model now selected."""
+    from seg_studio.core.inference import PredictOptions, predict
+    from seg_studio.core.metrics import dice
+
+    msd = data_dir / "msd_task04_hippocampus"
+    folder = tmp_path / "exports"
+    cases = ["hippocampus_014", "hippocampus_015", "hippocampus_044"]
+    series = [
+        write_mr_series(msd / "images" / f"{c}.nii.gz", folder / f"{k + 1}_{c}", f"T1 {c}")
+        for k, c in enumerate(cases)
+    ]
+    viewer, panel = make_panel(series[0])
+    panel.open_checkpoint(MODELS / "hippocampus_unet.segmodel")
+    assert panel.series.next_path() == series[1]
+    assert panel.series.next_button.text() == f"Next scan: {series[1].name}"
+    with qtbot.waitSignal(panel.review.ready, timeout=JOB_TIMEOUT_MS):  # ranked, as a user sees it
+        with qtbot.waitSignal(panel.run.finished, timeout=JOB_TIMEOUT_MS) as blocker:
+            assert panel.predict()
+    assert blocker.args == ["done"], panel.run.last_error
+    mask = panel.mask_layer()
+    predicted = np.array(mask.data, copy=True)
+    truth = np.asarray(sio.read(msd / "labels" / f"{cases[0]}.nii.gz").array).astype(mask.data.dtype)
+    assert truth.shape == predicted.shape  # the series reads in the NIfTI's voxel order
+    idx = np.nonzero(truth != predicted)
+    with mask.block_history():
+        mask.data_setitem(idx, truth[idx])
+    with qtbot.waitSignal(panel.finetune_section.finished, timeout=JOB_TIMEOUT_MS) as blocker:
+        assert panel.finetune(budget_s=60, only_changed=False)
+    assert blocker.args == ["done"], panel.finetune_section.last_error
+    result = panel.finetune_section.last_result
+    rec = panel.series.records[-1]
+    assert rec.corrected == len(idx[0]) and rec.kept == result.better
+    kept = "the fine-tuned model is selected" if result.better else "the model stays"
+    assert kept in panel.series.status.text()
+
+    first_scan = panel.scan_layer()
+    with qtbot.waitSignal(panel.run.finished, timeout=JOB_TIMEOUT_MS) as blocker:
+        assert panel.series.next_scan()
+    assert blocker.args == ["done"], panel.run.last_error
+    second = panel.scan_layer()
+    assert second is not first_scan and not first_scan.visible and second.name.startswith(series[1].name)
+    np.testing.assert_array_equal(mask.data, truth)  # scan 1's corrected mask is kept as it was
+    used = panel.models.current_choice().checkpoint
+    # a loaded machine can end the budget first: then the parent stays selected (and the status says so)
+    assert used == Path(result.path if result.better else result.parent).resolve()
+    model, meta = checkpoint.load(used)
+    want = predict(sio.read(series[1]), model, meta, PredictOptions(device="cpu")).labels.array
+    got = np.asarray(panel.mask_layer().data)
+    assert got.shape == want.shape
+    assert np.mean(list(dice(got, np.asarray(want), classes=[1, 2]).values())) >= 0.98
+    assert panel.series.next_path() == series[2]

@@ -17,6 +17,8 @@ from .refine import (
     refine,
     refine_step,
     start_session,
+    warm_up,
+    window_sizes,
 )
 
 __all__ = [
@@ -36,5 +38,7 @@ __all__ = [
     "refine_step",
     "render_clicks",
     "start_session",
+    "warm_up",
+    "window_sizes",
     "write_clicks",
 ]

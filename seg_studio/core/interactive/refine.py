@@ -22,6 +22,7 @@ import numpy as np
 from ..checkpoint import ModelMeta
 from ..errors import InferenceError
 from ..models.base import SegModel
+from ..progress import CancelToken
 from ..transforms import normalize
 from ..volume import Volume
 from .clicks import Click, ClickError, check_click
@@ -198,6 +199,45 @@ def predict_crop(session: Session, crop: Volume) -> np.ndarray:
     pred = predict(crop, session.model, meta, popts)
     found = pred.labels.array == session.meta.classes[1].value
     return found[tuple(slice(0, s) for s in shape)]
+
+
+def window_sizes(session: Session) -> list[tuple[int, ...]]:
+    """Every window size a click's crop can run as on this scan (``predict_crop`` pads a crop to one or
+    two patches a side, or to the scan where it is smaller), smallest first, then the largest, then the
+    mixed ones: what a compiled backend compiles, once per size."""
+    import itertools
+
+    lo, hi = crop_extents(session)
+    shp = np.asarray(session.scan.spatial_shape)
+    per_axis = []
+    for ax in range(lo.size):
+        a, b = int(min(lo[ax], shp[ax])), int(min(hi[ax], shp[ax]))
+        sizes = {int(max(s, -(-s // lo[ax]) * lo[ax])) for s in (a, b)}
+        per_axis.append(sorted(sizes))
+    every = [tuple(c) for c in itertools.product(*per_axis)]
+    ends = [every[0], every[-1]] if len(every) > 1 else every
+    return ends + [c for c in every if c not in ends]
+
+
+def warm_up(
+    session: Session,
+    sizes: Sequence[tuple[int, ...]] | None = None,
+    limit: int = 4,
+    cancel: CancelToken | None = None,
+) -> list[tuple[int, ...]]:
+    """Compile the model for this scan's crops before the first click (a compiled backend takes 6-10 s per
+    window size on its first call): one prediction of a blank crop per size (``sizes``, else those of
+    ``window_sizes``), at most ``limit`` (the backends keep four compiled models per process). Returns
+    the sizes run."""
+    done = []
+    for size in list(sizes if sizes is not None else window_sizes(session))[:limit]:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        chans = session.image.shape[0] + session.spec.guidance_channels
+        blank = np.zeros((chans, *size), np.float32)
+        predict_crop(session, Volume.from_array(blank, spacing=session.scan.spacing, channels=chans))
+        done.append(size)
+    return done
 
 
 def merge(

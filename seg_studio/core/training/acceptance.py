@@ -92,6 +92,8 @@ class Acceptance:
         self.eval_s = 0.0
 
     def _score(self, model: SegModel, cancel: CancelToken | None) -> dict[str, Any]:
+        if self.plan.validation.scorer is not None:  # e.g. an interactive model: Dice after clicks
+            return self.plan.validation.scorer(model, self.cases, cancel)
         c = self.plan.compute
         return validate(
             model, self.cases, self.plan.n_classes, self.plan.batches.patch, c.device, c.autocast,

@@ -133,9 +133,10 @@ def intensity(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.
 
 
 def augment_batch(
-    x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig, g: torch.Generator
+    x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, spatial_only: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment images ``(N, C, *sp)`` float and labels ``(N, *sp)`` long together."""
+    """Augment images ``(N, C, *sp)`` float and labels ``(N, *sp)`` long together; the last
+    ``spatial_only`` channels (maps of recorded clicks) move with the image but keep their values."""
     if not cfg.enabled:
         return x, y
     shape = tuple(y.shape[1:])
@@ -148,5 +149,8 @@ def augment_batch(
         ys = F.grid_sample(yl, grid, mode="nearest", padding_mode="zeros", align_corners=False)
         y = ys.squeeze(1).round().long() - 1
         y[y < 0] = IGNORE_INDEX
+    if spatial_only:
+        keep = x.shape[1] - spatial_only
+        return torch.cat([intensity(x[:, :keep], cfg, g), x[:, keep:]], 1), y
     x = intensity(x, cfg, g)
     return x, y

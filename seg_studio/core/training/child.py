@@ -122,4 +122,5 @@ def child_meta(
         patch_size=tuple(meta.patch_size),
         provenance=provenance,
         card=card,
+        interactive=None if meta.interactive is None else dict(meta.interactive),
     )

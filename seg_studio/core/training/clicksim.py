@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import SegStudioError, TrainingError
 from ..interactive.clicks import next_click
-from ..interactive.guidance import GuidanceSpec, guidance_maps
+from ..interactive.guidance import GuidanceSpec, guidance_maps, render_clicks
 from ..progress import CancelToken
 from .data import IGNORE_INDEX, Case
 from .evaluation import autocast_ctx, memory_format, nanmean, predict_logits, unwrap
@@ -83,6 +83,30 @@ class ClickTraining:
             raise TrainingError(str(exc).replace("bad metadata: ", "")) from None
 
 
+#: The share of patches holding a recorded click that train on the user's clicks (the rest simulate
+#: their first click, so the model keeps working from a first click of its own user's kind).
+P_RECORDED = 0.8
+
+
+def recorded_maps(
+    clicks: Sequence[tuple[int, bool, tuple[int, ...]]],
+    shape: Sequence[int],
+    spacing_zyx: Sequence[float],
+    n_classes: int,
+    spec: GuidanceSpec,
+) -> torch.Tensor:
+    """The user's clicks (class index, positive, voxel) of one case as ``(2 * (n_classes - 1), *shape)``
+    maps, positive then negative per foreground class, drawn as the model draws them; float16 to halve
+    what a large scan holds (they ride with the case through patches and spatial augmentation)."""
+    out = np.zeros((2 * (n_classes - 1), *shape), np.float32)
+    for k in range(1, n_classes):
+        for j, positive in enumerate((True, False)):
+            pts = [v for c, p, v in clicks if c == k and p == positive]
+            if pts:
+                out[2 * (k - 1) + j] = render_clicks(shape, spacing_zyx, pts, spec)
+    return torch.from_numpy(out).to(torch.float16)
+
+
 def median_spacing(cases: Sequence[Case]) -> tuple[float, ...]:
     return tuple(float(v) for v in np.median(np.array([c.spacing_zyx for c in cases]), axis=0))
 
@@ -133,17 +157,20 @@ class ClickSimulator(LoopHook):
     def prepare_batch(
         self, step: int, x: torch.Tensor, y: torch.Tensor, model: nn.Module
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, recorded = x[:, : self.spec.image_channels], x[:, self.spec.image_channels :]
         targets, valid = self.pick_targets(y)
         n, shape = x.shape[0], tuple(x.shape[2:])
         clicks: list[tuple[list[tuple[int, ...]], list[tuple[int, ...]]]] = [([], []) for _ in range(n)]
         prev = np.zeros((n, *shape), bool)
         guide = np.zeros((n, self.spec.guidance_channels, *shape), np.float32)
+        first = self.recorded_rounds(recorded, y, targets)
         for b in range(n):
             if self.spec.previous_mask and self.rng.random() < self.cfg.p_start_mask:
                 prev[b] = corrupt(targets[b], self.rng)
-            seen = np.where(valid[b], prev[b], targets[b])
-            self.add_click(clicks[b], next_click(seen, targets[b], self.spacing), shape)
-            guide[b] = self.draw(clicks[b], prev[b], shape)
+            if first[b] is None:
+                seen = np.where(valid[b], prev[b], targets[b])
+                self.add_click(clicks[b], next_click(seen, targets[b], self.spacing), shape)
+            guide[b] = self.draw(clicks[b], prev[b], shape, first[b])
         rounds = self.rng.integers(0, self.cfg.max_rounds + 1, n)
         for r in range(int(rounds.max(initial=0))):
             active = np.flatnonzero(rounds > r)
@@ -154,9 +181,29 @@ class ClickSimulator(LoopHook):
                 self.add_click(clicks[b], next_click(seen, targets[b], self.spacing), shape)
                 use_prev = self.spec.previous_mask and self.rng.random() < self.cfg.p_previous
                 prev[b] = pred[i] if use_prev else False
-                guide[b] = self.draw(clicks[b], prev[b], shape)
+                guide[b] = self.draw(clicks[b], prev[b], shape, first[b])
         y2 = torch.from_numpy(np.where(valid, targets.astype(np.int64), IGNORE_INDEX)).to(y.device)
         return torch.cat([x, torch.from_numpy(guide).to(x)], 1), y2
+
+    def recorded_rounds(
+        self, recorded: torch.Tensor, y: torch.Tensor, targets: np.ndarray
+    ) -> list[np.ndarray | None]:
+        """Per sample, the user's recorded clicks as its first round of guidance (positive, negative maps),
+        or None (simulate the first click). A patch holding the centre of a recorded click of some class
+        (a map peak above 1/2) trains on that class with the clicks the user made; ``targets`` is updated."""
+        out: list[np.ndarray | None] = [None] * len(targets)
+        if recorded.shape[1] == 0:
+            return out
+        rec, lab = recorded.float().cpu().numpy(), y.cpu().numpy()
+        for b in range(len(targets)):
+            flat = rec[b].reshape(rec.shape[1] // 2, 2, -1)
+            classes = [k + 1 for k in range(flat.shape[0]) if flat[k].max() > 0.5]
+            if not classes or self.rng.random() >= P_RECORDED:
+                continue
+            k = classes[int(self.rng.integers(len(classes)))]
+            targets[b] = lab[b] == k
+            out[b] = rec[b, 2 * (k - 1) : 2 * k]
+        return out
 
     def add_click(self, lists: tuple[list, list], click: Any, shape: tuple[int, ...]) -> None:
         """Add the simulated click; a patch without the structure gets a negative click somewhere."""
@@ -165,8 +212,18 @@ class ClickSimulator(LoopHook):
         if click is not None:
             (lists[0] if click[0] else lists[1]).append(click[1])
 
-    def draw(self, lists: tuple[list, list], prev: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        return guidance_maps(shape, self.spacing, lists[0], lists[1], prev, self.spec)
+    def draw(
+        self,
+        lists: tuple[list, list],
+        prev: np.ndarray,
+        shape: tuple[int, ...],
+        recorded: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The guidance channels: the simulated clicks so far, over the recorded ones (the maximum)."""
+        maps = guidance_maps(shape, self.spacing, lists[0], lists[1], prev, self.spec)
+        if recorded is not None:
+            np.maximum(maps[:2], recorded, out=maps[:2])
+        return maps
 
 
 def corrupt(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -277,6 +277,9 @@ class Case:
     class_voxels: dict[int, torch.Tensor] = field(default_factory=dict)
     #: flat indices of supervised voxels when the labels are partial (else None: all are)
     labelled_voxels: torch.Tensor | None = None
+    #: the user's recorded clicks drawn as maps ``(2 * (classes - 1), *spatial)`` (positive, negative per
+    #: foreground class index), which an interactive fine-tune trains on (``clicksim``); None: no clicks
+    recorded: torch.Tensor | None = None
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -399,6 +402,8 @@ class PatchSampler:
         self.patch = tuple(int(p) for p in patch)
         self.fg_prob = float(fg_prob)
         self.g = torch.Generator().manual_seed(seed)
+        #: recorded-click channels after the image's (0: no case has any); cases without get zeros
+        self.extra = next((int(c.recorded.shape[0]) for c in self.cases if c.recorded is not None), 0)
 
     def _rand(self) -> float:
         return float(torch.rand((), generator=self.g))
@@ -436,7 +441,13 @@ class PatchSampler:
                 jitter = self._randint(p // 2 + 1) - p // 4
                 s = center[i] - p // 2 + jitter
                 starts.append(int(min(max(s, min(0, n - p)), max(0, n - p))))
-        return crop_padded(case.image, case.target, starts, self.patch)
+        x, y = crop_padded(case.image, case.target, starts, self.patch)
+        if not self.extra:
+            return x, y
+        if case.recorded is None:
+            return torch.cat([x, x.new_zeros((self.extra, *self.patch))]), y
+        rec, _ = crop_padded(case.recorded, case.target, starts, self.patch)
+        return torch.cat([x, rec.to(x.dtype)]), y
 
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = zip(*(self.sample_one() for _ in range(batch)), strict=True)

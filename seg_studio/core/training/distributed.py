@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 # the same device choice and native-bf16 rule as inference (AVX512-BF16, AMX or Apple silicon)
-from ..inference.devices import cpu_has_fast_bf16, pick_device
+from ..inference.devices import pick_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +38,27 @@ class DistInfo:
         return self.rank == 0
 
 
+#: The spellings a recipe may use for the precisions ``resolve_precision`` knows.
+_PRECISION_ALIASES = {
+    "float32": "fp32",
+    "32": "fp32",
+    "off": "fp32",
+    "none": "fp32",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "16": "fp16",
+}
+
+
 def pick_precision(device: torch.device, requested: str = "auto") -> torch.dtype | None:
-    """The autocast dtype (None = fp32): bf16/fp16 on GPUs, bf16 on CPUs that do it natively."""
-    req = (requested or "auto").lower()
-    if req in ("fp32", "float32", "32", "off", "none"):
+    """Training's autocast dtype (None = fp32): inference's rule (``resolve_precision``), so a model
+    trains in what it will run in, except "auto" on MPS, which trains in fp32 (fp16 there has no
+    gradient scaler). An unknown name is an error, not a silent fp32."""
+    req = str(requested or "auto").lower()
+    req = _PRECISION_ALIASES.get(req, req)
+    if req == "auto" and device.type == "mps":
         return None
-    if req in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    if req in ("fp16", "float16", "16"):
-        if device.type == "cpu":
-            raise ValueError("fp16 on a CPU is ~100x slower than fp32; use bf16 or fp32")
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
-    return None
+    return resolve_precision(req, device)
 
 
 def setup(device_name: str = "auto") -> DistInfo:

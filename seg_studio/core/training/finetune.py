@@ -38,6 +38,9 @@ import torch
 from ..defaults import FINETUNE_BUDGET_2D_S, FINETUNE_BUDGET_3D_S, finetune_budget_s
 from ..errors import Cancelled, TrainingError
 from ..inference.devices import describe_hardware, pick_device
+from ..interactive.clicks import Click
+from ..interactive.guidance import GuidanceSpec
+from ..interactive.refine import guidance_spec
 from ..models import SegModel
 from ..progress import CancelToken, Progress
 from ..volume import Volume
@@ -63,6 +66,14 @@ from .data import (
 )
 from .distributed import pick_precision
 from .evaluation import default_channels_last, finite_or_none, memory_format, unwrap
+from .finetune_clicks import (
+    ClickUse,
+    add_finetune_clicks,
+    attach_recorded,
+    check_pair_clicks,
+    click_card_line,
+    item_clicks,
+)
 from .heads import encoder_parameter_names, freeze_encoder, grow_head, unfreeze
 from .loop import make_optimizer, patch_forward, run_plan
 from .losses import SupervisedLoss
@@ -87,6 +98,11 @@ LR_TRAINED = 1e-3
 #: width 8, seeds 0/1/2 (benchmarks/training.py --only jsrt --steps 160 --seed N): lungs 0.949/0.958/0.945
 #: (mean 0.951) with the training defaults, 0.963/0.963/0.957 (mean 0.961) with these.
 FINETUNE_AUGMENT: dict[str, Any] = {"gamma_p": 0.6, "contrast_p": 0.6, "noise_p": 0.4}
+#: The largest 3D fine-tune patch per axis on a CPU. The budget is wall-clock, so steps count more than
+#: context: on MSD hippocampus scans (about 40 x 50 x 39, which a 64^3 cap trains on whole) 32^3 patches
+#: ran 195 steps in 100 s where the whole volume ran 76, and the child's Dice on five next scans was 0.373
+#: against 0.230 (13 890 voxels to correct against 51 938; same start, same two scans, load 6-7).
+CPU_PATCH_3D = 32
 
 __all__ = [
     "DEFAULT_BUDGET_2D",
@@ -132,6 +148,10 @@ class FinetuneResult:
     start: dict[str, Any] = field(default_factory=dict)
     #: names of the series' earlier pairs it trained on again (replay)
     replayed: list[str] = field(default_factory=list)
+    #: the user's recorded clicks: given, used (an interactive parent), on how many pairs, why not
+    clicks: dict[str, Any] = field(default_factory=dict)
+    #: the child is an interactive (click) model, like its parent
+    interactive: bool = False
 
 
 @dataclass
@@ -194,6 +214,7 @@ def iter_finetune(
     seed: int = 0,
     name_not_better: bool = False,
     replay: bool | str | Path = False,
+    clicks: Sequence[Sequence[Click] | None] | None = None,
     cancel: CancelToken | None = None,
 ) -> Generator[Progress, None, FinetuneResult]:
     """Fine-tune ``checkpoint`` on ``pairs`` of (image, labels) Volumes or paths; write ``out``.
@@ -204,7 +225,9 @@ def iter_finetune(
     ``acceptance.corrected_region_labels``). A child that is not better is written all the same, flagged
     in its card, and with ``name_not_better`` under ``<out stem>.notbetter.segmodel``. ``replay`` (True,
     or a folder) makes it one of a series: the earlier corrected pairs of the series train too, and this
-    fine-tune's pairs join them (``replay.py``).
+    fine-tune's pairs join them (``replay.py``). ``clicks`` (one list of ``core.interactive.Click`` or
+    None per pair of ``pairs``, as saved beside the labels) train an interactive parent: they are the
+    first round of guidance of their pair (``finetune_clicks``); an automatic parent does not use them.
     """
     from .. import checkpoint as ckpt
 
@@ -220,11 +243,13 @@ def iter_finetune(
     folder = replay_folder(replay, meta.provenance, out)
     store = ReplayStore(folder) if folder is not None else None
     earlier = store.pairs() if store is not None else []
-    corr = read_corrections(meta, pairs, val_pairs, label_map, ignore_value, class_names, cancel, earlier)
+    corr = read_corrections(
+        meta, pairs, val_pairs, label_map, ignore_value, class_names, cancel, earlier, clicks
+    )
     choice = choose_validation(corr, meta, split, val_fraction)
     setup = FinetuneSetup(parent, parent_hash, meta, opts, corr, choice, storage_dtype(parent), store)
     model, head_params = start_child(parent_model, meta, corr)
-    plan = finetune_plan(model, meta, choice, corr.n_classes, head_params, opts)
+    plan = finetune_plan(model, meta, choice, corr, head_params, opts)
     acceptance = Acceptance(
         plan, [eval_view(c, plan.batches.patch) for c in choice.val_cases], choice.dice_on
     )
@@ -238,6 +263,7 @@ def iter_finetune(
             store.add(h, name, img, values, dest.name)
     result = finetune_result(dest, plan, setup, trained, split_path)
     result.seconds = time.perf_counter() - t0
+    result.clicks = corr.clicks.record()
     log_result(result, v)
     yield Progress(1, 1, "done", f"saved {dest.name}" + ("" if v.better else " (not better than its parent)"), 0.0,
                    {"dice_before": v.dice_parent, "dice_after": v.dice_child, "dice": v.dice_child, "step": v.steps})  # fmt: skip
@@ -308,6 +334,13 @@ class Corrections:
     new_pairs: list[tuple[str, str, Volume, np.ndarray]] = field(default_factory=list)
     #: names of earlier pairs of the series trained on again
     replayed: list[str] = field(default_factory=list)
+    #: the parent's guidance record when it is interactive (its classes are then "any structure clicked":
+    #: label values stay classes of the simulated user, the head never grows)
+    interactive: GuidanceSpec | None = None
+    #: the recorded clicks and what became of them
+    clicks: ClickUse = field(default_factory=ClickUse)
+    #: the simulated user of an interactive fine-tune (set with its plan)
+    click_cfg: Any = None
 
     @property
     def n_classes(self) -> int:
@@ -328,16 +361,22 @@ def read_corrections(
     class_names: Mapping[int, str] | None,
     cancel: CancelToken | None,
     replay_pairs: Sequence[PairSource] = (),
+    clicks: Sequence[Sequence[Click] | None] | None = None,
 ) -> Corrections:
     """Read every pair; label values the parent lacks become new classes (named by ``class_names``,
     the label file, or ``class_<value>``); a 3D pair for a 2D model gives its labelled slices.
     ``replay_pairs`` (earlier pairs of the series, class values already mapped) train too, unless the
-    same scan is among ``pairs`` (its new correction wins)."""
+    same scan is among ``pairs`` (its new correction wins); ``clicks`` are the recorded clicks per pair."""
     lmap = parse_label_map(label_map)
     corr = Corrections(
         [], [c.name for c in meta.classes], {c.value: i for i, c in enumerate(meta.classes)}, [], lmap
     )
-    sources = [(s, "train") for s in pairs_from_list(pairs)]
+    corr.interactive = None if meta.interactive is None else guidance_spec(meta)
+    train_sources = pairs_from_list(pairs)
+    per_pair = check_pair_clicks(clicks, len(train_sources))
+    corr.clicks.given = sum(len(c) for c in per_pair if c)
+    sources = [(s, "train") for s in train_sources]
+    pair_clicks = {id(s): c for s, c in zip(train_sources, per_pair, strict=True)}
     sources += [(s, "val") for s in (pairs_from_list(val_pairs) if val_pairs is not None else [])]
     sources += [(s, "replay") for s in replay_pairs]
     raw: list[tuple[str, Volume, np.ndarray, bool]] = []
@@ -355,6 +394,10 @@ def read_corrections(
             corr.new_pairs.append((h, src.name, img, values))
         corr.replayed += [src.name] if role == "replay" else []
         raw += [(name, im, values, role == "val") for name, im, values in items]
+        given = pair_clicks.get(id(src)) if role == "train" else None
+        if given and corr.interactive is not None:
+            corr.clicks.by_item.update(item_clicks(given, src.name, values, [n for n, _, _ in items], lmap))
+            corr.clicks.pairs += 1
         found = np.unique(np.concatenate([np.unique(v) for _, _, v in items])) if items else []
         for v in (int(v) for v in found if v != IGNORE_INDEX):
             name = (class_names or {}).get(v) or (lab.labels[v].name if v in lab.labels else f"class_{v}")
@@ -362,12 +405,32 @@ def read_corrections(
     if not raw:
         raise TrainingError("no labelled voxels in the pairs; correct some of the mask first")
     check_has_foreground((name, v) for name, _, v, _ in raw)
+    cin = meta.in_channels if corr.interactive is None else corr.interactive.image_channels
     corr.cases = [
-        (make_case(name, img, values, corr.value_to_index, meta.normalization, meta.in_channels), is_val)
+        (make_case(name, img, values, corr.value_to_index, meta.normalization, cin), is_val)
         for name, img, values, is_val in raw
     ]
-    corr.new_classes = corr.names[len(meta.classes) :]
+    # an interactive model segments whichever structure is clicked: its head never grows
+    corr.new_classes = corr.names[len(meta.classes) :] if corr.interactive is None else []
+    use_clicks(corr, meta)
     return corr
+
+
+def use_clicks(corr: Corrections, meta: Any) -> None:
+    """Draw the recorded clicks into their training cases (an interactive parent), or say why not."""
+    use = corr.clicks
+    if corr.interactive is not None:
+        train = [c for c, is_val in corr.cases if not is_val]
+        attach_recorded(train, use, corr.value_to_index, corr.n_classes, corr.interactive)
+        if use.given:
+            log.info(
+                "%d of %d recorded click(s) train the fine-tune (first round of guidance)",
+                use.used,
+                use.given,
+            )
+    elif use.given:
+        use.reason = f"{meta.architecture} is an automatic model: it takes no clicks"
+        log.info("%d recorded click(s) not used: %s (the corrected labels train it)", use.given, use.reason)
 
 
 def add_class(corr: Corrections, value: int, name: str, named_by_caller: bool, n_parent: int) -> None:
@@ -491,15 +554,15 @@ def extend_split(existing: Split | None, pool: Sequence[Case], val_fraction: flo
 def finetune_patch(
     meta: Any, opts: FinetuneOptions, device: torch.device, train_cases: Sequence[Case]
 ) -> tuple[int, ...]:
-    """The parent's patch (or the one asked), at most 64^3 on a CPU in 3D, clipped to the data."""
+    """The parent's patch (or the one asked), at most ``CPU_PATCH_3D`` per axis on a CPU in 3D, clipped
+    to the data."""
     dims = meta.spatial_dims
     if opts.patch_size:
         patch = tuple(opts.patch_size)
     else:
         patch = tuple(meta.patch_size or ((256, 256) if dims == 2 else (64, 64, 64)))
         if dims == 3 and device.type == "cpu":
-            # A CPU does a 64^3 step in about a second; 96^3 would leave a budget of only a few dozen steps.
-            patch = tuple(min(p, 64) for p in patch)
+            patch = tuple(min(p, CPU_PATCH_3D) for p in patch)
     return fit_patch(patch, train_cases)
 
 
@@ -507,13 +570,14 @@ def finetune_plan(
     model: SegModel,
     meta: Any,
     choice: ValidationChoice,
-    n_classes: int,
+    corr: Corrections,
     head_params: list[str],
     opts: FinetuneOptions,
 ) -> TrainingPlan:
     """A fine-tune as a plan: the parent's patch, fine-tune augmentation and schedule (short warm-up, a
     grown head learning ``head_lr_mult`` times faster), optionally a frozen encoder, no validation in
-    the loop (the acceptance test scores the child once), threads tuned to the load on a CPU."""
+    the loop (the acceptance test scores the child once), threads tuned to the load on a CPU; an
+    interactive parent trains and is scored with clicks (``finetune_clicks``)."""
     dev = pick_device(opts.device)
     dims = meta.spatial_dims
     channels_last = default_channels_last(dims, dev)
@@ -530,7 +594,7 @@ def finetune_plan(
     plan = TrainingPlan(
         model=model,
         train_cases=choice.train_cases,
-        n_classes=n_classes,
+        n_classes=corr.n_classes,
         compute=Compute(dev, pick_precision(dev, opts.precision), channels_last),
         batches=Batches(patch, opts.batch_size or (4 if dims == 2 else 2), 0.5, aug, opts.seed),
         schedule=schedule,
@@ -541,6 +605,8 @@ def finetune_plan(
         optimizer=make_optimizer(model, schedule),
         stage="fine-tune",
     )
+    if corr.interactive is not None:
+        corr.click_cfg = add_finetune_clicks(plan, meta, corr.interactive, corr.n_classes)
     if dev.type == "cpu":
         plan.hooks.append(ThreadTuner(patch_forward(plan)))
     return plan
@@ -573,8 +639,11 @@ def train_and_judge(
         if tuner is not None:
             tuner.probe()
         yield from acceptance.score_parent(parent_model, cancel)
-        fit = assess_parent_fit(setup.parent.name, corr.names, len(meta.classes), corr.renamed, corr.present,
-                                acceptance.before["per_class"], parent_is_untrained(meta))  # fmt: skip
+        if corr.interactive is not None:  # it segments whatever is clicked: it knows every class
+            fit = ParentFit(True, "", ["any clicked structure"], acceptance.before.get("dice"))
+        else:
+            fit = assess_parent_fit(setup.parent.name, corr.names, len(meta.classes), corr.renamed, corr.present,
+                                    acceptance.before["per_class"], parent_is_untrained(meta))  # fmt: skip
         if not fit.fits:
             start_fresh(plan, meta, fit, opts.lr if opts.lr_explicit else LR_FROM_SCRATCH, opts.seed)
         plan.stopping.deadline = t0 + opts.budget_s - acceptance.reserve_s()
@@ -628,6 +697,10 @@ def finetune_provenance(plan: TrainingPlan, setup: FinetuneSetup, trained: Train
         "new_classes": corr.new_classes,
         "settings": {**finetune_settings(plan, setup.opts, v.steps), "stored_as": str(setup.dtype or "fp32")},
     }
+    if corr.clicks.given:
+        prov["clicks"] = corr.clicks.record()
+    if corr.click_cfg is not None:
+        prov["settings"]["interactive"] = dataclasses.asdict(corr.click_cfg)
     if setup.store is not None:
         prov["replay"] = {"folder": str(setup.store.folder), "replayed": corr.replayed}
     if choice.stored_split is not None:
@@ -670,8 +743,15 @@ def save_child(dest: Path, plan: TrainingPlan, setup: FinetuneSetup, trained: Tr
     from .. import checkpoint as ckpt
 
     meta, corr = setup.meta, setup.corr
-    classes = child_classes(meta, corr.names, corr.value_to_index)
+    classes = (
+        list(meta.classes)
+        if corr.interactive is not None
+        else child_classes(meta, corr.names, corr.value_to_index)
+    )
     card = child_card(meta, trained.verdict, trained.fit)
+    line = click_card_line(corr.clicks, corr.click_cfg)
+    if line:
+        card["clicks"] = line
     arch_args = trained.fit.fresh_arch_args if trained.fit.start == "fresh" else meta.arch_args
     model = unwrap(plan.model)
     unfreeze(model)
@@ -711,6 +791,7 @@ def finetune_result(
         threads=thread_record(plan),
         start=trained.fit.record(),
         replayed=list(corr.replayed),
+        interactive=corr.interactive is not None,
     )
 
 
@@ -729,19 +810,19 @@ def eval_view(case: Case, patch: Sequence[int]) -> Case:
     """The part of a case worth evaluating within a budget.
 
     Partial labels: the bounding box of the labelled voxels (nothing else can count). Full labels on a
-    volume much larger than a patch: the foreground's box grown by half a patch on each side, so a
-    CT of 500 slices is not run twice through the network just to score a fine-tune. Small cases are
-    evaluated whole.
+    volume much larger than a patch: the foreground's box (a CT of 500 slices is not run twice through
+    the network just to score a fine-tune). Small cases are evaluated whole. Either box grows by half a
+    patch on each side: the network needs the context it was trained with, and only labelled voxels
+    are scored anyway (three corrected slices cut out alone scored a fitting parent Dice 0.000).
     """
     t = case.target
     if case.labelled_voxels is not None:
         mask = t != IGNORE_INDEX
-        margin = [0] * t.ndim
     elif t.numel() > 4 * math.prod(patch):
         mask = t > 0
-        margin = [p // 2 for p in patch]
     else:
         return case
+    margin = [p // 2 for p in patch]
     if not bool(mask.any()):
         return case
     sl = []

@@ -147,7 +147,7 @@ def train_step(plan: TrainingPlan, parts: StepParts, progress: float) -> dict[st
     """One optimiser step on a fresh batch; returns its metrics (loss, lr, heads, what hooks add)."""
     dev, st = plan.compute.device, plan.state
     x, y = parts.sampler.sample(plan.batches.batch_size)
-    x, y = augment_batch(x.to(dev), y.to(dev), plan.batches.augment, parts.generator)
+    x, y = augment_batch(x.to(dev), y.to(dev), plan.batches.augment, parts.generator, parts.sampler.extra)
     for hook in plan.hooks:
         x, y = hook.prepare_batch(st.step, x, y, plan.model)
     x = x.contiguous(memory_format=parts.layout)
@@ -271,7 +271,15 @@ def patch_forward(plan: TrainingPlan, seed: int = 12345) -> Callable[[], object]
     (``ThreadTuner.probe``); the patch comes from a sampler of its own, so the run's stream is as it was."""
     sampler = PatchSampler(plan.train_cases, plan.batches.patch, plan.batches.fg_prob, seed=seed)
     x, _ = sampler.sample(1)
-    layout = memory_format(unwrap(plan.model).spatial_dims, plan.compute.channels_last)
+    core = unwrap(plan.model)
+    # an interactive model takes its guidance channels too (what the hooks add): zeros time the same
+    cin = core.in_channels
+    x = (
+        x[:, :cin]
+        if x.shape[1] >= cin
+        else torch.cat([x, x.new_zeros((1, cin - x.shape[1], *x.shape[2:]))], 1)
+    )
+    layout = memory_format(core.spatial_dims, plan.compute.channels_last)
     x = x.to(plan.compute.device).contiguous(memory_format=layout)
 
     @torch.no_grad()
