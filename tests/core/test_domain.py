@@ -24,7 +24,8 @@ MODELS = REPO / "resources" / "models"
 SHIPPED = sorted(MODELS.glob("*.segmodel"))
 
 MSD_VAL = DATA / "msd_task04_hippocampus/images/hippocampus_014.nii.gz"  # held back by the shipped split
-MSD_EXTRA = DATA / "msd_task04_hippocampus_extra/images/hippocampus_001.nii.gz"  # not trained on by the 45-case models
+# not trained on by the 45-case models (a training case of hippocampus_unet_245)
+MSD_EXTRA = DATA / "msd_task04_hippocampus_extra/images/hippocampus_001.nii.gz"
 TCIA = DATA / "tcia_brain_tumor_progression_dicom/images/PGBM-003_19950329"
 ISBI = DATA / "isbi2012_em_membrane/images/18.png"
 JSRT = DATA / "jsrt_chest_xray_heart_lungs/images/JPCLN002.png"
