@@ -27,6 +27,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
 
 
+@pytest.mark.slow  # a real fine-tune in the panel (30-60 s): the locked suite runs it, the plain-env leg skips it
 def test_clicks_correct_the_automatic_mask_then_train_the_next_finetune(
     docked_panel, qtbot, tmp_path
 ) -> None:  # noqa: ANN001

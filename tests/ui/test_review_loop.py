@@ -161,6 +161,7 @@ def write_mr_series(nifti: Path, out: Path, description: str) -> Path:
     return out
 
 
+@pytest.mark.slow  # a real fine-tune in the panel (30-60 s): the locked suite runs it, the plain-env leg skips it
 def test_next_scan_opens_the_next_dicom_series_of_the_folder_and_predicts_it_with_the_kept_model(
     data_dir, tmp_path, make_panel, qtbot
 ):
