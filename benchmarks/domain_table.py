@@ -35,8 +35,8 @@ SCANS: list[tuple[str, str, str]] = [
     ),
     (
         "MSD Task04 hippocampus, extra",
-        "msd_task04_hippocampus_extra/images/hippocampus_001.nii.gz",
-        "crop never trained on",
+        "msd_task04_hippocampus_extra/images/hippocampus_355.nii.gz",
+        "crop no shipped model trained on",
     ),
     (
         "TCIA brain tumour T1post",
