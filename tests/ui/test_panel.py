@@ -386,6 +386,20 @@ class TurnRecorder:
         if self.on:
             self._timer.singleShot(0, self._tick)
 
+    def watch(self, queue) -> TurnRecorder:  # noqa: ANN001
+        """Also snapshot as the panel's ``TurnQueue`` starts a turn's step: on a loaded machine Qt runs
+        every timer that is due in one pass, so the zero timer alone can miss the turn between two steps
+        (CI's plain-env run saw the insert and the visual "share" a turn that way). Steps run together
+        in one dispatch (``run_all``, or a regression) still show as one turn."""
+        original = queue._next
+
+        def _next() -> None:
+            self.snaps.append(self.state())
+            original()
+
+        queue._next = _next
+        return self
+
     def pieces(self, qtbot, extra_turns: int = 20) -> list[tuple[int, ...]]:  # noqa: ANN001
         """Stop after ``extra_turns`` more turns; the pieces (indices of ``state``) each turn changed."""
         n = len(self.snaps) + extra_turns
@@ -434,7 +448,7 @@ def test_a_new_mask_lands_over_several_event_loop_turns(tmp_path, make_panel, qt
             viewer.layers.selection.active is mask,
         )
 
-    turns = TurnRecorder(state)
+    turns = TurnRecorder(state).watch(panel.run.turns)
     assert run_predict(panel, qtbot) == "done", panel.run.last_error
     # inserted, its visual, its controls, the polygon overlay, the brush overlay, selected: one a turn
     assert turns.pieces(qtbot) == [(0,), (1,), (2,), (3,), (4,), (5,)], turns.snaps
@@ -468,7 +482,7 @@ def test_a_map_shows_over_several_event_loop_turns(tmp_path, make_panel, qtbot, 
     spec = panel.run.maps[names[0]][0]
     assert spec.layer is not None and spec.layer not in viewer.layers  # made by the worker
     layer = spec.layer
-    turns = TurnRecorder(lambda: _layer_pieces(viewer, layer))
+    turns = TurnRecorder(lambda: _layer_pieces(viewer, layer)).watch(panel.run.turns)
     panel.run.maps_button.menu().actions()[0].trigger()  # the user's click
     assert viewer.layers[names[0]] is layer and layer.visible
     assert turns.pieces(qtbot) == [(0,), (1,)], turns.snaps
