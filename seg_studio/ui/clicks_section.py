@@ -249,7 +249,8 @@ class ClicksSection(QGroupBox):
             try:
                 meta = read_meta(path)
                 if meta.domain is not None:
-                    lines = [w.message for w in domain.check_scan(meta.domain, L.layer_volume(scan))]
+                    found = domain.check_scan(meta.domain, L.layer_volume(scan))
+                    lines = [w.message for w in found if w.severity != "note"]  # e.g. "slice by slice"
             except Exception as exc:  # noqa: BLE001 - the check informs; a click still says what fails
                 log.info("could not check the click model against the scan: %s", exc)
         name = Path(path).stem if path else ""
