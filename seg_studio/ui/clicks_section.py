@@ -86,6 +86,7 @@ class ClicksSection(QGroupBox):
         self.fit_note.setStyleSheet(f"#seg_studio_clicks_fit {{{MISMATCH_STYLE}}}")
         self.fit_note.hide()
         self._fit_key: tuple[Any, ...] | None = None
+        self._fit_lines: list[str] = []
         lay = QFormLayout(self)
         lay.addRow("Model", self.model_combo)
         lay.addRow(self.fit_note)
@@ -261,12 +262,12 @@ class ClicksSection(QGroupBox):
             else ""
         )
         self.fit_note.setVisible(bool(lines))
-        return lines
+        self._fit_lines = lines
+        return self.fit_warnings()
 
     def fit_warnings(self) -> list[str]:
         """The lines of the fit note now (empty when hidden)."""
-        text = self.fit_note.text() if not self.fit_note.isHidden() else ""
-        return [ln[2:] for ln in text.splitlines() if ln.startswith("- ")]
+        return list(self._fit_lines)
 
     # --- warm-up ----------------------------------------------------------------------------------
     def warm_up(self) -> bool:
